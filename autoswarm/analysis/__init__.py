@@ -1,0 +1,1 @@
+"""Pure functions over ledger rows: noise, effects, Pareto fronts."""

@@ -1,0 +1,50 @@
+"""The Backend protocol: run jobs in slots and report what happened.
+
+A backend knows nothing about search or keep/discard. The scheduler picks a free
+slot and hands over a :class:`~autoswarm.types.Job`; the backend starts it and
+later returns a :class:`~autoswarm.types.RunResult` from :meth:`Backend.poll`.
+Failures of the experiment (exit codes, timeouts) are fields of the result.
+
+Every implementation must pass ``autoswarm.testing.contract.BackendContract``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from autoswarm.types import Job, RunResult
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Runs jobs; five methods."""
+
+    def capacity(self) -> int:
+        """Number of slots; slot ids are ``0 .. capacity()-1``."""
+        ...
+
+    def submit(self, job: Job) -> str:
+        """Start ``job`` in ``job.slot`` (which the scheduler guarantees is free).
+
+        Returns an opaque handle (JSON text) that the ledger stores, so that after an
+        orchestrator crash :meth:`cancel` can find and stop the job.
+        """
+        ...
+
+    def poll(self, timeout: float) -> list[RunResult]:
+        """Results of jobs that ended since the last call, waiting up to ``timeout`` seconds."""
+        ...
+
+    def cancel(self, experiment_id: int, handle: str | None = None) -> None:
+        """Stop a job. With ``handle``, also a job started by an earlier process (an orphan).
+
+        A cancelled job of this process still yields a result with ``cancelled=True``.
+        """
+        ...
+
+    def close(self) -> None:
+        """Kill whatever still runs and release resources. Idempotent."""
+        ...
+
+
+__all__ = ["Backend"]

@@ -1,0 +1,305 @@
+"""Typed, frozen configuration loaded from a workspace's ``autoswarm.toml``.
+
+The file has three tables::
+
+    [workspace]  editable / locked files, the commands that prepare data and run one experiment
+    [metric]     name of the summary key to optimise and its direction
+    [run]        budget, timeout, workers, strategy, noise rule, limits
+    [knobs]      knob-search settings (exclusions, per-knob overrides)
+
+Command-line flags override single fields through :func:`with_overrides`. Nothing
+here reads environment variables: what a run does is what the file and the flags say.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoswarm.errors import ConfigError
+from autoswarm.types import Direction
+
+CONFIG_NAME = "autoswarm.toml"
+STRATEGIES = ("auto", "knobs")  # grows as proposers land; validated at parse time
+
+
+# ---------------------------------------------------------------------------
+# Sections
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkspaceConfig:
+    editable: tuple[str, ...] = ("train.py",)
+    locked: tuple[str, ...] = ("prepare.py",)
+    # "{python}" is replaced by the interpreter that runs autoswarm (the venv's).
+    command: tuple[str, ...] = ("{python}", "train.py")
+    prepare: tuple[str, ...] = ("{python}", "prepare.py")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricConfig:
+    name: str = "val_bpb"
+    direction: Direction = Direction.MINIMIZE
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    budget: float = 60.0  # training seconds per experiment (AUTOSWARM_BUDGET)
+    timeout: float = 0.0  # hard kill after this many seconds; 0 = 2 × budget + grace
+    grace: float = 60.0  # start-up + evaluation allowance used by the default timeout
+    workers: int = 0  # parallel slots; 0 = one per GPU, else cores // threads_per_worker
+    threads_per_worker: int = 1  # CPU threads each run may use when there is no GPU
+    strategy: str = "auto"
+    tag: str = ""  # branch autoswarm/<tag>; empty = a date-based tag
+    baseline_repeats: int = 3
+    seed: int = 42
+    keep_sigmas: float = 2.0  # keep only gains larger than keep_sigmas × noise σ ...
+    min_delta: float = 0.0  # ... and larger than this absolute floor
+    max_experiments: int = 0  # 0 = unlimited; counts the whole run, baseline included
+    time_limit: float = 0.0  # seconds of run time; 0 = unlimited
+    log_max_bytes: int = 2_000_000
+
+    @property
+    def effective_timeout(self) -> float:
+        return self.timeout if self.timeout > 0 else 2.0 * self.budget + self.grace
+
+
+@dataclass(frozen=True, kw_only=True)
+class KnobConfig:
+    exclude: tuple[str, ...] = ("TIME_BUDGET",)
+    # Per-knob overrides, e.g. {"MATRIX_LR": {"low": 0.005, "high": 0.2, "log": true}}.
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    workspace: WorkspaceConfig = WorkspaceConfig()
+    metric: MetricConfig = MetricConfig()
+    run: RunConfig = RunConfig()
+    knobs: KnobConfig = KnobConfig()
+
+
+# ---------------------------------------------------------------------------
+# Parsing
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_UNIT = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Parse ``90``, ``"90s"``, ``"15m"``, ``"8h"`` or ``"1h30m"`` into seconds."""
+    if isinstance(text, int | float):
+        if text < 0:
+            raise ConfigError(f"duration must not be negative, got {text}")
+        return float(text)
+    s = text.strip().lower().replace(" ", "")
+    if not s:
+        return 0.0
+    pos, total = 0, 0.0
+    while pos < len(s):
+        m = _DURATION.match(s, pos)
+        if not m:
+            raise ConfigError(
+                f"cannot read duration {text!r}: use seconds or a number with s/m/h/d, e.g. 90s, 15m, 1h30m"
+            )
+        total += float(m.group(1)) * _UNIT[m.group(2)]
+        pos = m.end()
+    return total
+
+
+def _section(raw: Mapping[str, Any], name: str, cls: type, path: Path) -> Any:
+    data = raw.get(name, {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    if cls is KnobConfig:
+        # Per-knob tables ([knobs.MATRIX_LR]) sit beside 'exclude'.
+        overrides = {k: v for k, v in data.items() if k != "exclude" and isinstance(v, dict)}
+        extra = sorted(k for k in data if k != "exclude" and not isinstance(data[k], dict))
+        if extra:
+            raise ConfigError(
+                f"{path}: unknown key(s) in [knobs]: {', '.join(extra)}; "
+                "per-knob settings go in a table such as [knobs.MATRIX_LR]"
+            )
+        exclude = data.get("exclude", list(KnobConfig().exclude))
+        if not isinstance(exclude, list) or not all(isinstance(x, str) for x in exclude):
+            raise ConfigError(f"{path}: [knobs] exclude must be a list of knob names")
+        return KnobConfig(exclude=tuple(exclude), overrides=overrides)
+    known = {f.name for f in dataclasses.fields(cls)}
+    extra = sorted(set(data) - known)
+    if extra:
+        raise ConfigError(
+            f"{path}: unknown key(s) in [{name}]: {', '.join(extra)}; known keys: {', '.join(sorted(known))}"
+        )
+    kwargs: dict[str, Any] = {}
+    defaults = cls()
+    for key, value in data.items():
+        default = getattr(defaults, key)
+        kwargs[key] = _coerce(value, default, f"{path}: [{name}] {key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, Direction):
+        try:
+            return Direction(str(value).lower())
+        except ValueError:
+            raise ConfigError(f"{where} must be 'minimize' or 'maximize', got {value!r}") from None
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if where.endswith(("time_limit", "budget", "timeout", "grace")) and isinstance(value, str):
+            return parse_duration(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def load_config(workspace: Path) -> Config:
+    """Read ``<workspace>/autoswarm.toml`` into a validated :class:`Config`."""
+    path = workspace / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(
+            f"{workspace} has no {CONFIG_NAME}: is it an autoswarm workspace? "
+            f"Create one with: autoswarm init {workspace}"
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}. Fix the file and run again.") from e
+    unknown = sorted(set(raw) - {"workspace", "metric", "run", "knobs"})
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown table(s) {', '.join(unknown)}; known: workspace, metric, run, knobs"
+        )
+    cfg = Config(
+        workspace=_section(raw, "workspace", WorkspaceConfig, path),
+        metric=_section(raw, "metric", MetricConfig, path),
+        run=_section(raw, "run", RunConfig, path),
+        knobs=_section(raw, "knobs", KnobConfig, path),
+    )
+    validate(cfg, str(path))
+    return cfg
+
+
+def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
+    """Check cross-field rules; raise :class:`ConfigError` saying what to change."""
+    r = cfg.run
+    if r.budget <= 0:
+        raise ConfigError(f"{where}: budget must be > 0 seconds, got {r.budget}")
+    if r.timeout < 0 or (r.timeout and r.timeout < r.budget):
+        raise ConfigError(
+            f"{where}: timeout ({r.timeout}s) must be at least the budget ({r.budget}s), or 0 for 2 × budget + grace"
+        )
+    if r.workers < 0:
+        raise ConfigError(f"{where}: workers must be >= 0 (0 = automatic), got {r.workers}")
+    if r.threads_per_worker < 1:
+        raise ConfigError(f"{where}: threads_per_worker must be >= 1")
+    if r.baseline_repeats < 1:
+        raise ConfigError(f"{where}: baseline_repeats must be >= 1 (3 or more to measure noise)")
+    if r.keep_sigmas < 0 or r.min_delta < 0:
+        raise ConfigError(f"{where}: keep_sigmas and min_delta must be >= 0")
+    if r.max_experiments < 0:
+        raise ConfigError(f"{where}: max_experiments must be >= 0 (0 = unlimited)")
+    if r.log_max_bytes < 10_000:
+        raise ConfigError(f"{where}: log_max_bytes must be at least 10000")
+    if r.strategy not in STRATEGIES:
+        raise ConfigError(
+            f"{where}: unknown strategy {r.strategy!r}; choose one of: {', '.join(STRATEGIES)}"
+        )
+    if r.tag and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", r.tag):
+        raise ConfigError(
+            f"{where}: tag {r.tag!r} must be letters, digits, '.', '_' or '-' (it names a git branch)"
+        )
+    ws = cfg.workspace
+    if not ws.editable:
+        raise ConfigError(f"{where}: [workspace] editable must list at least one file")
+    both = set(ws.editable) & set(ws.locked)
+    if both:
+        raise ConfigError(f"{where}: {', '.join(sorted(both))} cannot be both editable and locked")
+    for p in (*ws.editable, *ws.locked):
+        if p.startswith("/") or ".." in Path(p).parts:
+            raise ConfigError(f"{where}: {p!r} must be a path inside the workspace")
+    if not ws.command:
+        raise ConfigError(f"{where}: [workspace] command must not be empty")
+
+
+def with_overrides(cfg: Config, **run_fields: Any) -> Config:
+    """Return ``cfg`` with the given [run] fields replaced (None values are ignored)."""
+    changes = {k: v for k, v in run_fields.items() if v is not None}
+    if not changes:
+        return cfg
+    new = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **changes))
+    validate(new, "command-line options")
+    return new
+
+
+def render_default_config(*, budget: float, timeout: float = 0.0, workers: int = 0) -> str:
+    """The autoswarm.toml written by ``autoswarm init`` (documented, every key shown)."""
+    return f"""\
+# autoswarm workspace configuration. Flags of `autoswarm run` override [run] keys.
+
+[workspace]
+editable = ["train.py"]            # files a variant may change
+locked = ["prepare.py"]            # files no variant may touch (data, metric)
+command = ["{{python}}", "train.py"] # one experiment; {{python}} = autoswarm's interpreter
+prepare = ["{{python}}", "prepare.py"] # run once before the first experiment
+
+[metric]
+name = "val_bpb"                   # a key of the summary block train.py prints
+direction = "minimize"
+
+[run]
+budget = {budget:g}                       # training seconds per experiment (AUTOSWARM_BUDGET)
+timeout = {timeout:g}                       # hard kill; 0 = 2 × budget + grace
+grace = 60                         # start-up + evaluation allowance for the default timeout
+workers = {workers}                        # parallel slots; 0 = one per GPU, else one per core
+threads_per_worker = 1             # CPU threads per run when there is no GPU
+strategy = "auto"
+baseline_repeats = 3               # runs of the unmodified train.py to measure noise
+seed = 42                          # AUTOSWARM_SEED of candidates; repeats use seed+1, seed+2, ...
+keep_sigmas = 2.0                  # keep a variant only if it beats the best by > keep_sigmas × σ
+min_delta = 0.0                    # ... and by more than this absolute amount
+max_experiments = 0                # 0 = unlimited (baseline repeats count)
+time_limit = 0                     # e.g. "8h"; 0 = unlimited
+log_max_bytes = 2000000            # per-experiment log cap (head and tail are kept)
+
+[knobs]
+exclude = ["TIME_BUDGET"]          # UPPER_CASE constants the knob search must not touch
+"""
+
+
+__all__ = [
+    "CONFIG_NAME",
+    "STRATEGIES",
+    "Config",
+    "KnobConfig",
+    "MetricConfig",
+    "RunConfig",
+    "WorkspaceConfig",
+    "load_config",
+    "parse_duration",
+    "render_default_config",
+    "validate",
+    "with_overrides",
+]

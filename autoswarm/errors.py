@@ -1,0 +1,73 @@
+"""One error tree for autoswarm.
+
+Experiment failures (a crash, a timeout, NaN, an out-of-memory) are *data*: they
+become a ``crash`` row in the ledger, never an exception. Exceptions are for bad
+configuration, misuse and orchestrator bugs, and every message says what to do next.
+
+    AutoswarmError
+    ├── ConfigError            autoswarm.toml or a flag is wrong
+    ├── WorkspaceError         not a workspace, not a git repo, dirty or missing files
+    │   └── LockedFileError    a variant touches a file that may not change
+    ├── RunLockedError         another `autoswarm run` owns this workspace
+    ├── RunStateError          resume/tag conflicts, a run that cannot continue
+    │   └── BaselineError      the unmodified train.py does not produce a metric
+    ├── LedgerError            the SQLite ledger is unreadable or from a newer version
+    ├── BackendError           a backend cannot start or reach its workers
+    └── ProposerError          a proposer is misconfigured or cannot go on
+"""
+
+from __future__ import annotations
+
+
+class AutoswarmError(Exception):
+    """Base of every error autoswarm raises on purpose."""
+
+
+class ConfigError(AutoswarmError):
+    """autoswarm.toml or a command-line option is invalid."""
+
+
+class WorkspaceError(AutoswarmError):
+    """The directory is not a usable autoswarm workspace."""
+
+
+class LockedFileError(WorkspaceError):
+    """A variant changes a file that is locked or not editable."""
+
+
+class RunLockedError(AutoswarmError):
+    """Another orchestrator process already runs on this workspace."""
+
+
+class RunStateError(AutoswarmError):
+    """The requested run cannot start or continue in the ledger's current state."""
+
+
+class BaselineError(RunStateError):
+    """The unmodified train.py failed, so there is nothing to compare against."""
+
+
+class LedgerError(AutoswarmError):
+    """The ledger database cannot be opened, migrated or written."""
+
+
+class BackendError(AutoswarmError):
+    """A backend could not start, reach its workers or launch a job."""
+
+
+class ProposerError(AutoswarmError):
+    """A proposer is misconfigured or cannot produce proposals."""
+
+
+__all__ = [
+    "AutoswarmError",
+    "BackendError",
+    "BaselineError",
+    "ConfigError",
+    "LedgerError",
+    "LockedFileError",
+    "ProposerError",
+    "RunLockedError",
+    "RunStateError",
+    "WorkspaceError",
+]

@@ -1,0 +1,433 @@
+"""The ledger: a SQLite database (WAL) that is the single source of truth of a workspace.
+
+Every experiment ever proposed is a row, written *before* it runs and updated when
+it finishes, so an orchestrator killed at any moment loses nothing: resuming a run
+means re-reading this file. results.tsv, ``autoswarm status`` and every report are
+read-only views of it. Other processes may read while the orchestrator writes (WAL).
+
+Tables::
+
+    meta         key/value, holds schema_version
+    runs         one per tag: config, base commit, branch
+    sessions     one per `autoswarm run` process on a run (for elapsed time and busy fraction)
+    experiments  one per proposal: provenance, status, metrics, timing, process ids
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoswarm.errors import LedgerError
+from autoswarm.types import Experiment, Kind, Status
+
+SCHEMA_VERSION = 1
+
+# Each entry upgrades the schema by one version; never edit a released entry.
+_MIGRATIONS: dict[int, Sequence[str]] = {
+    1: (
+        """CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            tag TEXT NOT NULL UNIQUE,
+            branch TEXT NOT NULL,
+            base_commit TEXT NOT NULL,
+            config TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE sessions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            pid INTEGER NOT NULL,
+            workers INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            ended_at REAL,
+            end_reason TEXT NOT NULL DEFAULT ''
+        )""",
+        """CREATE TABLE experiments (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            parent TEXT NOT NULL,
+            commit_sha TEXT NOT NULL,
+            diff TEXT NOT NULL DEFAULT '',
+            description TEXT NOT NULL,
+            proposer TEXT NOT NULL,
+            seed INTEGER NOT NULL,
+            slot INTEGER,
+            metrics TEXT NOT NULL DEFAULT '{}',
+            metric REAL,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            log_path TEXT NOT NULL DEFAULT '',
+            reason TEXT NOT NULL DEFAULT '',
+            meta TEXT NOT NULL DEFAULT '{}',
+            handle TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE INDEX experiments_run ON experiments(run_id, status)""",
+    ),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    id: int
+    tag: str
+    branch: str
+    base_commit: str
+    config: Mapping[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionRecord:
+    id: int
+    run_id: int
+    pid: int
+    workers: int
+    started_at: float
+    heartbeat_at: float
+    ended_at: float | None
+    end_reason: str
+
+    @property
+    def seconds(self) -> float:
+        end = self.ended_at if self.ended_at is not None else self.heartbeat_at
+        return max(0.0, end - self.started_at)
+
+
+class Ledger:
+    """Thread-safe access to ``.autoswarm/ledger.sqlite``.
+
+    One connection, guarded by a lock: the orchestrator writes from its loop thread
+    and backends' threads never touch the ledger directly.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(
+                f"cannot open the ledger {path}: {e}. If the file is damaged, move it aside "
+                "(results.tsv and the git branch keep a copy of the results)."
+            ) from e
+        self._lock = threading.RLock()
+        self._migrate()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                with self._conn:
+                    yield self._conn
+            except sqlite3.DatabaseError as e:
+                raise LedgerError(f"ledger write failed ({self.path}): {e}") from e
+
+    def _migrate(self) -> None:
+        with self._lock:
+            has_meta = self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+            ).fetchone()
+            version = 0
+            if has_meta:
+                row = self._conn.execute(
+                    "SELECT value FROM meta WHERE key='schema_version'"
+                ).fetchone()
+                version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"{self.path} has schema version {version}, newer than this autoswarm "
+                    f"understands ({SCHEMA_VERSION}): upgrade autoswarm (pip install -U autoswarm)"
+                )
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                with self._tx() as c:
+                    for stmt in _MIGRATIONS[v]:
+                        c.execute(stmt)
+                    c.execute(
+                        "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                        (str(v),),
+                    )
+
+    @property
+    def schema_version(self) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0])
+
+    # -- runs ----------------------------------------------------------------
+
+    def create_run(
+        self, *, tag: str, branch: str, base_commit: str, config: Mapping[str, Any], now: float
+    ) -> RunRecord:
+        try:
+            with self._tx() as c:
+                cur = c.execute(
+                    "INSERT INTO runs(tag, branch, base_commit, config, created_at) VALUES (?,?,?,?,?)",
+                    (tag, branch, base_commit, json.dumps(config, sort_keys=True), now),
+                )
+        except LedgerError as e:
+            if "UNIQUE" in str(e):
+                raise LedgerError(
+                    f"a run tagged {tag!r} already exists: continue it with "
+                    f"`autoswarm run --resume --tag {tag}` or start another with a new --tag"
+                ) from e
+            raise
+        run = self.get_run(tag)
+        assert run is not None and run.id == cur.lastrowid
+        return run
+
+    def get_run(self, tag: str | None = None) -> RunRecord | None:
+        """The run with ``tag``, or the most recent run when ``tag`` is None."""
+        with self._lock:
+            if tag is None:
+                row = self._conn.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+            else:
+                row = self._conn.execute("SELECT * FROM runs WHERE tag=?", (tag,)).fetchone()
+        if row is None:
+            return None
+        return RunRecord(
+            id=row["id"],
+            tag=row["tag"],
+            branch=row["branch"],
+            base_commit=row["base_commit"],
+            config=json.loads(row["config"]),
+            created_at=row["created_at"],
+        )
+
+    def runs(self) -> list[RunRecord]:
+        with self._lock:
+            tags = [r[0] for r in self._conn.execute("SELECT tag FROM runs ORDER BY id")]
+        return [r for t in tags if (r := self.get_run(t)) is not None]
+
+    # -- sessions ------------------------------------------------------------
+
+    def start_session(self, run_id: int, *, pid: int, workers: int, now: float) -> int:
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO sessions(run_id, pid, workers, started_at, heartbeat_at) VALUES (?,?,?,?,?)",
+                (run_id, pid, workers, now, now),
+            )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def heartbeat(self, session_id: int, now: float) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE sessions SET heartbeat_at=? WHERE id=?", (now, session_id))
+
+    def end_session(self, session_id: int, *, now: float, reason: str) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE sessions SET heartbeat_at=?, ended_at=?, end_reason=? WHERE id=?",
+                (now, now, reason, session_id),
+            )
+
+    def sessions(self, run_id: int) -> list[SessionRecord]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM sessions WHERE run_id=? ORDER BY id", (run_id,)
+            ).fetchall()
+        return [
+            SessionRecord(
+                id=r["id"],
+                run_id=r["run_id"],
+                pid=r["pid"],
+                workers=r["workers"],
+                started_at=r["started_at"],
+                heartbeat_at=r["heartbeat_at"],
+                ended_at=r["ended_at"],
+                end_reason=r["end_reason"],
+            )
+            for r in rows
+        ]
+
+    # -- experiments ---------------------------------------------------------
+
+    def add_experiment(
+        self,
+        *,
+        run_id: int,
+        kind: Kind,
+        status: Status,
+        parent: str,
+        commit: str,
+        description: str,
+        proposer: str,
+        seed: int,
+        now: float,
+        diff: str = "",
+        reason: str = "",
+        meta: Mapping[str, Any] | None = None,
+    ) -> Experiment:
+        finished = now if status.is_finished() else None
+        with self._tx() as c:
+            cur = c.execute(
+                """INSERT INTO experiments(run_id, kind, status, parent, commit_sha, diff, description,
+                       proposer, seed, created_at, finished_at, reason, meta)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                (
+                    run_id,
+                    kind.value,
+                    status.value,
+                    parent,
+                    commit,
+                    diff,
+                    description,
+                    proposer,
+                    seed,
+                    now,
+                    finished,
+                    reason,
+                    json.dumps(dict(meta or {}), sort_keys=True, default=str),
+                ),
+            )
+        assert cur.lastrowid is not None
+        return self.get(cur.lastrowid)
+
+    def mark_running(self, exp_id: int, *, slot: int, started_at: float, log_path: str) -> None:
+        with self._tx() as c:
+            c.execute(
+                """UPDATE experiments SET status=?, slot=?, started_at=?, log_path=?,
+                       attempts=attempts+1, handle=NULL WHERE id=?""",
+                (Status.RUNNING.value, slot, started_at, log_path, exp_id),
+            )
+
+    def set_handle(self, exp_id: int, handle: str) -> None:
+        """Remember the backend's handle of a running job (to kill or re-attach after a crash)."""
+        with self._tx() as c:
+            c.execute("UPDATE experiments SET handle=? WHERE id=?", (handle, exp_id))
+
+    def handle(self, exp_id: int) -> str | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT handle FROM experiments WHERE id=?", (exp_id,)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def finish(
+        self,
+        exp_id: int,
+        *,
+        status: Status,
+        metrics: Mapping[str, float],
+        metric: float | None,
+        finished_at: float,
+        reason: str = "",
+        started_at: float | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Experiment:
+        """Record the end of an experiment (any state but QUEUED/RUNNING)."""
+        if status in (Status.QUEUED, Status.RUNNING):
+            raise ValueError(f"finish() needs an end state, got {status}")
+        with self._tx() as c:
+            c.execute(
+                """UPDATE experiments SET status=?, metrics=?, metric=?, finished_at=?, reason=?,
+                       started_at=COALESCE(?, started_at), meta=COALESCE(?, meta) WHERE id=?""",
+                (
+                    status.value,
+                    json.dumps({k: _jsonable(v) for k, v in metrics.items()}, sort_keys=True),
+                    metric,
+                    finished_at,
+                    reason,
+                    started_at,
+                    None if meta is None else json.dumps(dict(meta), sort_keys=True, default=str),
+                    exp_id,
+                ),
+            )
+        return self.get(exp_id)
+
+    def requeue(self, exp_id: int, *, reason: str) -> None:
+        """Put an interrupted or orphaned experiment back in the queue (same id, same commit)."""
+        with self._tx() as c:
+            c.execute(
+                """UPDATE experiments SET status=?, slot=NULL, started_at=NULL, finished_at=NULL,
+                       handle=NULL, reason=? WHERE id=?""",
+                (Status.QUEUED.value, reason, exp_id),
+            )
+
+    def get(self, exp_id: int) -> Experiment:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM experiments WHERE id=?", (exp_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no experiment with id {exp_id} in {self.path}")
+        return _experiment(row)
+
+    def experiments(
+        self, run_id: int, *, statuses: Sequence[Status] | None = None, since_id: int = 0
+    ) -> list[Experiment]:
+        """Experiments of a run in id order, optionally filtered by status."""
+        sql = "SELECT * FROM experiments WHERE run_id=? AND id>?"
+        args: list[Any] = [run_id, since_id]
+        if statuses:
+            sql += f" AND status IN ({','.join('?' * len(statuses))})"
+            args += [s.value for s in statuses]
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+        return [_experiment(r) for r in rows]
+
+    def attempts(self, exp_id: int) -> int:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT attempts FROM experiments WHERE id=?", (exp_id,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def _jsonable(v: float) -> float | str:
+    # JSON has no NaN/inf; keep them readable and round-trippable.
+    if v != v or v in (float("inf"), float("-inf")):
+        return str(v)
+    return v
+
+
+def _experiment(row: sqlite3.Row) -> Experiment:
+    metrics = {k: float(v) for k, v in json.loads(row["metrics"]).items()}
+    return Experiment(
+        id=row["id"],
+        run_id=row["run_id"],
+        kind=Kind(row["kind"]),
+        status=Status(row["status"]),
+        parent=row["parent"],
+        commit=row["commit_sha"],
+        description=row["description"],
+        proposer=row["proposer"],
+        diff=row["diff"],
+        seed=row["seed"],
+        slot=row["slot"],
+        metrics=metrics,
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        log_path=row["log_path"],
+        reason=row["reason"],
+        meta=json.loads(row["meta"]),
+    )
+
+
+__all__ = ["SCHEMA_VERSION", "Ledger", "RunRecord", "SessionRecord"]

@@ -1,0 +1,188 @@
+"""Read-only views of the ledger: results.tsv, ``status`` and ``results`` records.
+
+results.tsv keeps autoresearch's exact format so its notebook and habits keep
+working: tab-separated ``commit val_bpb memory_gb status description``; status is
+``keep``, ``discard`` or ``crash``; a crash (or a variant rejected before it ran)
+shows ``0.000000`` and ``0.0``; memory is peak_vram_mb / 1024 to one decimal; the
+baseline comes first and is kept. The file is rewritten atomically as experiments
+finish, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from autoswarm.analysis.noise import baseline_of
+from autoswarm.ledger import Ledger, RunRecord
+from autoswarm.policy import best_of
+from autoswarm.types import Experiment, Kind, Status
+
+TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+
+
+def _finished_in_order(experiments: Sequence[Experiment]) -> list[Experiment]:
+    """Final-state experiments: baseline first, then in the order they finished."""
+    done = [e for e in experiments if e.status.is_finished()]
+    return sorted(done, key=lambda e: (e.kind is not Kind.BASELINE, e.finished_at or 0.0, e.id))
+
+
+def tsv_rows(experiments: Sequence[Experiment], metric: str = "val_bpb") -> list[str]:
+    rows = []
+    for e in _finished_in_order(experiments):
+        commit = (e.commit or e.parent)[:7]
+        desc = " ".join(e.description.split()) or "-"
+        if e.status in (Status.CRASH, Status.REJECTED):
+            value, mem = "0.000000", "0.0"
+            if e.reason:
+                desc = f"{desc} ({e.reason})"[:300]
+        else:
+            v = e.value(metric)
+            value = f"{v:.6f}" if v is not None else "0.000000"
+            mem = f"{e.metrics.get('peak_vram_mb', 0.0) / 1024:.1f}"
+        rows.append(f"{commit}\t{value}\t{mem}\t{e.status.tsv}\t{desc.replace(chr(9), ' ')}")
+    return rows
+
+
+def write_results_tsv(
+    path: Path, experiments: Sequence[Experiment], metric: str = "val_bpb"
+) -> None:
+    text = "\n".join([TSV_HEADER, *tsv_rows(experiments, metric)]) + "\n"
+    atomic_write(path, text)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------
+# Records for `autoswarm results --format json`
+
+
+def experiment_record(e: Experiment) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "kind": e.kind.value,
+        "commit": e.commit,
+        "parent": e.parent,
+        "status": e.status.value,
+        "description": e.description,
+        "proposer": e.proposer,
+        "metrics": {
+            k: (v if v == v and abs(v) != float("inf") else None) for k, v in e.metrics.items()
+        },
+        "created_at": e.created_at,
+        "started_at": e.started_at,
+        "finished_at": e.finished_at,
+        "duration_s": e.duration_s,
+        "slot": e.slot,
+        "seed": e.seed,
+        "reason": e.reason,
+        "log_path": e.log_path,
+        "meta": dict(e.meta),
+    }
+
+
+# ---------------------------------------------------------------------------
+# `autoswarm status`
+
+
+def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
+    """Everything ``autoswarm status --json`` prints, derived from the ledger alone."""
+    cfg = run.config
+    metric = cfg.get("metric", {}).get("name", "val_bpb")
+    repeats = int(cfg.get("run", {}).get("baseline_repeats", 3))
+    exps = ledger.experiments(run.id)
+    sessions = ledger.sessions(run.id)
+    counts = {s.value: 0 for s in Status}
+    for e in exps:
+        counts[e.status.value] += 1
+    baseline = baseline_of(exps, metric, repeats)
+    best = best_of(exps, metric, baseline)
+    active = [s for s in sessions if s.ended_at is None and now - s.heartbeat_at < 30]
+    elapsed = sum(s.seconds for s in sessions)
+    for s in active:  # a live session: count up to now, not to its last heartbeat
+        elapsed += max(0.0, now - s.heartbeat_at)
+    slot_seconds = sum(s.seconds * s.workers for s in sessions) + sum(
+        max(0.0, now - s.heartbeat_at) * s.workers for s in active
+    )
+    used = 0.0
+    for e in exps:
+        if e.started_at is None:
+            continue
+        end = (
+            e.finished_at
+            if e.finished_at is not None
+            else (now if e.status is Status.RUNNING else None)
+        )
+        if end is not None:
+            used += max(0.0, end - e.started_at)
+    done = [e for e in exps if e.status in (Status.KEEP, Status.DISCARD, Status.CRASH)]
+    durations = [d for e in done if (d := e.duration_s) is not None]
+    best_row = next((e for e in exps if best and e.id == best.experiment_id), None)
+    return {
+        "tag": run.tag,
+        "branch": run.branch,
+        "metric": metric,
+        "active": bool(active),
+        "experiments": {
+            "total": len(exps),
+            "keep": counts["keep"],
+            "discard": counts["discard"],
+            "crash": counts["crash"],
+            "rejected": counts["rejected"],
+            "running": counts["running"],
+            "queued": counts["queued"],
+            "pending": counts["pending"],
+            "interrupted": counts["interrupted"],
+        },
+        "baseline": {
+            "val_bpb" if metric == "val_bpb" else metric: baseline.mean
+            if baseline and baseline.values
+            else None,
+            "commit": run.base_commit,
+            "runs": len(baseline.values) if baseline else 0,
+        },
+        "best": {
+            "val_bpb" if metric == "val_bpb" else metric: best.value if best else None,
+            "commit": best.commit if best else None,
+            "id": best.experiment_id if best else None,
+            "description": best_row.description if best_row else None,
+        },
+        "improvement_pct": (
+            100.0 * abs(baseline.mean - best.value) / abs(baseline.mean)
+            if best and baseline and baseline.values and baseline.mean
+            else None
+        ),
+        "noise_sigma": baseline.sigma if baseline and len(baseline.values) > 1 else None,
+        "elapsed_s": elapsed,
+        "experiments_per_hour": (len(done) / (elapsed / 3600.0)) if elapsed > 0 else 0.0,
+        "busy_fraction": min(1.0, used / slot_seconds) if slot_seconds > 0 else 0.0,
+        "median_duration_s": statistics.median(durations) if durations else None,
+        "sessions": len(sessions),
+        "workers": sessions[-1].workers if sessions else 0,
+    }
+
+
+__all__ = [
+    "TSV_HEADER",
+    "atomic_write",
+    "experiment_record",
+    "status_record",
+    "tsv_rows",
+    "write_results_tsv",
+]

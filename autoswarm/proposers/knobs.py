@@ -1,0 +1,197 @@
+"""Knob perturbation around the current best: the first proposer that needs no API key.
+
+From the best accepted files it lists every one-knob move (each knob up and down
+by one step: ×/÷1.5 on a log scale, ±1 or ×/÷1.25 for integers, ×/÷2 for powers
+of two, a flip for booleans, each alternative for choices), shuffles them with a
+seeded RNG and hands them out in order, skipping variants already tried or running.
+A move that was kept is followed up first: the same knob again, in the same
+direction (momentum). When the one-step moves of a best are used up it goes on
+with two-step moves, then random pairs of moves, so it never runs dry.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from autoswarm.knobs import (
+    Knob,
+    Literal,
+    Space,
+    apply_values,
+    format_literal,
+    knob_spaces,
+    knobs_of,
+)
+from autoswarm.proposers.base import Context, fingerprint
+from autoswarm.types import Experiment, Proposal, Status
+
+
+@dataclass(frozen=True)
+class Move:
+    """Set some knobs to new values."""
+
+    values: tuple[tuple[str, Literal], ...]
+
+    def describe(self, current: Mapping[str, Knob]) -> str:
+        return ", ".join(
+            f"{name} {format_literal(current[name].value)} -> {format_literal(v)}"
+            for name, v in self.values
+        )
+
+
+def step(space: Space, value: Literal, direction: int, size: int = 1) -> Literal | None:
+    """``value`` moved ``size`` steps up (+1) or down (-1) within ``space``; None if it cannot move."""
+    if space.kind == "bool":
+        return None if size > 1 else (not value)
+    if space.kind == "choice":
+        choices = list(space.choices)
+        try:
+            i = choices.index(value)
+        except ValueError:
+            return choices[0] if choices else None
+        j = i + direction * size
+        return choices[j] if 0 <= j < len(choices) else None
+    assert isinstance(value, int | float)
+    if space.kind == "pow2":
+        new: float = value * (2.0 ** (direction * size))
+    elif space.kind == "int":
+        new = value + direction * size if value < 8 else value * (1.25 ** (direction * size))
+    elif space.log and value > 0:
+        new = value * (1.5 ** (direction * size))
+    else:
+        width = (space.high - space.low) or abs(value) or 1.0
+        new = value + direction * size * 0.1 * width
+    new = round(new) if space.kind in ("int", "pow2") else float(f"{new:.3g}")
+    if space.kind in ("int", "pow2"):
+        new = int(min(max(new, space.low), space.high)) if space.high else int(new)
+        if new < 1:
+            return None
+    elif space.high > space.low:
+        new = min(max(new, space.low), space.high)
+    if new == value or (isinstance(new, float) and not math.isfinite(new)):
+        return None
+    return new
+
+
+class KnobProposer:
+    """See the module docstring. Deterministic for a given seed and history."""
+
+    name = "knobs"
+
+    def __init__(
+        self,
+        *,
+        exclude: tuple[str, ...] = ("TIME_BUDGET",),
+        overrides: Mapping[str, Mapping[str, object]] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.exclude = exclude
+        self.overrides = dict(overrides or {})
+        self.rng = random.Random(seed)
+        self._best_commit: str | None = None
+        self._queue: list[Move] = []
+        self._momentum: list[tuple[str, int]] = []  # (knob, direction) kept lately, newest last
+        self._level = 1
+
+    # -- protocol ------------------------------------------------------------
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def observe(self, experiment: Experiment) -> None:
+        if experiment.status is not Status.KEEP or experiment.proposer != self.name:
+            return
+        for name, (old, new) in dict(experiment.meta.get("changes", {})).items():
+            if isinstance(old, int | float) and isinstance(new, int | float) and old != new:
+                self._momentum.append((name, 1 if new > old else -1))
+        self._momentum = self._momentum[-4:]
+
+    def propose(self, ctx: Context, n: int) -> list[Proposal]:
+        knobs = knobs_of(ctx.best_files, self.exclude)
+        spaces = knob_spaces(ctx.best_files, self.exclude, self.overrides)
+        if not spaces:
+            return []
+        if ctx.best_commit != self._best_commit:
+            self._best_commit = ctx.best_commit
+            self._level = 1
+            self._queue = self._moves(knobs, spaces, level=1)
+        seen = set(ctx.seen)
+        out: list[Proposal] = []
+        attempts = 0
+        while len(out) < n and attempts < 200:
+            attempts += 1
+            if not self._queue:
+                self._level += 1
+                self._queue = (
+                    self._moves(knobs, spaces, level=self._level)
+                    if self._level <= 2
+                    else self._random_pairs(knobs, spaces)
+                )
+                if not self._queue:
+                    break
+            move = self._queue.pop(0)
+            try:
+                files = apply_values(ctx.best_files, dict(move.values))
+            except (KeyError, ValueError):
+                continue
+            fp = fingerprint(files)
+            if fp in seen:
+                continue
+            seen.add(fp)
+            out.append(
+                Proposal(
+                    description=move.describe(knobs),
+                    files={p: t for p, t in files.items() if t != ctx.best_files.get(p)},
+                    parent=ctx.best_commit,
+                    proposer=self.name,
+                    meta={"changes": {k: [knobs[k].value, v] for k, v in move.values}},
+                )
+            )
+        return out
+
+    # -- move lists ------------------------------------------------------------
+
+    def _moves(
+        self, knobs: Mapping[str, Knob], spaces: Mapping[str, Space], level: int
+    ) -> list[Move]:
+        moves: list[Move] = []
+        for name, space in spaces.items():
+            for direction in (1, -1):
+                new = step(space, knobs[name].value, direction, level)
+                if new is not None:
+                    moves.append(Move(((name, new),)))
+        self.rng.shuffle(moves)
+        # Momentum: continue the most recent successful directions first.
+        first: list[Move] = []
+        for name, direction in reversed(self._momentum):
+            if name in spaces:
+                new = step(spaces[name], knobs[name].value, direction, level)
+                m = Move(((name, new),)) if new is not None else None
+                if m is not None and m in moves and m not in first:
+                    first.append(m)
+        return first + [m for m in moves if m not in first]
+
+    def _random_pairs(
+        self, knobs: Mapping[str, Knob], spaces: Mapping[str, Space], count: int = 64
+    ) -> list[Move]:
+        names = sorted(spaces)
+        if len(names) < 2:
+            return []
+        moves = []
+        for _ in range(count):
+            a, b = self.rng.sample(names, 2)
+            va = step(spaces[a], knobs[a].value, self.rng.choice((1, -1)), 1)
+            vb = step(spaces[b], knobs[b].value, self.rng.choice((1, -1)), 1)
+            if va is not None and vb is not None:
+                moves.append(Move(((a, va), (b, vb))))
+        return moves
+
+
+__all__ = ["KnobProposer", "Move", "step"]

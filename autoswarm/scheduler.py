@@ -1,0 +1,788 @@
+"""The scheduler: the research loop. Decides *when and where* experiments run.
+
+One :meth:`Scheduler.run` call owns a workspace until the run ends::
+
+    open or resume the run in the ledger (tag, branch autoswarm/<tag>)
+    recover: orphaned and interrupted experiments go back to the queue
+    queue the baseline repeats (unmodified files, seeds seed, seed+1, ...)
+    loop:
+        fill every free slot: queued experiments first, then the proposer's
+        wait for results; judge each (crash | keep | discard), record it, advance the branch
+    stop at a limit, when the proposer is exhausted, or on request (Ctrl-C)
+
+The ledger is written *before* each step takes effect (a row before a job starts,
+a verdict before the branch moves), so an orchestrator killed at any moment is
+resumed by re-reading it. Time comes from an injected clock, so the whole loop
+runs against a fake backend in milliseconds in unit tests.
+"""
+
+from __future__ import annotations
+
+import collections
+import difflib
+import fcntl
+import os
+import shutil
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from autoswarm.analysis.noise import Baseline, baseline_of
+from autoswarm.backends.base import Backend
+from autoswarm.clock import Clock, SystemClock
+from autoswarm.config import Config
+from autoswarm.errors import BaselineError, RunLockedError, RunStateError
+from autoswarm.ledger import Ledger, RunRecord
+from autoswarm.metrics import crash_reason, read_tail
+from autoswarm.outputs import write_results_tsv
+from autoswarm.policy import Best, best_of, judge
+from autoswarm.proposers.base import Context, Proposer, fingerprint
+from autoswarm.sandbox import scrubbed_env
+from autoswarm.types import Experiment, Job, Kind, Proposal, RunResult, Status
+from autoswarm.workspace import Workspace
+
+# ---------------------------------------------------------------------------
+# Ownership of a workspace: one orchestrator at a time
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``.autoswarm/run.lock``; the kernel releases it if we die."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "run.lock"
+        self._f: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = self.path.open("a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "unknown"
+            f.close()
+            raise RunLockedError(
+                f"another `autoswarm run` (pid {owner}) is active on this workspace: wait for it, "
+                f"watch it with `autoswarm status`, or stop it with `kill {owner}` (then --resume)"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._f = f
+
+    def release(self) -> None:
+        if self._f is not None:
+            fcntl.flock(self._f, fcntl.LOCK_UN)
+            self._f.close()
+            self._f = None
+
+
+# ---------------------------------------------------------------------------
+# What the live view reads
+
+
+@dataclass(frozen=True)
+class SlotView:
+    slot: int
+    experiment_id: int
+    description: str
+    kind: Kind
+    started_at: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A consistent picture of the run for the live view (copied under a lock)."""
+
+    tag: str
+    slots: tuple[SlotView | None, ...]
+    counts: Mapping[str, int]
+    best: Best | None
+    baseline: Baseline | None
+    elapsed_s: float
+    time_limit_s: float
+    max_experiments: int
+    recent: tuple[Experiment, ...]
+    now: float
+    ended: str = ""
+
+
+@dataclass
+class RunOutcome:
+    run: RunRecord
+    reason: str
+    best: Best | None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------
+# The scheduler
+
+
+class Scheduler:
+    """Runs the loop described in the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        workspace: Workspace,
+        ledger: Ledger,
+        backend: Backend,
+        proposer: Proposer,
+        config: Config,
+        clock: Clock | None = None,
+        python: str = sys.executable,
+        environ: Mapping[str, str] | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.ws = workspace
+        self.ledger = ledger
+        self.backend = backend
+        self.proposer = proposer
+        self.cfg = config
+        self.clock = clock or SystemClock()
+        self.python = python
+        self.environ = dict(os.environ if environ is None else environ)
+        self.on_change = on_change
+        self.metric = config.metric.name
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        # State rebuilt from the ledger at start, then kept up to date.
+        self.run_rec: RunRecord | None = None
+        self._session = 0
+        self._session_start = 0.0
+        self._prior_seconds = 0.0
+        self._last_beat = 0.0
+        self._queue: collections.deque[int] = collections.deque()
+        self._running: dict[int, tuple[int, Experiment]] = {}
+        self._all: dict[int, Experiment] = {}
+        self._seen: dict[str, int] = {}
+        self._files_cache: dict[str, dict[str, str]] = {}
+        self.baseline: Baseline | None = None
+        self.best: Best | None = None
+        self._ended = ""
+
+    # -- public ----------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop soon: no new experiments; running ones are killed and marked interrupted."""
+        self._stop.set()
+
+    def run(self, *, tag: str | None = None, resume: bool = False) -> RunOutcome:
+        lock = RunLock(self.ws.state_dir)
+        lock.acquire()
+        reason = "error"
+        try:
+            run = self._open_run(tag, resume)
+            self.run_rec = run
+            now = self.clock.now()
+            self._prior_seconds = sum(s.seconds for s in self.ledger.sessions(run.id))
+            self._session = self.ledger.start_session(
+                run.id, pid=os.getpid(), workers=self.backend.capacity(), now=now
+            )
+            self._session_start = now
+            self._last_beat = now
+            try:
+                self._recover()
+                self._rebuild()
+                self._ensure_baseline()
+                self._write_outputs()
+                reason = self._loop()
+            except KeyboardInterrupt:
+                reason = "interrupted"
+                raise
+            except BaseException as e:
+                reason = f"error: {e}"
+                raise
+            finally:
+                self._shutdown(reason)
+            return RunOutcome(run=run, reason=reason, best=self.best, counts=self._counts())
+        finally:
+            lock.release()
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            slots: list[SlotView | None] = [None] * self.backend.capacity()
+            for exp_id, (slot, exp) in self._running.items():
+                if 0 <= slot < len(slots):
+                    slots[slot] = SlotView(
+                        slot, exp_id, exp.description, exp.kind, exp.started_at or 0.0
+                    )
+            finished = sorted(
+                (e for e in self._all.values() if e.status.is_finished()),
+                key=lambda e: (e.finished_at or 0.0, e.id),
+            )
+            return Snapshot(
+                tag=self.run_rec.tag if self.run_rec else "",
+                slots=tuple(slots),
+                counts=self._counts(),
+                best=self.best,
+                baseline=self.baseline,
+                elapsed_s=self._elapsed(self.clock.now()),
+                time_limit_s=self.cfg.run.time_limit,
+                max_experiments=self.cfg.run.max_experiments,
+                recent=tuple(finished[-8:]),
+                now=self.clock.now(),
+                ended=self._ended,
+            )
+
+    # -- opening and recovering a run -----------------------------------------
+
+    def _open_run(self, tag: str | None, resume: bool) -> RunRecord:
+        tag = tag or self.cfg.run.tag or None
+        if resume:
+            run = self.ledger.get_run(tag)
+            if run is None:
+                what = f"tagged {tag!r}" if tag else "at all"
+                raise RunStateError(
+                    f"there is no run {what} to resume in {self.ws.root}: start one with `autoswarm run`"
+                )
+            if not self.ws.ref_exists(f"refs/heads/{run.branch}"):
+                self.ws.git("branch", run.branch, run.base_commit)
+            return run
+        if tag is None:
+            tag = self._fresh_tag()
+        elif self.ledger.get_run(tag) is not None:
+            raise RunStateError(
+                f"a run tagged {tag!r} already exists: continue it with "
+                f"`autoswarm run --resume --tag {tag}`, or choose a new --tag"
+            )
+        dirty = self.ws.dirty_files()
+        if dirty:
+            raise RunStateError(
+                f"{', '.join(dirty)} has uncommitted changes; the baseline must be a commit: "
+                f"`git -C {self.ws.root} commit -am 'my change'` (or `git stash`) and run again"
+            )
+        base = self.ws.head()
+        branch = f"autoswarm/{tag}"
+        if self.ws.ref_exists(f"refs/heads/{branch}"):
+            raise RunStateError(
+                f"branch {branch} already exists but the ledger has no run {tag!r}: "
+                f"choose another --tag or delete it with `git branch -D {branch}`"
+            )
+        self.ws.ensure_branch(branch, base)
+        config = _config_record(self.cfg)
+        return self.ledger.create_run(
+            tag=tag, branch=branch, base_commit=base, config=config, now=self.clock.now()
+        )
+
+    def _fresh_tag(self) -> str:
+        base = time.strftime("%b%d", time.localtime(self.clock.now())).lower()
+        tag, n = base, 1
+        while self.ledger.get_run(tag) is not None or self.ws.ref_exists(
+            f"refs/heads/autoswarm/{tag}"
+        ):
+            n += 1
+            tag = f"{base}-{n}"
+        return tag
+
+    def _recover(self) -> None:
+        """Orphans (RUNNING from a dead orchestrator) are killed; they and interrupted ones re-queue."""
+        assert self.run_rec is not None
+        for exp in self.ledger.experiments(
+            self.run_rec.id, statuses=[Status.RUNNING, Status.INTERRUPTED]
+        ):
+            if exp.status is Status.RUNNING:
+                self.backend.cancel(exp.id, self.ledger.handle(exp.id))
+                why = "orphaned by an orchestrator that died; re-queued"
+            else:
+                why = "interrupted; re-queued"
+            self.ledger.requeue(exp.id, reason=why)
+
+    def _rebuild(self) -> None:
+        assert self.run_rec is not None
+        exps = self.ledger.experiments(self.run_rec.id)
+        self._all = {e.id: e for e in exps}
+        for e in exps:
+            fp = e.meta.get("fingerprint")
+            if fp and e.status is not Status.REJECTED:
+                self._seen.setdefault(str(fp), e.id)
+        queued = [e for e in exps if e.status is Status.QUEUED]
+        queued.sort(key=lambda e: (e.kind is not Kind.BASELINE, e.id))
+        self._queue = collections.deque(e.id for e in queued)
+        self.baseline = baseline_of(exps, self.metric, self.cfg.run.baseline_repeats)
+        self.best = best_of(exps, self.metric, self.baseline)
+        finished = sorted(
+            (e for e in exps if e.status.is_finished()), key=lambda e: (e.finished_at or 0, e.id)
+        )
+        for e in finished:
+            self.proposer.observe(e)
+        self._judge_pending()
+        self._reconcile_branch()
+
+    def _reconcile_branch(self) -> None:
+        """The branch head must hold the best's files (a crash may have cut a keep short)."""
+        assert self.run_rec is not None
+        target = self.best.commit if self.best else self.run_rec.base_commit
+        head = self.ws.rev_parse(f"refs/heads/{self.run_rec.branch}")
+        if self.ws.git("rev-parse", f"{head}^{{tree}}") != self.ws.git(
+            "rev-parse", f"{target}^{{tree}}"
+        ):
+            self.ws.advance_branch(
+                self.run_rec.branch, target, f"autoswarm: restore best ({target[:10]})"
+            )
+
+    def _ensure_baseline(self) -> None:
+        assert self.run_rec is not None
+        have = sum(1 for e in self._all.values() if e.kind is Kind.BASELINE)
+        base = self.run_rec.base_commit
+        files = self._files(base)
+        for i in range(have, self.cfg.run.baseline_repeats):
+            exp = self.ledger.add_experiment(
+                run_id=self.run_rec.id,
+                kind=Kind.BASELINE,
+                status=Status.QUEUED,
+                parent=base,
+                commit=base,
+                description="baseline"
+                if i == 0
+                else f"baseline (repeat {i + 1}, seed {self.cfg.run.seed + i})",
+                proposer="baseline",
+                seed=self.cfg.run.seed + i,
+                now=self.clock.now(),
+                meta={"fingerprint": fingerprint(files)},
+            )
+            self._all[exp.id] = exp
+            self._seen.setdefault(fingerprint(files), exp.id)
+            self._queue.append(exp.id)
+        # Baselines go first, whatever else was queued.
+        self._queue = collections.deque(
+            sorted(self._queue, key=lambda i: (self._all[i].kind is not Kind.BASELINE, i))
+        )
+
+    # -- the loop ------------------------------------------------------------------
+
+    def _loop(self) -> str:
+        while True:
+            if self._stop.is_set():
+                return "interrupted"
+            now = self.clock.now()
+            self._heartbeat(now)
+            limit = self._limit_reason(now)
+            proposed_any = self._fill_slots(can_dispatch=limit is None)
+            if not self._running:
+                if limit is not None:
+                    return limit
+                if not self._queue and self._count_limit():
+                    return "max experiments"
+                if not self._queue and self.proposer.exhausted:
+                    return "proposer exhausted"
+                if not proposed_any:
+                    # Nothing to run now (an asynchronous proposer is thinking): wait a little.
+                    self.clock.sleep(0.2)
+                    continue
+            for result in self.backend.poll(timeout=0.5):
+                self._on_result(result)
+
+    def _limit_reason(self, now: float) -> str | None:
+        r = self.cfg.run
+        elapsed = self._elapsed(now)
+        if r.time_limit and elapsed >= r.time_limit:
+            return "time limit"
+        if r.time_limit and elapsed + self._expected_duration() > r.time_limit:
+            return "time limit (no time for another experiment)"
+        return None
+
+    def _count_limit(self) -> bool:
+        m = self.cfg.run.max_experiments
+        return bool(m) and len(self._all) >= m
+
+    def _expected_duration(self) -> float:
+        done = [
+            e.duration_s
+            for e in self._all.values()
+            if e.status in (Status.KEEP, Status.DISCARD, Status.PENDING)
+        ]
+        durations = [d for d in done if d is not None]
+        return statistics.median(durations) if durations else self.cfg.run.budget
+
+    def _fill_slots(self, *, can_dispatch: bool) -> bool:
+        """Start work in every free slot; True if anything was started or proposed."""
+        if not can_dispatch:
+            return False
+        busy = {slot for slot, _ in self._running.values()}
+        free = [s for s in range(self.backend.capacity()) if s not in busy]
+        acted = False
+        while free:
+            if not self._queue and not self._count_limit() and self._baseline_dispatched():
+                want = len(free)
+                if self.cfg.run.max_experiments:
+                    want = min(want, self.cfg.run.max_experiments - len(self._all))
+                if want > 0:
+                    for proposal in self.proposer.propose(self._context(), want)[:want]:
+                        self._admit(proposal)
+                        acted = True
+            if not self._queue:
+                break
+            self._dispatch(self._queue.popleft(), free.pop(0))
+            acted = True
+        return acted
+
+    def _baseline_dispatched(self) -> bool:
+        return not any(self._all[i].kind is Kind.BASELINE for i in self._queue)
+
+    def _context(self) -> Context:
+        best_commit = self.best.commit if self.best else self._base()
+        with self._lock:
+            running = tuple(exp for _, exp in self._running.values())
+            history = tuple(
+                sorted(
+                    (e for e in self._all.values() if e.status.is_finished()), key=lambda e: e.id
+                )
+            )
+        return Context(
+            best_commit=best_commit,
+            best_files=self._files(best_commit),
+            best_value=self.best.value
+            if self.best and self.baseline and self.baseline.complete
+            else None,
+            noise_sigma=self.baseline.sigma if self.baseline and self.baseline.complete else None,
+            metric=self.metric,
+            direction=self.cfg.metric.direction,
+            running=running,
+            history=history,
+            seen=frozenset(self._seen),
+            now=self.clock.now(),
+        )
+
+    # -- admitting and dispatching -----------------------------------------------
+
+    def _admit(self, p: Proposal) -> Experiment:
+        """Record a proposal: QUEUED if it may run, REJECTED or CRASH (syntax) otherwise."""
+        assert self.run_rec is not None
+        now = self.clock.now()
+        check = self.ws.check_proposal(p.parent, p.files)
+        editable = self.cfg.workspace.editable
+        parent_files = self._files(p.parent)
+        full = {path: p.files.get(path, parent_files.get(path, "")) for path in editable}
+        fp = fingerprint(full)
+        common: dict[str, Any] = dict(
+            run_id=self.run_rec.id,
+            kind=Kind.CANDIDATE,
+            parent=p.parent,
+            description=_one_line(p.description),
+            proposer=p.proposer,
+            seed=self.cfg.run.seed,
+            now=now,
+            meta={**dict(p.meta), "fingerprint": fp},
+        )
+        twin = self._seen.get(fp)
+        if check.problem and not check.problem.startswith("syntax error"):
+            exp = self.ledger.add_experiment(
+                status=Status.REJECTED,
+                commit="",
+                diff=_text_diff(self.ws, p),
+                reason=check.problem,
+                **common,
+            )
+        elif twin is not None:
+            exp = self.ledger.add_experiment(
+                status=Status.REJECTED,
+                commit="",
+                diff="",
+                reason=f"duplicate of experiment {twin}",
+                **common,
+            )
+        elif not check.changed:
+            exp = self.ledger.add_experiment(
+                status=Status.REJECTED, commit="", diff="", reason="changes nothing", **common
+            )
+        else:
+            changed = {path: p.files[path] for path in check.changed}
+            commit = self.ws.commit_files(p.parent, changed, f"autoswarm: {common['description']}")
+            diff = self.ws.diff(p.parent, commit)
+            if check.problem:  # syntax error: recorded as a crash without spending a slot
+                exp = self.ledger.add_experiment(
+                    status=Status.CRASH, commit=commit, diff=diff, reason=check.problem, **common
+                )
+            else:
+                exp = self.ledger.add_experiment(
+                    status=Status.QUEUED, commit=commit, diff=diff, **common
+                )
+                self._queue.append(exp.id)
+                self._seen[fp] = exp.id
+            self.ws.pin(f"refs/autoswarm/{self.run_rec.tag}/{exp.id}", commit)
+        with self._lock:
+            self._all[exp.id] = exp
+        if exp.status.is_finished():
+            self.proposer.observe(exp)
+            self._write_outputs()
+        return exp
+
+    def _dispatch(self, exp_id: int, slot: int) -> None:
+        exp = self._all[exp_id]
+        workdir = self.ws.materialize(exp.commit, self.ws.run_dir(exp_id))
+        log = self.ws.log_path(exp_id)
+        argv = tuple(self.python if a == "{python}" else a for a in self.cfg.workspace.command)
+        env = scrubbed_env(
+            self.environ,
+            {
+                "AUTOSWARM_BUDGET": f"{self.cfg.run.budget:g}",
+                "AUTOSWARM_SEED": str(exp.seed),
+                "AUTOSWARM_EXPERIMENT": str(exp_id),
+            },
+        )
+        started = self.clock.now()
+        self.ledger.mark_running(exp_id, slot=slot, started_at=started, log_path=str(log))
+        job = Job(
+            experiment_id=exp_id,
+            workdir=workdir,
+            argv=argv,
+            env=env,
+            timeout_s=self.cfg.run.effective_timeout,
+            slot=slot,
+            log_path=log,
+            budget_s=self.cfg.run.budget,
+        )
+        handle = self.backend.submit(job)
+        self.ledger.set_handle(exp_id, handle)
+        with self._lock:
+            running = self.ledger.get(exp_id)
+            self._all[exp_id] = running
+            self._running[exp_id] = (slot, running)
+        self._changed()
+
+    # -- results -------------------------------------------------------------------
+
+    def _on_result(self, r: RunResult) -> None:
+        with self._lock:
+            entry = self._running.pop(r.experiment_id, None)
+        if entry is None:
+            return  # a result for something we no longer track (already handled)
+        exp = entry[1]
+        metrics = dict(r.metrics)
+        if r.cancelled:
+            self._finish(
+                exp,
+                Status.INTERRUPTED,
+                r,
+                metrics,
+                "interrupted; `autoswarm run --resume` runs it again",
+            )
+            return
+        reason = crash_reason(
+            exit_code=r.exit_code,
+            timed_out=r.timed_out,
+            timeout_s=self.cfg.run.effective_timeout,
+            metrics=metrics,
+            metric=self.metric,
+            log_tail=read_tail(r.log_path),
+            error=r.error,
+        )
+        if reason:
+            done = self._finish(exp, Status.CRASH, r, metrics, reason)
+            if exp.kind is Kind.BASELINE:
+                raise BaselineError(
+                    f"the baseline (the unmodified {', '.join(self.cfg.workspace.editable)}) crashed: {reason}. "
+                    f"Read its log ({r.log_path}), fix the files so that `python train.py` prints the "
+                    f"'---' summary block with '{self.metric}:', commit, and start a new run"
+                )
+            self.proposer.observe(done)
+            return
+        if exp.kind is Kind.BASELINE:
+            self._finish(exp, Status.KEEP, r, metrics, "")
+            self.baseline = baseline_of(
+                list(self._all.values()), self.metric, self.cfg.run.baseline_repeats
+            )
+            self.best = best_of(list(self._all.values()), self.metric, self.baseline)
+            if self.baseline and self.baseline.complete:
+                self._judge_pending()
+            return
+        if not (self.baseline and self.baseline.complete):
+            self._finish(exp, Status.PENDING, r, metrics, "")
+            return
+        self._verdict(self._finish(exp, Status.PENDING, r, metrics, ""))
+
+    def _judge_pending(self) -> None:
+        if not (self.baseline and self.baseline.complete):
+            return
+        pending = sorted(
+            (e for e in self._all.values() if e.status is Status.PENDING),
+            key=lambda e: (e.finished_at or 0.0, e.id),
+        )
+        for e in pending:
+            self._verdict(e)
+
+    def _verdict(self, exp: Experiment) -> None:
+        assert self.baseline is not None and self.run_rec is not None
+        value = exp.value(self.metric)
+        assert value is not None
+        best = self.best or best_of(list(self._all.values()), self.metric, self.baseline)
+        assert best is not None
+        status = judge(
+            value,
+            best.value,
+            sigma=self.baseline.sigma,
+            direction=self.cfg.metric.direction,
+            keep_sigmas=self.cfg.run.keep_sigmas,
+            min_delta=self.cfg.run.min_delta,
+        )
+        meta = {**dict(exp.meta), "best_before": best.value, "sigma": self.baseline.sigma}
+        if status is Status.KEEP:
+            meta["best_value"] = value
+        done = self.ledger.finish(
+            exp.id,
+            status=status,
+            metrics=exp.metrics,
+            metric=value,
+            finished_at=exp.finished_at or self.clock.now(),
+            meta=meta,
+        )
+        with self._lock:
+            self._all[exp.id] = done
+            if status is Status.KEEP:
+                self.best = Best(value=value, commit=exp.commit, experiment_id=exp.id)
+        if status is Status.KEEP:
+            self.ws.advance_branch(
+                self.run_rec.branch, exp.commit, f"autoswarm keep #{exp.id}: {exp.description}"
+            )
+        self.proposer.observe(done)
+        self._write_outputs()
+
+    def _finish(
+        self,
+        exp: Experiment,
+        status: Status,
+        r: RunResult,
+        metrics: Mapping[str, float],
+        reason: str,
+    ) -> Experiment:
+        value = metrics.get(self.metric)
+        done = self.ledger.finish(
+            exp.id,
+            status=status,
+            metrics=metrics,
+            metric=value if value is not None and value == value else None,
+            finished_at=r.finished_at,
+            started_at=r.started_at,
+            reason=reason,
+        )
+        with self._lock:
+            self._all[exp.id] = done
+        shutil.rmtree(self.ws.run_dir(exp.id), ignore_errors=True)
+        if status is not Status.PENDING:
+            self._write_outputs()
+        return done
+
+    # -- shutdown and bookkeeping ---------------------------------------------------
+
+    def _shutdown(self, reason: str) -> None:
+        """Kill what still runs, mark it interrupted, close the session. Never raises."""
+        self._ended = reason
+        try:
+            for exp_id in list(self._running):
+                self.backend.cancel(exp_id)
+            deadline = time.monotonic() + 15.0
+            while self._running and time.monotonic() < deadline:
+                for r in self.backend.poll(timeout=0.5):
+                    with self._lock:
+                        entry = self._running.pop(r.experiment_id, None)
+                    if entry:
+                        self._finish(
+                            entry[1],
+                            Status.INTERRUPTED,
+                            r,
+                            r.metrics,
+                            f"interrupted ({reason}); re-queued by --resume",
+                        )
+            for exp_id, (_, _exp) in list(self._running.items()):
+                self.ledger.finish(
+                    exp_id,
+                    status=Status.INTERRUPTED,
+                    metrics={},
+                    metric=None,
+                    finished_at=self.clock.now(),
+                    reason=f"interrupted ({reason}); re-queued by --resume",
+                )
+                self._running.pop(exp_id, None)
+        finally:
+            self.backend.close()
+            self.proposer.close()
+            if self._session:
+                self.ledger.end_session(self._session, now=self.clock.now(), reason=reason)
+            self._write_outputs()
+            self._changed()
+
+    def _heartbeat(self, now: float) -> None:
+        if now - self._last_beat >= 1.0:
+            self.ledger.heartbeat(self._session, now)
+            self._last_beat = now
+            self._changed()
+
+    def _elapsed(self, now: float) -> float:
+        return self._prior_seconds + max(0.0, now - self._session_start)
+
+    def _counts(self) -> dict[str, int]:
+        c: dict[str, int] = collections.Counter(e.status.value for e in self._all.values())
+        return {s.value: c.get(s.value, 0) for s in Status} | {"total": len(self._all)}
+
+    def _write_outputs(self) -> None:
+        if self.run_rec is not None:
+            write_results_tsv(self.ws.results_path, list(self._all.values()), self.metric)
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def _base(self) -> str:
+        assert self.run_rec is not None
+        return self.run_rec.base_commit
+
+    def _files(self, commit: str) -> dict[str, str]:
+        if commit not in self._files_cache:
+            self._files_cache[commit] = self.ws.read_files(commit)
+        return self._files_cache[commit]
+
+
+# ---------------------------------------------------------------------------
+# Small helpers
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line[:200] if line else "(no description)"
+
+
+def _text_diff(ws: Workspace, p: Proposal) -> str:
+    """A unified diff for a proposal that never became a commit (rejected)."""
+    out: list[str] = []
+    for path, new in sorted(p.files.items()):
+        try:
+            old = ws.read_file(p.parent, path)
+        except Exception:
+            old = ""
+        out.extend(
+            difflib.unified_diff(
+                old.splitlines(keepends=True),
+                new.splitlines(keepends=True),
+                f"a/{path}",
+                f"b/{path}",
+            )
+        )
+    return "".join(out)
+
+
+def _config_record(cfg: Config) -> dict[str, Any]:
+    import dataclasses
+    import enum
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, enum.Enum):
+            return v.value
+        if isinstance(v, dict | Mapping):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, tuple | list):
+            return [conv(x) for x in v]
+        return v
+
+    return {k: conv(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+__all__ = ["RunLock", "RunOutcome", "Scheduler", "SlotView", "Snapshot"]

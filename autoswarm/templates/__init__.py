@@ -1,0 +1,1 @@
+"""Workspace templates shipped with autoswarm (copied by `autoswarm init`)."""

@@ -1,0 +1,1 @@
+"""Fakes, synthetic workspaces and contract suites that every implementation must pass."""

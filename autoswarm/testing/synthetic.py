@@ -1,0 +1,106 @@
+"""Synthetic workspaces: a train.py that sleeps for the budget and prints a known metric.
+
+The metric is a known function of the knobs plus seed noise, so search strategies,
+the scheduler and backends can be tested and benchmarked with real processes (or
+a fake backend) without torch. :func:`true_value` is the noise-free value, so a
+benchmark can report the *true* quality of what a strategy found.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from autoswarm.config import render_default_config
+from autoswarm.knobs import Literal, knobs_of
+
+# The default synthetic objective: a bowl in log-LR and width with an interaction,
+# a knob with no effect and a crash region (too large a learning rate diverges).
+TRAIN_PY = '''\
+"""Synthetic train.py: sleeps for the budget, prints a metric that is a known function of the knobs."""
+import math, os, random, sys, time
+
+LR = 0.01
+WIDTH = 64
+DEPTH = 4
+WARMUP_RATIO = 0.1
+USE_BIAS = False  # no effect at all
+
+budget = float(os.environ.get("AUTOSWARM_BUDGET", "1"))
+seed = int(os.environ.get("AUTOSWARM_SEED", "42"))
+NOISE = float(os.environ.get("SYNTH_NOISE", "0.002"))
+
+def true_value(lr, width, depth, warmup):
+    x = math.log2(lr / 0.04)            # best LR 0.04
+    w = math.log2(width / 256)          # best width 256
+    d = (depth - 6) / 2.0               # best depth 6
+    return 1.0 + 0.02 * x * x + 0.03 * w * w + 0.01 * d * d + 0.01 * x * w + 0.02 * (warmup - 0.05) ** 2
+
+if LR > 0.5:
+    print("loss is nan: diverged", flush=True)
+    sys.exit(1)
+time.sleep(budget)
+v = true_value(LR, WIDTH, DEPTH, WARMUP_RATIO) + random.Random(seed * 1000003 + 17).gauss(0, NOISE)
+print("---")
+print(f"val_bpb:          {v:.6f}")
+print(f"training_seconds: {budget:.1f}")
+print(f"peak_vram_mb:     {WIDTH * DEPTH * 4.0:.1f}")
+print(f"depth:            {DEPTH}")
+'''
+
+
+def true_value(values: Mapping[str, Literal]) -> float:
+    """The noise-free metric of the default synthetic objective."""
+    lr, width, depth = float(values["LR"]), float(values["WIDTH"]), float(values["DEPTH"])
+    warmup = float(values["WARMUP_RATIO"])
+    x, w, d = math.log2(lr / 0.04), math.log2(width / 256), (depth - 6) / 2.0
+    return (
+        1.0
+        + 0.02 * x * x
+        + 0.03 * w * w
+        + 0.01 * d * d
+        + 0.01 * x * w
+        + 0.02 * (warmup - 0.05) ** 2
+    )
+
+
+def value_of_files(files: Mapping[str, str], seed: int, noise: float = 0.002) -> float | None:
+    """What the synthetic train.py would print for these files and seed (None = crash)."""
+    values = {k: v.value for k, v in knobs_of(files).items()}
+    if float(values["LR"]) > 0.5:
+        return None
+    return true_value(values) + random.Random(seed * 1000003 + 17).gauss(0, noise)
+
+
+def make_workspace(
+    directory: Path, *, train_py: str = TRAIN_PY, budget: float = 1.0, timeout: float = 0.0
+) -> Path:
+    """A git workspace with the synthetic train.py and a no-op prepare.py."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "train.py").write_text(train_py)
+    (directory / "prepare.py").write_text('"""No data to prepare for the synthetic workspace."""\n')
+    (directory / "program.md").write_text("Synthetic workspace: change the knobs in train.py.\n")
+    (directory / "autoswarm.toml").write_text(render_default_config(budget=budget, timeout=timeout))
+    (directory / ".gitignore").write_text(".autoswarm/\nresults.tsv\n__pycache__/\n")
+    for args in (
+        ["init", "-q", "-b", "main"],
+        ["add", "-A"],
+        [
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@localhost",
+            "commit",
+            "-q",
+            "-m",
+            "synthetic workspace",
+        ],
+    ):
+        subprocess.run(["git", *args], cwd=directory, check=True, capture_output=True)
+    return directory
+
+
+__all__ = ["TRAIN_PY", "make_workspace", "true_value", "value_of_files"]

@@ -1,0 +1,245 @@
+"""A workspace on disk: a git repository with prepare.py, train.py, program.md, autoswarm.toml.
+
+Git gives every variant provenance. A proposal becomes a commit (parent = the best
+it was derived from) built through a temporary index, so the user's working tree
+and index are never touched; the commit is pinned by ``refs/autoswarm/<tag>/<id>``
+so ``git gc`` keeps it. Each experiment runs in its own directory exported from its
+commit, so concurrent variants never share files. A keep advances the branch
+``autoswarm/<tag>``, whose head always holds the best accepted files.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoswarm.config import CONFIG_NAME, Config
+from autoswarm.errors import WorkspaceError
+
+STATE_DIR = ".autoswarm"
+LEDGER_NAME = "ledger.sqlite"
+RESULTS_NAME = "results.tsv"
+
+# Commits autoswarm makes carry its own identity, so they work on machines where
+# git has no user configured and never impersonate the user.
+_GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "autoswarm",
+    "GIT_AUTHOR_EMAIL": "autoswarm@localhost",
+    "GIT_COMMITTER_NAME": "autoswarm",
+    "GIT_COMMITTER_EMAIL": "autoswarm@localhost",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """The verdict of :meth:`Workspace.check_proposal`: which files change, and whether allowed."""
+
+    changed: tuple[str, ...]
+    problem: str = ""  # empty when the variant may run
+
+
+class Workspace:
+    """Git and file operations on one workspace directory."""
+
+    def __init__(self, root: Path, config: Config) -> None:
+        self.root = root.resolve()
+        self.config = config
+        if not (self.root / ".git").exists():
+            raise WorkspaceError(
+                f"{self.root} is not a git repository, so it is not an autoswarm workspace: "
+                f"create one with `autoswarm init {root}`"
+            )
+        for name in (*config.workspace.editable, *config.workspace.locked):
+            if not (self.root / name).is_file():
+                raise WorkspaceError(
+                    f"{self.root / name} is missing but {CONFIG_NAME} lists it: restore it "
+                    f"(git checkout -- {name}) or fix [workspace] in {CONFIG_NAME}"
+                )
+
+    # -- paths ---------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.state_dir / LEDGER_NAME
+
+    @property
+    def results_path(self) -> Path:
+        return self.root / RESULTS_NAME
+
+    def run_dir(self, exp_id: int) -> Path:
+        return self.state_dir / "runs" / f"{exp_id:05d}"
+
+    def log_path(self, exp_id: int) -> Path:
+        return self.state_dir / "logs" / f"{exp_id:05d}.log"
+
+    # -- git plumbing --------------------------------------------------------
+
+    def git(
+        self, *args: str, input: bytes | None = None, env: Mapping[str, str] | None = None
+    ) -> str:
+        full_env = {**os.environ, **_GIT_IDENTITY, **(env or {})}
+        proc = subprocess.run(
+            ["git", *args],
+            cwd=self.root,
+            input=input,
+            capture_output=True,
+            env=full_env,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise WorkspaceError(
+                f"git {' '.join(args[:3])} failed in {self.root}: "
+                f"{proc.stderr.decode(errors='replace').strip()}"
+            )
+        return proc.stdout.decode("utf-8", errors="replace")
+
+    def rev_parse(self, ref: str) -> str:
+        return self.git("rev-parse", "--verify", f"{ref}^{{commit}}").strip()
+
+    def ref_exists(self, ref: str) -> bool:
+        try:
+            self.rev_parse(ref)
+            return True
+        except WorkspaceError:
+            return False
+
+    def head(self) -> str:
+        try:
+            return self.rev_parse("HEAD")
+        except WorkspaceError:
+            raise WorkspaceError(
+                f"{self.root} has no commit yet: commit the workspace files first "
+                "(git add -A && git commit -m 'initial')"
+            ) from None
+
+    def read_file(self, commit: str, path: str) -> str:
+        return self.git("show", f"{commit}:{path}")
+
+    def read_files(self, commit: str, paths: Sequence[str] | None = None) -> dict[str, str]:
+        return {p: self.read_file(commit, p) for p in (paths or self.config.workspace.editable)}
+
+    def dirty_files(self) -> list[str]:
+        """Tracked workspace files (editable or locked) with uncommitted changes."""
+        watched = [*self.config.workspace.editable, *self.config.workspace.locked]
+        out = self.git("status", "--porcelain", "--", *watched)
+        return [line[3:] for line in out.splitlines() if line.strip()]
+
+    # -- proposals -----------------------------------------------------------
+
+    def check_proposal(self, parent: str, files: Mapping[str, str]) -> Check:
+        """Which files a proposal changes and whether it may run.
+
+        A variant may change only editable files; touching a locked file (or any
+        other file) is refused before it runs, with a reason that says why.
+        """
+        ws = self.config.workspace
+        changed: list[str] = []
+        for path, text in sorted(files.items()):
+            norm = os.path.normpath(path)
+            if norm.startswith("..") or os.path.isabs(norm):
+                return Check((), f"path {path!r} is outside the workspace")
+            try:
+                old: str | None = self.read_file(parent, norm)
+            except WorkspaceError:
+                old = None
+            if old != text:
+                changed.append(norm)
+        locked = [p for p in changed if p in ws.locked]
+        if locked:
+            return Check(
+                tuple(changed),
+                f"edits locked file(s) {', '.join(locked)}; only {', '.join(ws.editable)} may change "
+                f"([workspace] in {CONFIG_NAME})",
+            )
+        other = [p for p in changed if p not in ws.editable]
+        if other:
+            return Check(
+                tuple(changed),
+                f"changes non-editable file(s) {', '.join(other)}; only {', '.join(ws.editable)} may "
+                f"change (add them to [workspace] editable in {CONFIG_NAME} to allow it)",
+            )
+        for p in changed:
+            if p.endswith(".py"):
+                try:
+                    compile(files[p], p, "exec")
+                except SyntaxError as e:
+                    return Check(tuple(changed), f"syntax error: {p} line {e.lineno}: {e.msg}")
+        return Check(tuple(changed))
+
+    def commit_files(self, parent: str, files: Mapping[str, str], message: str) -> str:
+        """A new commit = ``parent`` with ``files`` replaced; the working tree is untouched."""
+        index = self.state_dir / f"index.{os.getpid()}.{id(files)}"
+        index.parent.mkdir(parents=True, exist_ok=True)
+        env = {"GIT_INDEX_FILE": str(index)}
+        try:
+            self.git("read-tree", parent, env=env)
+            for path, text in files.items():
+                blob = self.git("hash-object", "-w", "--stdin", input=text.encode()).strip()
+                self.git("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
+            tree = self.git("write-tree", env=env).strip()
+        finally:
+            index.unlink(missing_ok=True)
+        return self.git("commit-tree", tree, "-p", parent, "-m", message).strip()
+
+    def diff(self, parent: str, commit: str) -> str:
+        return self.git("diff", parent, commit)
+
+    def pin(self, ref: str, commit: str) -> None:
+        """Keep ``commit`` reachable under ``ref`` (refs/autoswarm/...)."""
+        self.git("update-ref", ref, commit)
+
+    # -- branch --------------------------------------------------------------
+
+    def ensure_branch(self, branch: str, commit: str) -> None:
+        if not self.ref_exists(f"refs/heads/{branch}"):
+            self.git("branch", branch, commit)
+
+    def advance_branch(self, branch: str, source: str, message: str) -> str:
+        """Make the head of ``branch`` hold ``source``'s tree; return the new head.
+
+        ``source`` may be based on an older best (variants run concurrently), so the
+        head gets a new commit with ``source``'s tree on top of the current head: the
+        branch stays linear and its head is always the best accepted files.
+        """
+        head = self.rev_parse(f"refs/heads/{branch}")
+        tree = self.git("rev-parse", f"{source}^{{tree}}").strip()
+        if tree == self.git("rev-parse", f"{head}^{{tree}}").strip():
+            return head
+        new = self.git("commit-tree", tree, "-p", head, "-m", message).strip()
+        # Compare-and-swap: fails loudly if anything else moved the branch meanwhile.
+        self.git("update-ref", f"refs/heads/{branch}", new, head)
+        return new
+
+    # -- snapshots -----------------------------------------------------------
+
+    def materialize(self, commit: str, dest: Path) -> Path:
+        """Export ``commit``'s files into a fresh directory ``dest`` (replacing it)."""
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        data = subprocess.run(
+            ["git", "archive", "--format=tar", commit],
+            cwd=self.root,
+            capture_output=True,
+            check=False,
+        )
+        if data.returncode != 0:
+            raise WorkspaceError(
+                f"cannot export commit {commit[:10]}: {data.stderr.decode().strip()}"
+            )
+        with tarfile.open(fileobj=io.BytesIO(data.stdout)) as tar:
+            tar.extractall(dest, filter="data")
+        return dest
+
+
+__all__ = ["LEDGER_NAME", "RESULTS_NAME", "STATE_DIR", "Check", "Workspace"]
