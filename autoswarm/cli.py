@@ -23,8 +23,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-from autoswarm.config import Config, load_config, parse_duration, with_overrides
+from autoswarm.config import Config, load_config, parse_duration, with_overrides, with_recorded_run
 from autoswarm.errors import AutoswarmError, RunStateError, WorkspaceError
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.outputs import TSV_HEADER, experiment_record, status_record, tsv_rows
@@ -155,6 +156,8 @@ def run(
     from autoswarm.scheduler import Scheduler
 
     cfg = load_config(workspace)
+    if resume:
+        cfg = _recorded_config(workspace, cfg, tag)
     cfg = with_overrides(
         cfg,
         workers=workers,
@@ -214,6 +217,18 @@ def run(
             f"resume with: autoswarm run --resume --tag {outcome.run.tag} --workspace {workspace}"
         )
         raise typer.Exit(130)
+
+
+def _recorded_config(workspace: Path, cfg: Config, tag: str | None) -> Config:
+    """For --resume: the settings the run was started with (limits, budget, keep rule)."""
+    path = workspace / ".autoswarm" / "ledger.sqlite"
+    if not path.exists():
+        return cfg
+    with Ledger(path) as led:
+        rec = led.get_run(tag)
+    if rec is None:
+        return cfg
+    return with_recorded_run(cfg, rec.config)
 
 
 def _summary_line(st: dict[str, Any], reason: str) -> str:
@@ -338,7 +353,12 @@ def _print_table(
     )
     for col in ("id", "commit", metric, "Δ vs best", "status", "time", "description"):
         t.add_column(col, overflow="fold")
-    style = {Status.KEEP: "green", Status.DISCARD: "", Status.CRASH: "red", Status.REJECTED: "red"}
+    style = {
+        Status.KEEP: "green",
+        Status.DISCARD: "default",
+        Status.CRASH: "red",
+        Status.REJECTED: "red",
+    }
     for e in shown:
         v = e.value(metric)
         before = e.meta.get("best_before")
@@ -351,9 +371,9 @@ def _print_table(
             (e.commit or "")[:7],
             "-" if v is None else f"{v:.6f}",
             delta,
-            f"[{style.get(e.status, 'yellow')}]{e.status.value}[/]",
+            Text(e.status.value, style=style.get(e.status, "yellow")),
             "" if e.duration_s is None else f"{e.duration_s:.0f}s",
-            desc,
+            Text(desc),
         )
     console.print(t)
 

@@ -254,6 +254,26 @@ def with_overrides(cfg: Config, **run_fields: Any) -> Config:
     return new
 
 
+def with_recorded_run(cfg: Config, recorded: Mapping[str, Any]) -> Config:
+    """``cfg`` with the [run] and [metric] settings a run was started with (for ``--resume``).
+
+    A resumed run continues toward the same totals, with the same budget and keep rule,
+    whatever autoswarm.toml says now; flags given to the resuming command still win.
+    """
+    run = dict(recorded.get("run", {}))
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    changes = {k: v for k, v in run.items() if k in fields}
+    new_run = dataclasses.replace(cfg.run, **changes)
+    metric = recorded.get("metric", {})
+    new_metric = MetricConfig(
+        name=str(metric.get("name", cfg.metric.name)),
+        direction=Direction(metric.get("direction", cfg.metric.direction.value)),
+    )
+    new = dataclasses.replace(cfg, run=new_run, metric=new_metric)
+    validate(new, "the recorded run configuration")
+    return new
+
+
 def render_default_config(*, budget: float, timeout: float = 0.0, workers: int = 0) -> str:
     """The autoswarm.toml written by ``autoswarm init`` (documented, every key shown)."""
     return f"""\
@@ -302,4 +322,5 @@ __all__ = [
     "render_default_config",
     "validate",
     "with_overrides",
+    "with_recorded_run",
 ]

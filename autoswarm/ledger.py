@@ -203,6 +203,12 @@ class Ledger:
         assert run is not None and run.id == cur.lastrowid
         return run
 
+    def update_run_config(self, run_id: int, config: Mapping[str, Any]) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE runs SET config=? WHERE id=?", (json.dumps(config, sort_keys=True), run_id)
+            )
+
     def get_run(self, tag: str | None = None) -> RunRecord | None:
         """The run with ``tag``, or the most recent run when ``tag`` is None."""
         with self._lock:

@@ -245,6 +245,10 @@ class Scheduler:
                 )
             if not self.ws.ref_exists(f"refs/heads/{run.branch}"):
                 self.ws.git("branch", run.branch, run.base_commit)
+            config = _config_record(self.cfg)
+            if config != dict(run.config):  # flags of the resuming command (a longer limit, ...)
+                self.ledger.update_run_config(run.id, config)
+                run = self.ledger.get_run(run.tag) or run
             return run
         if tag is None:
             tag = self._fresh_tag()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -109,7 +110,9 @@ def print_event_lines(scheduler: Scheduler, console: Console) -> Callable[[], No
         for v in s.slots:
             if v is not None and (v.experiment_id, "start") not in printed:
                 printed.add((v.experiment_id, "start"))
-                console.print(f"[dim]start  #{v.experiment_id} slot {v.slot}: {v.description}[/]")
+                console.print(
+                    f"[dim]start  #{v.experiment_id} slot {v.slot}: {escape(v.description)}[/]"
+                )
         for e in s.recent:
             if (e.id, "end") in printed:
                 continue
@@ -118,7 +121,9 @@ def print_event_lines(scheduler: Scheduler, console: Console) -> Callable[[], No
             txt = "-" if val is None else f"{val:.6f}"
             best = f" | best {s.best.value:.6f}" if s.best else ""
             reason = f" ({e.reason})" if e.reason and e.status is not Status.KEEP else ""
-            console.print(f"{e.status.value:<8} #{e.id} {txt} {e.description}{reason}{best}")
+            console.print(
+                escape(f"{e.status.value:<8} #{e.id} {txt} {e.description}{reason}{best}")
+            )
 
     return on_change
 

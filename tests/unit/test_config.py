@@ -1,0 +1,273 @@
+"""autoswarm.toml parsing and validation: every mistake is a ConfigError that says what to fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoswarm.config import (
+    CONFIG_NAME,
+    Config,
+    load_config,
+    parse_duration,
+    render_default_config,
+    with_overrides,
+)
+from autoswarm.errors import ConfigError
+from autoswarm.types import Direction
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / CONFIG_NAME).write_text(text)
+    return tmp_path
+
+
+def default_with(tmp_path: Path, old: str, new: str) -> Path:
+    """The default config with one line changed (so only that line can be at fault)."""
+    text = render_default_config(budget=60)
+    assert old in text, old
+    return write(tmp_path, text.replace(old, new, 1))
+
+
+# ---------------------------------------------------------------------------
+# Happy path
+
+
+def test_default_config_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, render_default_config(budget=90, timeout=300, workers=3)))
+    assert cfg.run.budget == 90.0 and isinstance(cfg.run.budget, float)
+    assert cfg.run.timeout == 300.0
+    assert cfg.run.workers == 3
+    assert cfg.run.effective_timeout == 300.0
+    assert cfg.workspace.editable == ("train.py",)
+    assert cfg.workspace.locked == ("prepare.py",)
+    assert cfg.workspace.command == ("{python}", "train.py")
+    assert cfg.workspace.prepare == ("{python}", "prepare.py")
+    assert cfg.metric.name == "val_bpb" and cfg.metric.direction is Direction.MINIMIZE
+    assert cfg.knobs.exclude == ("TIME_BUDGET",)
+    assert cfg.knobs.overrides == {}
+    # Everything else equals the dataclass defaults: the rendered file documents them.
+    defaults = Config()
+    for key in ("grace", "threads_per_worker", "strategy", "baseline_repeats", "seed",
+                "keep_sigmas", "min_delta", "max_experiments", "time_limit", "log_max_bytes"):
+        assert getattr(cfg.run, key) == getattr(defaults.run, key), key
+
+
+def test_default_timeout_is_twice_budget_plus_grace(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, render_default_config(budget=60)))
+    assert cfg.run.timeout == 0
+    assert cfg.run.effective_timeout == 2 * 60 + 60
+
+
+def test_durations_strings_and_knob_tables(tmp_path: Path) -> None:
+    text = render_default_config(budget=60).replace("time_limit = 0 ", 'time_limit = "1h30m"')
+    text = text.replace("budget = 60 ", 'budget = "2m"')
+    text += '\n[knobs.LR]\nlow = 0.001\nhigh = 0.1\nlog = true\n'
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.run.time_limit == 5400.0
+    assert cfg.run.budget == 120.0
+    assert cfg.knobs.overrides == {"LR": {"low": 0.001, "high": 0.1, "log": True}}
+
+
+def test_maximize_metric(tmp_path: Path) -> None:
+    cfg = load_config(
+        default_with(tmp_path, 'direction = "minimize"', 'direction = "MAXIMIZE"')
+    )
+    assert cfg.metric.direction is Direction.MAXIMIZE
+
+
+def test_minimal_file_uses_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg == Config()
+
+
+# ---------------------------------------------------------------------------
+# Errors: each names the key and says what to do
+
+
+def test_missing_file_says_how_to_create_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path)
+    assert CONFIG_NAME in str(e.value)
+    assert f"autoswarm init {tmp_path}" in str(e.value)
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    write(tmp_path, "[run]\nbudget = = 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path / CONFIG_NAME) in msg
+    assert "not valid TOML" in msg and "line 2" in msg
+    assert "Fix the file" in msg
+    assert e.value.__cause__ is not None  # wrapped at the boundary
+
+
+def test_unknown_table(tmp_path: Path) -> None:
+    write(tmp_path, render_default_config(budget=60) + "\n[runn]\nbudget = 3\n")
+    with pytest.raises(ConfigError, match=r"unknown table\(s\) runn; known: workspace, metric, run, knobs"):
+        load_config(tmp_path)
+
+
+def test_unknown_key_lists_known_keys(tmp_path: Path) -> None:
+    default_with(tmp_path, "grace = 60", "grace = 60\nbudgett = 5")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path)
+    msg = str(e.value)
+    assert "unknown key(s) in [run]: budgett" in msg
+    assert "known keys:" in msg and "budget" in msg and "time_limit" in msg
+
+
+def test_unknown_scalar_in_knobs_points_to_per_knob_tables(tmp_path: Path) -> None:
+    default_with(tmp_path, 'exclude = ["TIME_BUDGET"]', 'exclude = ["TIME_BUDGET"]\nLR = 0.1')
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[knobs\]: LR.*\[knobs.MATRIX_LR\]"):
+        load_config(tmp_path)
+
+
+def test_section_that_is_not_a_table(tmp_path: Path) -> None:
+    write(tmp_path, 'run = 3\n')
+    with pytest.raises(ConfigError, match=r"\[run\] must be a table"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("workers = 0", 'workers = "two"', r"\[run\] workers must be an integer, got 'two'"),
+        ("workers = 0", "workers = 2.5", r"\[run\] workers must be an integer, got 2.5"),
+        ("workers = 0", "workers = true", r"\[run\] workers must be an integer, got True"),
+        ("keep_sigmas = 2.0", 'keep_sigmas = "lots"', r"\[run\] keep_sigmas must be a number"),
+        ("keep_sigmas = 2.0", "keep_sigmas = false", r"\[run\] keep_sigmas must be a number"),
+        ('strategy = "auto"', "strategy = 3", r"\[run\] strategy must be a string, got 3"),
+        ('editable = ["train.py"]', 'editable = "train.py"',
+         r"\[workspace\] editable must be a list of strings"),
+        ('command = ["{python}", "train.py"]', 'command = ["python", 3]',
+         r"\[workspace\] command must be a list of strings"),
+        ('direction = "minimize"', 'direction = "down"',
+         r"\[metric\] direction must be 'minimize' or 'maximize', got 'down'"),
+        ('exclude = ["TIME_BUDGET"]', 'exclude = "TIME_BUDGET"',
+         r"\[knobs\] exclude must be a list of knob names"),
+        ("budget = 60 ", 'budget = "soon"', r"cannot read duration 'soon'.*90s, 15m, 1h30m"),
+    ],
+)
+def test_wrong_types(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    default_with(tmp_path, old, new)
+    with pytest.raises(ConfigError, match=expected):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("budget = 60 ", "budget = 0 ", r"budget must be > 0 seconds, got 0.0"),
+        ("budget = 60 ", "budget = -5 ", r"budget must be > 0 seconds"),
+        ("timeout = 0 ", "timeout = 30 ",
+         r"timeout \(30.0s\) must be at least the budget \(60.0s\), or 0 for 2 × budget \+ grace"),
+        ("timeout = 0 ", "timeout = -1 ", r"timeout \(-1.0s\) must be at least the budget"),
+        ("workers = 0", "workers = -1", r"workers must be >= 0 \(0 = automatic\)"),
+        ("threads_per_worker = 1", "threads_per_worker = 0", r"threads_per_worker must be >= 1"),
+        ("baseline_repeats = 3", "baseline_repeats = 0", r"baseline_repeats must be >= 1"),
+        ("keep_sigmas = 2.0", "keep_sigmas = -1.0", r"keep_sigmas and min_delta must be >= 0"),
+        ("max_experiments = 0", "max_experiments = -3", r"max_experiments must be >= 0"),
+        ("log_max_bytes = 2000000", "log_max_bytes = 100", r"log_max_bytes must be at least 10000"),
+        ('strategy = "auto"', 'strategy = "genius"',
+         r"unknown strategy 'genius'; choose one of: auto, knobs"),
+        ('editable = ["train.py"]', 'editable = ["train.py", "prepare.py"]',
+         r"prepare.py cannot be both editable and locked"),
+        ('editable = ["train.py"]', "editable = []", r"editable must list at least one file"),
+        ('editable = ["train.py"]', 'editable = ["../train.py"]',
+         r"'../train.py' must be a path inside the workspace"),
+        ('locked = ["prepare.py"]', 'locked = ["/etc/prepare.py"]',
+         r"'/etc/prepare.py' must be a path inside the workspace"),
+        ('command = ["{python}", "train.py"]', "command = []", r"command must not be empty"),
+    ],
+)
+def test_validation_errors_name_the_file_and_the_key(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    default_with(tmp_path, old, new)
+    with pytest.raises(ConfigError, match=expected) as e:
+        load_config(tmp_path)
+    assert str(e.value).startswith(str(tmp_path / CONFIG_NAME))
+
+
+@pytest.mark.parametrize("tag", ["has space", "-leading-dash", "a/b", "x~1", "ünï"])
+def test_bad_tag(tmp_path: Path, tag: str) -> None:
+    default_with(tmp_path, 'strategy = "auto"', f'strategy = "auto"\ntag = "{tag}"')
+    with pytest.raises(ConfigError, match=r"tag .* must be letters, digits, '\.', '_' or '-' \(it names a git branch\)"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize("tag", ["mar5", "exp.2-b_c", "A"])
+def test_good_tag(tmp_path: Path, tag: str) -> None:
+    default_with(tmp_path, 'strategy = "auto"', f'strategy = "auto"\ntag = "{tag}"')
+    assert load_config(tmp_path).run.tag == tag
+
+
+# ---------------------------------------------------------------------------
+# Durations
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90.0),
+        ("90s", 90.0),
+        ("15m", 900.0),
+        ("1h30m", 5400.0),
+        ("2d", 172800.0),
+        ("8H", 28800.0),
+        (" 1h 30m ", 5400.0),
+        ("1.5h", 5400.0),
+        (45, 45.0),
+        (2.5, 2.5),
+    ],
+)
+def test_parse_duration(text: str | float, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "1x", "h", "15mm", "-5", "1h-30m", "1,5h"])
+def test_parse_duration_rejects_bad_text(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read duration .*e\.g\. 90s, 15m, 1h30m"):
+        parse_duration(text)
+
+
+def test_parse_duration_rejects_negative_numbers() -> None:
+    with pytest.raises(ConfigError, match="must not be negative"):
+        parse_duration(-1)
+
+
+# ---------------------------------------------------------------------------
+# Command-line overrides
+
+
+def test_with_overrides_ignores_none_and_returns_same_object() -> None:
+    cfg = Config()
+    assert with_overrides(cfg, budget=None, workers=None) is cfg
+
+
+def test_with_overrides_replaces_run_fields_only() -> None:
+    cfg = Config()
+    new = with_overrides(cfg, budget=10.0, workers=None, max_experiments=7, tag="t1")
+    assert (new.run.budget, new.run.workers, new.run.max_experiments, new.run.tag) == (
+        10.0, cfg.run.workers, 7, "t1"
+    )
+    assert new.workspace == cfg.workspace and new.metric == cfg.metric
+    assert cfg.run.budget == 60.0  # frozen: the original is unchanged
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"budget": 0.0}, r"command-line options: budget must be > 0"),
+        ({"budget": 100.0, "timeout": 50.0}, r"command-line options: timeout \(50.0s\) must be at least"),
+        ({"strategy": "nope"}, r"command-line options: unknown strategy 'nope'"),
+        ({"tag": "bad tag"}, r"command-line options: tag 'bad tag'"),
+        ({"workers": -2}, r"command-line options: workers must be >= 0"),
+    ],
+)
+def test_with_overrides_validates(fields: dict[str, object], expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        with_overrides(Config(), **fields)

@@ -1,0 +1,135 @@
+"""What untrusted experiment code gets: no secrets; and orphan kills that never hit a reused pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from autoswarm.sandbox import (
+    is_secret_name,
+    kill_group,
+    kill_orphan,
+    process_start_time,
+    scrubbed_env,
+)
+
+SECRETS = [
+    "ANTHROPIC_API_KEY",
+    "OPENAI_API_KEY",
+    "OPENAI_ORG_ID",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SESSION_TOKEN",
+    "GITHUB_TOKEN",
+    "GH_TOKEN",
+    "MY_SERVICE_PASSWORD",
+    "DB_SECRET",
+    "DB_PASSWD",
+    "WANDB_API_KEY",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_CLIENT_SECRET",
+    "SSH_AUTH_SOCK",
+    "STRIPE_PRIVATE_KEY",
+    "my_api_key",
+    "npm_config__auth",
+]
+KEPT = [
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "TMPDIR",
+    "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "AUTOSWARM_BUDGET",
+    "AUTOSWARM_SEED",
+]
+
+
+def test_scrubbed_env_removes_credentials_and_keeps_the_rest() -> None:
+    base = {name: "value-" + name for name in SECRETS + KEPT}
+    env = scrubbed_env(base)
+    assert not set(SECRETS) & set(env)
+    assert env == {name: "value-" + name for name in KEPT}
+    assert "ANTHROPIC_API_KEY" in base  # the input is not modified
+
+
+@pytest.mark.parametrize("name", SECRETS)
+def test_is_secret_name(name: str) -> None:
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", KEPT)
+def test_is_not_secret_name(name: str) -> None:
+    assert not is_secret_name(name)
+
+
+def test_extra_is_added_last_and_may_override() -> None:
+    env = scrubbed_env({"PATH": "/bin", "AUTOSWARM_BUDGET": "1"}, {"AUTOSWARM_BUDGET": "60"})
+    assert env == {"PATH": "/bin", "AUTOSWARM_BUDGET": "60"}
+
+
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "AUTOSWARM_TOKEN", "X_SECRET"])
+def test_extra_credential_like_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match=f"refusing to pass credential-like variable {name}"):
+        scrubbed_env({"PATH": "/bin"}, {name: "sk-123"})
+
+
+# ---------------------------------------------------------------------------
+# Process identity
+
+
+def test_process_start_time_of_self() -> None:
+    start = process_start_time(os.getpid())
+    assert start and start.isdigit()
+    assert process_start_time(os.getpid()) == start  # stable
+
+
+def test_process_start_time_of_a_dead_pid() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert process_start_time(proc.pid) == ""
+    assert process_start_time(2**22 + 12345) == ""  # beyond pid_max
+
+
+@pytest.fixture
+def sleeper():
+    proc = subprocess.Popen(["sleep", "100"], start_new_session=True)
+    yield proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def wait_exit(proc: subprocess.Popen[bytes], limit: float = 5.0) -> int | None:
+    try:
+        return proc.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def test_kill_orphan_refuses_a_different_start_time(sleeper) -> None:
+    start = process_start_time(sleeper.pid)
+    assert start
+    wrong = str(int(start) + 1)
+    assert kill_orphan(sleeper.pid, sleeper.pid, wrong) is False
+    assert kill_orphan(sleeper.pid, sleeper.pid, "") is False  # unknown start: hands off
+    time.sleep(0.05)
+    assert sleeper.poll() is None  # still alive
+    assert kill_orphan(sleeper.pid, sleeper.pid, start) is True
+    assert wait_exit(sleeper) == -signal.SIGKILL
+
+
+def test_kill_group_of_a_gone_group(sleeper) -> None:
+    os.killpg(sleeper.pid, signal.SIGKILL)
+    sleeper.wait()
+    assert kill_group(sleeper.pid) is False
