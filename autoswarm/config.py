@@ -274,7 +274,13 @@ def with_recorded_run(cfg: Config, recorded: Mapping[str, Any]) -> Config:
     return new
 
 
-def render_default_config(*, budget: float, timeout: float = 0.0, workers: int = 0) -> str:
+def render_default_config(
+    *,
+    budget: float,
+    timeout: float = 0.0,
+    workers: int = 0,
+    exclude: tuple[str, ...] = ("TIME_BUDGET",),
+) -> str:
     """The autoswarm.toml written by ``autoswarm init`` (documented, every key shown)."""
     return f"""\
 # autoswarm workspace configuration. Flags of `autoswarm run` override [run] keys.
@@ -305,7 +311,7 @@ time_limit = 0                     # e.g. "8h"; 0 = unlimited
 log_max_bytes = 2000000            # per-experiment log cap (head and tail are kept)
 
 [knobs]
-exclude = ["TIME_BUDGET"]          # UPPER_CASE constants the knob search must not touch
+exclude = [{", ".join(f'"{x}"' for x in exclude)}]  # UPPER_CASE constants the knob search leaves alone
 """
 
 

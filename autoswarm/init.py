@@ -18,6 +18,9 @@ from autoswarm.errors import ConfigError, WorkspaceError
 TEMPLATES = ("cpu", "gpu")
 SOURCES = ("stdlib", "climbmix")
 _BUDGET = {"cpu": 60.0, "gpu": 300.0}
+# Knobs a search should not spend runs on: the budget is the orchestrator's, the eval
+# batch size cannot change the metric, and compiling is a speed switch, not a recipe.
+_EXCLUDE = ("TIME_BUDGET", "EVAL_BATCH_SIZE", "COMPILE")
 
 GITIGNORE = """\
 # autoswarm state (ledger, logs, run directories) and outputs: not part of any variant
@@ -57,7 +60,7 @@ def init_workspace(directory: Path, *, template: str = "cpu", source: str | None
         "prepare.py": prepare,
         "train.py": _template_text(f"{template}/train.py"),
         "program.md": _template_text("program.md"),
-        CONFIG_NAME: render_default_config(budget=_BUDGET[template]),
+        CONFIG_NAME: render_default_config(budget=_BUDGET[template], exclude=_EXCLUDE),
         ".gitignore": GITIGNORE,
     }
     for name, text in files.items():

@@ -3,7 +3,8 @@
 From the best accepted files it lists every one-knob move (each knob up and down
 by one step: ×/÷1.5 on a log scale, ±1 or ×/÷1.25 for integers, ×/÷2 for powers
 of two, a flip for booleans, each alternative for choices), shuffles them with a
-seeded RNG and hands them out in order, skipping variants already tried or running.
+seeded RNG, puts learning rates and batch/model sizes first (they matter most in
+practice) and hands them out in order, skipping variants already tried or running.
 A move that was kept is followed up first: the same knob again, in the same
 direction (momentum). When the one-step moves of a best are used up it goes on
 with two-step moves, then random pairs of moves, so it never runs dry.
@@ -74,6 +75,13 @@ def step(space: Space, value: Literal, direction: int, size: int = 1) -> Literal
     if new == value or (isinstance(new, float) and not math.isfinite(new)):
         return None
     return new
+
+
+_IMPORTANT = ("LR", "BATCH", "DIM", "WIDTH", "DEPTH", "EMBD")
+
+
+def _priority(name: str) -> int:
+    return 0 if any(part in name for part in _IMPORTANT) else 1
 
 
 class KnobProposer:
@@ -168,6 +176,9 @@ class KnobProposer:
                 if new is not None:
                     moves.append(Move(((name, new),)))
         self.rng.shuffle(moves)
+        # Learning rates and batch/model sizes are what usually matters most, so they go
+        # first; the shuffle keeps the order among equals random.
+        moves.sort(key=lambda m: _priority(m.values[0][0]))
         # Momentum: continue the most recent successful directions first.
         first: list[Move] = []
         for name, direction in reversed(self._momentum):

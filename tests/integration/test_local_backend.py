@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -78,10 +79,8 @@ def gone(pid: int, limit: float = 3.0) -> bool:
 
 
 def kill_quietly(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 @pytest.fixture
@@ -233,7 +232,12 @@ def test_thread_variables_and_cores_per_slot(tmp_path: Path, backend: LocalBacke
         plan = backend.plans[slot]
         assert plan.threads == per and plan.gpu is None
         seen = printed_env(job.log_path)
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "AUTOSWARM_THREADS"):
+        for name in (
+            "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS",
+            "OPENBLAS_NUM_THREADS",
+            "AUTOSWARM_THREADS",
+        ):
             assert seen[name] == str(per), name
         assert seen["CUDA_VISIBLE_DEVICES"] == ""  # a CPU slot must not grab a GPU
         if hasattr(os, "sched_setaffinity"):

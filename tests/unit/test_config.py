@@ -49,8 +49,18 @@ def test_default_config_round_trips(tmp_path: Path) -> None:
     assert cfg.knobs.overrides == {}
     # Everything else equals the dataclass defaults: the rendered file documents them.
     defaults = Config()
-    for key in ("grace", "threads_per_worker", "strategy", "baseline_repeats", "seed",
-                "keep_sigmas", "min_delta", "max_experiments", "time_limit", "log_max_bytes"):
+    for key in (
+        "grace",
+        "threads_per_worker",
+        "strategy",
+        "baseline_repeats",
+        "seed",
+        "keep_sigmas",
+        "min_delta",
+        "max_experiments",
+        "time_limit",
+        "log_max_bytes",
+    ):
         assert getattr(cfg.run, key) == getattr(defaults.run, key), key
 
 
@@ -63,7 +73,7 @@ def test_default_timeout_is_twice_budget_plus_grace(tmp_path: Path) -> None:
 def test_durations_strings_and_knob_tables(tmp_path: Path) -> None:
     text = render_default_config(budget=60).replace("time_limit = 0 ", 'time_limit = "1h30m"')
     text = text.replace("budget = 60 ", 'budget = "2m"')
-    text += '\n[knobs.LR]\nlow = 0.001\nhigh = 0.1\nlog = true\n'
+    text += "\n[knobs.LR]\nlow = 0.001\nhigh = 0.1\nlog = true\n"
     cfg = load_config(write(tmp_path, text))
     assert cfg.run.time_limit == 5400.0
     assert cfg.run.budget == 120.0
@@ -71,9 +81,7 @@ def test_durations_strings_and_knob_tables(tmp_path: Path) -> None:
 
 
 def test_maximize_metric(tmp_path: Path) -> None:
-    cfg = load_config(
-        default_with(tmp_path, 'direction = "minimize"', 'direction = "MAXIMIZE"')
-    )
+    cfg = load_config(default_with(tmp_path, 'direction = "minimize"', 'direction = "MAXIMIZE"'))
     assert cfg.metric.direction is Direction.MAXIMIZE
 
 
@@ -106,7 +114,9 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
 
 def test_unknown_table(tmp_path: Path) -> None:
     write(tmp_path, render_default_config(budget=60) + "\n[runn]\nbudget = 3\n")
-    with pytest.raises(ConfigError, match=r"unknown table\(s\) runn; known: workspace, metric, run, knobs"):
+    with pytest.raises(
+        ConfigError, match=r"unknown table\(s\) runn; known: workspace, metric, run, knobs"
+    ):
         load_config(tmp_path)
 
 
@@ -121,12 +131,14 @@ def test_unknown_key_lists_known_keys(tmp_path: Path) -> None:
 
 def test_unknown_scalar_in_knobs_points_to_per_knob_tables(tmp_path: Path) -> None:
     default_with(tmp_path, 'exclude = ["TIME_BUDGET"]', 'exclude = ["TIME_BUDGET"]\nLR = 0.1')
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[knobs\]: LR.*\[knobs.MATRIX_LR\]"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key\(s\) in \[knobs\]: LR.*\[knobs.MATRIX_LR\]"
+    ):
         load_config(tmp_path)
 
 
 def test_section_that_is_not_a_table(tmp_path: Path) -> None:
-    write(tmp_path, 'run = 3\n')
+    write(tmp_path, "run = 3\n")
     with pytest.raises(ConfigError, match=r"\[run\] must be a table"):
         load_config(tmp_path)
 
@@ -140,14 +152,26 @@ def test_section_that_is_not_a_table(tmp_path: Path) -> None:
         ("keep_sigmas = 2.0", 'keep_sigmas = "lots"', r"\[run\] keep_sigmas must be a number"),
         ("keep_sigmas = 2.0", "keep_sigmas = false", r"\[run\] keep_sigmas must be a number"),
         ('strategy = "auto"', "strategy = 3", r"\[run\] strategy must be a string, got 3"),
-        ('editable = ["train.py"]', 'editable = "train.py"',
-         r"\[workspace\] editable must be a list of strings"),
-        ('command = ["{python}", "train.py"]', 'command = ["python", 3]',
-         r"\[workspace\] command must be a list of strings"),
-        ('direction = "minimize"', 'direction = "down"',
-         r"\[metric\] direction must be 'minimize' or 'maximize', got 'down'"),
-        ('exclude = ["TIME_BUDGET"]', 'exclude = "TIME_BUDGET"',
-         r"\[knobs\] exclude must be a list of knob names"),
+        (
+            'editable = ["train.py"]',
+            'editable = "train.py"',
+            r"\[workspace\] editable must be a list of strings",
+        ),
+        (
+            'command = ["{python}", "train.py"]',
+            'command = ["python", 3]',
+            r"\[workspace\] command must be a list of strings",
+        ),
+        (
+            'direction = "minimize"',
+            'direction = "down"',
+            r"\[metric\] direction must be 'minimize' or 'maximize', got 'down'",
+        ),
+        (
+            'exclude = ["TIME_BUDGET"]',
+            'exclude = "TIME_BUDGET"',
+            r"\[knobs\] exclude must be a list of knob names",
+        ),
         ("budget = 60 ", 'budget = "soon"', r"cannot read duration 'soon'.*90s, 15m, 1h30m"),
     ],
 )
@@ -162,8 +186,11 @@ def test_wrong_types(tmp_path: Path, old: str, new: str, expected: str) -> None:
     [
         ("budget = 60 ", "budget = 0 ", r"budget must be > 0 seconds, got 0.0"),
         ("budget = 60 ", "budget = -5 ", r"budget must be > 0 seconds"),
-        ("timeout = 0 ", "timeout = 30 ",
-         r"timeout \(30.0s\) must be at least the budget \(60.0s\), or 0 for 2 × budget \+ grace"),
+        (
+            "timeout = 0 ",
+            "timeout = 30 ",
+            r"timeout \(30.0s\) must be at least the budget \(60.0s\), or 0 for 2 × budget \+ grace",
+        ),
         ("timeout = 0 ", "timeout = -1 ", r"timeout \(-1.0s\) must be at least the budget"),
         ("workers = 0", "workers = -1", r"workers must be >= 0 \(0 = automatic\)"),
         ("threads_per_worker = 1", "threads_per_worker = 0", r"threads_per_worker must be >= 1"),
@@ -171,15 +198,27 @@ def test_wrong_types(tmp_path: Path, old: str, new: str, expected: str) -> None:
         ("keep_sigmas = 2.0", "keep_sigmas = -1.0", r"keep_sigmas and min_delta must be >= 0"),
         ("max_experiments = 0", "max_experiments = -3", r"max_experiments must be >= 0"),
         ("log_max_bytes = 2000000", "log_max_bytes = 100", r"log_max_bytes must be at least 10000"),
-        ('strategy = "auto"', 'strategy = "genius"',
-         r"unknown strategy 'genius'; choose one of: auto, knobs"),
-        ('editable = ["train.py"]', 'editable = ["train.py", "prepare.py"]',
-         r"prepare.py cannot be both editable and locked"),
+        (
+            'strategy = "auto"',
+            'strategy = "genius"',
+            r"unknown strategy 'genius'; choose one of: auto, knobs",
+        ),
+        (
+            'editable = ["train.py"]',
+            'editable = ["train.py", "prepare.py"]',
+            r"prepare.py cannot be both editable and locked",
+        ),
         ('editable = ["train.py"]', "editable = []", r"editable must list at least one file"),
-        ('editable = ["train.py"]', 'editable = ["../train.py"]',
-         r"'../train.py' must be a path inside the workspace"),
-        ('locked = ["prepare.py"]', 'locked = ["/etc/prepare.py"]',
-         r"'/etc/prepare.py' must be a path inside the workspace"),
+        (
+            'editable = ["train.py"]',
+            'editable = ["../train.py"]',
+            r"'../train.py' must be a path inside the workspace",
+        ),
+        (
+            'locked = ["prepare.py"]',
+            'locked = ["/etc/prepare.py"]',
+            r"'/etc/prepare.py' must be a path inside the workspace",
+        ),
         ('command = ["{python}", "train.py"]', "command = []", r"command must not be empty"),
     ],
 )
@@ -195,7 +234,10 @@ def test_validation_errors_name_the_file_and_the_key(
 @pytest.mark.parametrize("tag", ["has space", "-leading-dash", "a/b", "x~1", "ünï"])
 def test_bad_tag(tmp_path: Path, tag: str) -> None:
     default_with(tmp_path, 'strategy = "auto"', f'strategy = "auto"\ntag = "{tag}"')
-    with pytest.raises(ConfigError, match=r"tag .* must be letters, digits, '\.', '_' or '-' \(it names a git branch\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"tag .* must be letters, digits, '\.', '_' or '-' \(it names a git branch\)",
+    ):
         load_config(tmp_path)
 
 
@@ -252,7 +294,10 @@ def test_with_overrides_replaces_run_fields_only() -> None:
     cfg = Config()
     new = with_overrides(cfg, budget=10.0, workers=None, max_experiments=7, tag="t1")
     assert (new.run.budget, new.run.workers, new.run.max_experiments, new.run.tag) == (
-        10.0, cfg.run.workers, 7, "t1"
+        10.0,
+        cfg.run.workers,
+        7,
+        "t1",
     )
     assert new.workspace == cfg.workspace and new.metric == cfg.metric
     assert cfg.run.budget == 60.0  # frozen: the original is unchanged
@@ -262,7 +307,10 @@ def test_with_overrides_replaces_run_fields_only() -> None:
     ("fields", "expected"),
     [
         ({"budget": 0.0}, r"command-line options: budget must be > 0"),
-        ({"budget": 100.0, "timeout": 50.0}, r"command-line options: timeout \(50.0s\) must be at least"),
+        (
+            {"budget": 100.0, "timeout": 50.0},
+            r"command-line options: timeout \(50.0s\) must be at least",
+        ),
         ({"strategy": "nope"}, r"command-line options: unknown strategy 'nope'"),
         ({"tag": "bad tag"}, r"command-line options: tag 'bad tag'"),
         ({"workers": -2}, r"command-line options: workers must be >= 0"),

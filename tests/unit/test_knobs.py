@@ -77,7 +77,13 @@ def changed_lines(a: str, b: str) -> list[str]:
 def test_find_knobs_module_level_literals_only() -> None:
     knobs = {k.name: k for k in find_knobs(SOURCE)}
     assert list(knobs) == [
-        "DEPTH", "MATRIX_LR", "WEIGHT_DECAY", "OFFSET", "USE_BIAS", "ACTIVATION", "BATCH_SIZE",
+        "DEPTH",
+        "MATRIX_LR",
+        "WEIGHT_DECAY",
+        "OFFSET",
+        "USE_BIAS",
+        "ACTIVATION",
+        "BATCH_SIZE",
     ]
     assert knobs["DEPTH"].value == 8 and type(knobs["DEPTH"].value) is int
     assert knobs["MATRIX_LR"].value == 0.04 and type(knobs["MATRIX_LR"].value) is float
@@ -184,7 +190,7 @@ def test_set_knob_other_kinds_keep_comments() -> None:
 def test_set_knob_refuses_a_stale_knob() -> None:
     knob = next(k for k in find_knobs(SOURCE) if k.name == "MATRIX_LR")
     edited = SOURCE.replace("MATRIX_LR = 0.04", "MATRIX_LR = 0.07")
-    with pytest.raises(ValueError, match="MATRIX_LR at line 5 is not 0.04"):
+    with pytest.raises(ValueError, match=r"MATRIX_LR at line 5 is not 0\.04"):
         set_knob(edited, knob, 0.05)
 
 

@@ -54,9 +54,11 @@ def add(ledger: Ledger, run_id: int, status: Status = Status.QUEUED, **kw):
 
 def test_schema_version_recorded(ledger: Ledger) -> None:
     assert ledger.schema_version == SCHEMA_VERSION
-    row = sqlite3.connect(ledger.path).execute(
-        "SELECT value FROM meta WHERE key='schema_version'"
-    ).fetchone()
+    row = (
+        sqlite3.connect(ledger.path)
+        .execute("SELECT value FROM meta WHERE key='schema_version'")
+        .fetchone()
+    )
     assert row == (str(SCHEMA_VERSION),)
 
 
@@ -81,7 +83,9 @@ def test_newer_schema_is_refused_with_an_upgrade_hint(tmp_path: Path) -> None:
     Ledger(path).close()
     conn = sqlite3.connect(path)
     with conn:
-        conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+        conn.execute(
+            "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),)
+        )
     conn.close()
     with pytest.raises(LedgerError) as e:
         Ledger(path)
@@ -186,9 +190,9 @@ def test_statuses_filter_and_since_id(ledger: Ledger) -> None:
     two = ledger.experiments(run.id, statuses=[Status.CRASH, Status.DISCARD])
     assert [e.id for e in two] == ids[Status.CRASH] + ids[Status.DISCARD]
     assert [e.id for e in ledger.experiments(run.id, since_id=all_ids[2])] == all_ids[3:]
-    assert [e.id for e in ledger.experiments(run.id, statuses=[Status.KEEP], since_id=all_ids[1])] == [
-        all_ids[4]
-    ]
+    assert [
+        e.id for e in ledger.experiments(run.id, statuses=[Status.KEEP], since_id=all_ids[1])
+    ] == [all_ids[4]]
     assert ledger.experiments(run.id, statuses=[Status.RUNNING]) == []
 
 
@@ -257,8 +261,9 @@ def test_a_second_connection_reads_while_the_first_is_open(tmp_path: Path) -> No
         reader = Ledger(path)
         try:
             assert [x.id for x in reader.experiments(run.id)] == [e.id]
-            writer.finish(e.id, status=Status.KEEP, metrics={"val_bpb": 1.0}, metric=1.0,
-                          finished_at=T0 + 9)
+            writer.finish(
+                e.id, status=Status.KEEP, metrics={"val_bpb": 1.0}, metric=1.0, finished_at=T0 + 9
+            )
             assert reader.get(e.id).status is Status.KEEP  # sees the writer's commit
             add(reader, run.id)  # and may write too
             assert len(writer.experiments(run.id)) == 2

@@ -49,8 +49,7 @@ def test_noise_before_the_block_is_ignored() -> None:
         "compiling...\n"
         "step 00010 (1.2%) | loss: 4.123 | lrm: 1.00 | dt: 300ms\n"
         "val_bpb: 9.999 (an intermediate eval, not the summary)\n"
-        "-----\n"
-        + AUTORESEARCH_BLOCK
+        "-----\n" + AUTORESEARCH_BLOCK
     )
     assert parse_summary(log) == AUTORESEARCH_METRICS
 
@@ -175,11 +174,13 @@ def test_cuda_out_of_memory() -> None:
         "GPU 0 has a total capacity of 79.10 GiB\n"
     )
     r = reason(exit_code=1, log=log)
-    assert r.startswith("out of memory: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate")
+    assert r.startswith(
+        "out of memory: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate"
+    )
 
 
 def test_memory_error() -> None:
-    log = "Traceback (most recent call last):\n  File \"t.py\", line 1\nMemoryError\n"
+    log = 'Traceback (most recent call last):\n  File "t.py", line 1\nMemoryError\n'
     assert reason(exit_code=1, log=log) == "out of memory: MemoryError"
 
 

@@ -61,13 +61,25 @@ def finished(
     slot: int = 0,
 ) -> int:
     e = ledger.add_experiment(
-        run_id=run_id, kind=kind, status=Status.QUEUED, parent=BASE, commit=commit,
-        description=description, proposer="test", seed=42, now=start,
+        run_id=run_id,
+        kind=kind,
+        status=Status.QUEUED,
+        parent=BASE,
+        commit=commit,
+        description=description,
+        proposer="test",
+        seed=42,
+        now=start,
     )
     ledger.mark_running(e.id, slot=slot, started_at=start, log_path=f"/logs/{e.id}.log")
     ledger.finish(
-        e.id, status=status, metrics=metrics or {}, metric=(metrics or {}).get("val_bpb"),
-        finished_at=end, reason=reason, meta=meta,
+        e.id,
+        status=status,
+        metrics=metrics or {},
+        metric=(metrics or {}).get("val_bpb"),
+        finished_at=end,
+        reason=reason,
+        meta=meta,
     )
     return e.id
 
@@ -78,27 +90,76 @@ def populate(ledger: Ledger):
     s = ledger.start_session(run.id, pid=1, workers=2, now=T0)
     ledger.end_session(s, now=T0 + 100, reason="limit")
     ids = {}
-    ids["b1"] = finished(ledger, run.id, kind=Kind.BASELINE, status=Status.KEEP, commit=BASE,
-                         start=T0, end=T0 + 30, description="baseline",
-                         metrics={"val_bpb": 1.00, "peak_vram_mb": 45060.2})
-    ids["b2"] = finished(ledger, run.id, kind=Kind.BASELINE, status=Status.KEEP, commit=BASE,
-                         start=T0, end=T0 + 30, description="baseline", slot=1,
-                         metrics={"val_bpb": 1.02, "peak_vram_mb": 45060.2})
-    ids["keep"] = finished(ledger, run.id, kind=Kind.CANDIDATE, status=Status.KEEP, commit=sha(3),
-                           start=T0 + 30, end=T0 + 70, description="LR\t0.01 ->\n 0.02",
-                           metrics={"val_bpb": 0.95, "peak_vram_mb": 10547.2},
-                           meta={"best_value": 0.95})
-    ids["discard"] = finished(ledger, run.id, kind=Kind.CANDIDATE, status=Status.DISCARD,
-                              commit=sha(4), start=T0 + 30, end=T0 + 60, slot=1,
-                              description="WIDTH 64 -> 128", metrics={"val_bpb": 0.97})
-    ids["crash"] = finished(ledger, run.id, kind=Kind.CANDIDATE, status=Status.CRASH,
-                            commit=sha(5), start=T0 + 60, end=T0 + 80, slot=1,
-                            description="DEPTH 4 -> 8",
-                            metrics={"val_bpb": math.nan, "peak_vram_mb": 2048.0},
-                            reason="exit code 1: ValueError:\tx")
+    ids["b1"] = finished(
+        ledger,
+        run.id,
+        kind=Kind.BASELINE,
+        status=Status.KEEP,
+        commit=BASE,
+        start=T0,
+        end=T0 + 30,
+        description="baseline",
+        metrics={"val_bpb": 1.00, "peak_vram_mb": 45060.2},
+    )
+    ids["b2"] = finished(
+        ledger,
+        run.id,
+        kind=Kind.BASELINE,
+        status=Status.KEEP,
+        commit=BASE,
+        start=T0,
+        end=T0 + 30,
+        description="baseline",
+        slot=1,
+        metrics={"val_bpb": 1.02, "peak_vram_mb": 45060.2},
+    )
+    ids["keep"] = finished(
+        ledger,
+        run.id,
+        kind=Kind.CANDIDATE,
+        status=Status.KEEP,
+        commit=sha(3),
+        start=T0 + 30,
+        end=T0 + 70,
+        description="LR\t0.01 ->\n 0.02",
+        metrics={"val_bpb": 0.95, "peak_vram_mb": 10547.2},
+        meta={"best_value": 0.95},
+    )
+    ids["discard"] = finished(
+        ledger,
+        run.id,
+        kind=Kind.CANDIDATE,
+        status=Status.DISCARD,
+        commit=sha(4),
+        start=T0 + 30,
+        end=T0 + 60,
+        slot=1,
+        description="WIDTH 64 -> 128",
+        metrics={"val_bpb": 0.97},
+    )
+    ids["crash"] = finished(
+        ledger,
+        run.id,
+        kind=Kind.CANDIDATE,
+        status=Status.CRASH,
+        commit=sha(5),
+        start=T0 + 60,
+        end=T0 + 80,
+        slot=1,
+        description="DEPTH 4 -> 8",
+        metrics={"val_bpb": math.nan, "peak_vram_mb": 2048.0},
+        reason="exit code 1: ValueError:\tx",
+    )
     ids["rejected"] = ledger.add_experiment(
-        run_id=run.id, kind=Kind.CANDIDATE, status=Status.REJECTED, parent=sha(6), commit="",
-        description="hack prepare", proposer="test", seed=42, now=T0 + 75,
+        run_id=run.id,
+        kind=Kind.CANDIDATE,
+        status=Status.REJECTED,
+        parent=sha(6),
+        commit="",
+        description="hack prepare",
+        proposer="test",
+        seed=42,
+        now=T0 + 75,
         reason="edits locked file(s) prepare.py",
     ).id
     return run, ids
@@ -124,15 +185,31 @@ def test_tsv_exact_format(ledger: Ledger, tmp_path: Path) -> None:
         "5555555\t0.000000\t0.0\tcrash\tDEPTH 4 -> 8 (exit code 1: ValueError: x)",
     ]
     assert all(len(line.split("\t")) == 5 for line in text.splitlines())
-    assert TSV_HEADER == text.splitlines()[0]
+    assert text.splitlines()[0] == TSV_HEADER
 
 
 def test_tsv_baseline_first_even_if_it_finished_last(ledger: Ledger) -> None:
     run = run_of(ledger, repeats=1)
-    finished(ledger, run.id, kind=Kind.CANDIDATE, status=Status.DISCARD, commit=sha(2),
-             start=T0, end=T0 + 5, metrics={"val_bpb": 1.1})
-    finished(ledger, run.id, kind=Kind.BASELINE, status=Status.KEEP, commit=BASE,
-             start=T0, end=T0 + 50, metrics={"val_bpb": 1.0})
+    finished(
+        ledger,
+        run.id,
+        kind=Kind.CANDIDATE,
+        status=Status.DISCARD,
+        commit=sha(2),
+        start=T0,
+        end=T0 + 5,
+        metrics={"val_bpb": 1.1},
+    )
+    finished(
+        ledger,
+        run.id,
+        kind=Kind.BASELINE,
+        status=Status.KEEP,
+        commit=BASE,
+        start=T0,
+        end=T0 + 50,
+        metrics={"val_bpb": 1.0},
+    )
     rows = tsv_rows(ledger.experiments(run.id))
     assert [r.split("\t")[3] for r in rows] == ["keep", "discard"]
     assert rows[0].startswith("aaaaaaa\t1.000000")
@@ -140,10 +217,28 @@ def test_tsv_baseline_first_even_if_it_finished_last(ledger: Ledger) -> None:
 
 def test_tsv_skips_unfinished_and_uses_the_metric(ledger: Ledger) -> None:
     run = run_of(ledger)
-    ledger.add_experiment(run_id=run.id, kind=Kind.CANDIDATE, status=Status.QUEUED, parent=BASE,
-                          commit=sha(1), description="q", proposer="p", seed=1, now=T0)
-    finished(ledger, run.id, kind=Kind.BASELINE, status=Status.KEEP, commit=BASE, start=T0,
-             end=T0 + 1, metrics={"val_bpb": 1.0, "acc": 0.5}, description="")
+    ledger.add_experiment(
+        run_id=run.id,
+        kind=Kind.CANDIDATE,
+        status=Status.QUEUED,
+        parent=BASE,
+        commit=sha(1),
+        description="q",
+        proposer="p",
+        seed=1,
+        now=T0,
+    )
+    finished(
+        ledger,
+        run.id,
+        kind=Kind.BASELINE,
+        status=Status.KEEP,
+        commit=BASE,
+        start=T0,
+        end=T0 + 1,
+        metrics={"val_bpb": 1.0, "acc": 0.5},
+        description="",
+    )
     rows = tsv_rows(ledger.experiments(run.id), metric="acc")
     assert rows == ["aaaaaaa\t0.500000\t0.0\tkeep\t-"]
 
@@ -175,10 +270,21 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path: Path, monkeypatch) ->
 
 
 def test_experiment_record(ledger: Ledger) -> None:
-    run, ids = populate(ledger)
+    _run, ids = populate(ledger)
     rec = experiment_record(ledger.get(ids["crash"]))
-    assert {"id", "commit", "parent", "status", "description", "metrics", "started_at",
-            "finished_at", "slot", "seed", "reason"} <= set(rec)
+    assert {
+        "id",
+        "commit",
+        "parent",
+        "status",
+        "description",
+        "metrics",
+        "started_at",
+        "finished_at",
+        "slot",
+        "seed",
+        "reason",
+    } <= set(rec)
     assert rec["id"] == ids["crash"] and rec["commit"] == sha(5) and rec["parent"] == BASE
     assert rec["status"] == "crash" and rec["kind"] == "candidate"
     assert rec["metrics"] == {"val_bpb": None, "peak_vram_mb": 2048.0}  # NaN -> null
@@ -200,12 +306,22 @@ def test_status_record_numbers(ledger: Ledger) -> None:
     assert st["tag"] == "t" and st["branch"] == "autoswarm/t" and st["metric"] == "val_bpb"
     assert st["active"] is False
     assert st["experiments"] == {
-        "total": 6, "keep": 3, "discard": 1, "crash": 1, "rejected": 1,
-        "running": 0, "queued": 0, "pending": 0, "interrupted": 0,
+        "total": 6,
+        "keep": 3,
+        "discard": 1,
+        "crash": 1,
+        "rejected": 1,
+        "running": 0,
+        "queued": 0,
+        "pending": 0,
+        "interrupted": 0,
     }
     assert st["baseline"] == {"val_bpb": pytest.approx(1.01), "commit": BASE, "runs": 2}
     assert st["best"] == {
-        "val_bpb": 0.95, "commit": sha(3), "id": ids["keep"], "description": "LR\t0.01 ->\n 0.02",
+        "val_bpb": 0.95,
+        "commit": sha(3),
+        "id": ids["keep"],
+        "description": "LR\t0.01 ->\n 0.02",
     }
     assert st["noise_sigma"] == pytest.approx(statistics.stdev([1.00, 1.02]))
     assert st["improvement_pct"] == pytest.approx(100 * 0.06 / 1.01)
@@ -221,9 +337,17 @@ def test_status_record_live_session_counts_up_to_now(ledger: Ledger) -> None:
     run = run_of(ledger)
     s = ledger.start_session(run.id, pid=1, workers=2, now=T0)
     ledger.heartbeat(s, T0 + 50)
-    e = ledger.add_experiment(run_id=run.id, kind=Kind.BASELINE, status=Status.QUEUED,
-                              parent=BASE, commit=BASE, description="baseline", proposer="p",
-                              seed=42, now=T0)
+    e = ledger.add_experiment(
+        run_id=run.id,
+        kind=Kind.BASELINE,
+        status=Status.QUEUED,
+        parent=BASE,
+        commit=BASE,
+        description="baseline",
+        proposer="p",
+        seed=42,
+        now=T0,
+    )
     ledger.mark_running(e.id, slot=0, started_at=T0, log_path="l")
     st = status_record(ledger, run, now=T0 + 60)
     assert st["active"] is True
@@ -248,8 +372,16 @@ def test_status_record_sums_sessions(ledger: Ledger) -> None:
     for start, length, workers in ((T0, 100, 2), (T0 + 1000, 50, 4)):
         s = ledger.start_session(run.id, pid=1, workers=workers, now=start)
         ledger.end_session(s, now=start + length, reason="x")
-    finished(ledger, run.id, kind=Kind.BASELINE, status=Status.KEEP, commit=BASE, start=T0,
-             end=T0 + 100, metrics={"val_bpb": 1.0})
+    finished(
+        ledger,
+        run.id,
+        kind=Kind.BASELINE,
+        status=Status.KEEP,
+        commit=BASE,
+        start=T0,
+        end=T0 + 100,
+        metrics={"val_bpb": 1.0},
+    )
     st = status_record(ledger, run, now=T0 + 5000)
     assert st["elapsed_s"] == 150.0 and st["sessions"] == 2 and st["workers"] == 4
     assert st["busy_fraction"] == pytest.approx(100 / (200 + 200))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from autoswarm.config import load_config
+from autoswarm.config import Config, load_config
 from autoswarm.errors import WorkspaceError
 from autoswarm.testing.synthetic import make_workspace
 from autoswarm.workspace import Workspace
@@ -63,8 +63,6 @@ def test_head_of_a_repo_without_commits(tmp_path: Path) -> None:
     for name in ("train.py", "prepare.py"):
         (root / name).write_text("X = 1\n")
     git(root, "init", "-q")
-    from autoswarm.config import Config
-
     with pytest.raises(WorkspaceError, match="no commit yet: commit the workspace files"):
         Workspace(root, Config()).head()
 
@@ -188,9 +186,13 @@ def test_advance_branch_stays_linear_with_the_source_tree(ws: Workspace) -> None
     b = ws.commit_files(base, b_files, "B")
     head1 = ws.advance_branch(branch, a, "keep A")
     assert ws.rev_parse(f"refs/heads/{branch}") == head1
-    assert git(ws.root, "rev-parse", f"{head1}^{{tree}}") == git(ws.root, "rev-parse", f"{a}^{{tree}}")
+    assert git(ws.root, "rev-parse", f"{head1}^{{tree}}") == git(
+        ws.root, "rev-parse", f"{a}^{{tree}}"
+    )
     head2 = ws.advance_branch(branch, b, "keep B")
-    assert git(ws.root, "rev-parse", f"{head2}^{{tree}}") == git(ws.root, "rev-parse", f"{b}^{{tree}}")
+    assert git(ws.root, "rev-parse", f"{head2}^{{tree}}") == git(
+        ws.root, "rev-parse", f"{b}^{{tree}}"
+    )
     # Linear: every commit on the branch has exactly one parent, and it leads back to base.
     chain = git(ws.root, "rev-list", "--parents", branch).splitlines()
     assert [len(line.split()) for line in chain] == [2, 2, 1]
