@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
 from autoswarm.config import Config, load_config, parse_duration, with_overrides, with_recorded_run
@@ -260,8 +261,12 @@ def _open_run(workspace: Path, tag: str | None) -> tuple[Ledger, RunRecord]:
     run_rec = ledger.get_run(tag)
     if run_rec is None:
         ledger.close()
+        if tag is None:
+            raise RunStateError(
+                f"no runs yet in {ws.root}: start one with `autoswarm run --workspace {workspace}`"
+            )
         raise RunStateError(
-            f"no run tagged {tag!r} in {ws.root}; `autoswarm status` shows the latest"
+            f"no run tagged {tag!r} in {ws.root}: leave out --tag for the latest run"
         )
     return ledger, run_rec
 
@@ -386,7 +391,8 @@ def main() -> None:
     try:
         app()
     except AutoswarmError as e:
-        err.print(f"[red]error:[/] {e}")
+        # soft_wrap: paths and commands in the message must stay copyable on one line.
+        err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
 
 

@@ -55,9 +55,10 @@ def find_knobs(source: str, path: str = "train.py") -> list[Knob]:
         lit = _literal(value)
         if lit is None or value.lineno != value.end_lineno or value.end_col_offset is None:
             continue
-        line = lines[value.lineno - 1]
+        line = lines[value.lineno - 1].encode("utf-8")
+        rest = line[value.end_col_offset :].decode("utf-8", errors="replace")
         alts: tuple[Literal, ...] = ()
-        if m := _ALTERNATIVES.search(line[value.end_col_offset :]):
+        if m := _ALTERNATIVES.search(rest):
             alts = tuple(_parse_alt(a) for a in re.split(r"[,|/]", m.group(1)) if a.strip())
         knobs.append(
             Knob(
@@ -107,7 +108,12 @@ def format_literal(value: Literal, like: Literal | None = None) -> str:
         return str(value)
     if value == 0:
         return "0.0"
-    text = f"{value:.4g}"
+    # The shortest text that reads back as the same float, unless that is long noise
+    # such as 0.30000000000000004, which is shown to 6 significant digits instead.
+    text = repr(value)
+    if len(text) <= 10 and "e" not in text and 1e-4 <= abs(value) < 1e5:
+        return text
+    text = f"{value:.6g}"
     if "e" in text:
         mant, exp = text.split("e")
         text = f"{mant}e{int(exp)}"
@@ -119,13 +125,13 @@ def format_literal(value: Literal, like: Literal | None = None) -> str:
 def set_knob(source: str, knob: Knob, value: Literal) -> str:
     """``source`` with ``knob``'s literal replaced by ``value``; everything else untouched."""
     lines = source.splitlines(keepends=True)
-    line = lines[knob.line - 1]
-    current = line[knob.col : knob.end_col]
+    # ast reports columns as UTF-8 byte offsets: slice bytes, not characters.
+    line = lines[knob.line - 1].encode("utf-8")
+    current = line[knob.col : knob.end_col].decode("utf-8")
     if _literal(ast.parse(current, mode="eval").body) != knob.value:
         raise ValueError(f"{knob.name} at line {knob.line} is not {knob.value!r} any more")
-    lines[knob.line - 1] = (
-        line[: knob.col] + format_literal(value, knob.value) + line[knob.end_col :]
-    )
+    new = format_literal(value, knob.value).encode("utf-8")
+    lines[knob.line - 1] = (line[: knob.col] + new + line[knob.end_col :]).decode("utf-8")
     return "".join(lines)
 
 
@@ -172,6 +178,10 @@ class Space:
     choices: tuple[Literal, ...] = ()
 
 
+# Sizes that are conventionally powers of two; small counts such as DEPTH = 4 are not.
+_SIZE_NAME = re.compile(r"(BATCH|DIM|SIZE|TOKENS|WIDTH|SEQ|HIDDEN|VOCAB|EMBD|CHANNELS)")
+
+
 def _is_pow2(v: int) -> bool:
     return v > 0 and v & (v - 1) == 0
 
@@ -195,7 +205,8 @@ def infer_space(knob: Knob, override: Mapping[str, Any] | None = None) -> Space 
     if isinstance(v, int):
         if v <= 0 and "low" not in ov:
             return None
-        if _is_pow2(v) and v >= 2 and ov.get("kind", "pow2") == "pow2":
+        pow2 = _is_pow2(v) and (v >= 16 or bool(_SIZE_NAME.search(knob.name)))
+        if pow2 and ov.get("kind", "pow2") == "pow2":
             low, high = ov.get("low", max(1, v // 4)), ov.get("high", v * 4)
             return Space(knob.name, "pow2", low=float(low), high=float(high), log=True)
         low = ov.get("low", max(1, math.floor(v / 2)))

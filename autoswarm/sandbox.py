@@ -14,8 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 # Names that carry credentials. Matching is on the variable *name*, case-insensitive.
+# Whole name segments only (between underscores), so TOKENIZERS_PARALLELISM and
+# GIT_AUTHOR_NAME pass while HF_TOKEN and MY_SERVICE_PASSWORD do not.
 _SECRET_NAME = re.compile(
-    r"(API_?KEY|TOKEN|SECRET|PASSW(OR)?D|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY|SESSION_KEY|AUTH|COOKIE)",
+    r"(^|_)(API_?KEY|APIKEY|KEY|TOKEN|SECRET|SECRETS|PASSWORD|PASSWD|PASS|CREDENTIALS?"
+    r"|PRIVATE_KEY|ACCESS_KEY|SESSION_KEY|AUTH|COOKIE|BEARER)(_|$)",
     re.IGNORECASE,
 )
 # Whole families of cloud and service credentials, whatever the suffix.

@@ -461,10 +461,11 @@ class Scheduler:
         """Record a proposal: QUEUED if it may run, REJECTED or CRASH (syntax) otherwise."""
         assert self.run_rec is not None
         now = self.clock.now()
-        check = self.ws.check_proposal(p.parent, p.files)
+        files = {os.path.normpath(k): v for k, v in p.files.items()}
+        check = self.ws.check_proposal(p.parent, files)
         editable = self.cfg.workspace.editable
         parent_files = self._files(p.parent)
-        full = {path: p.files.get(path, parent_files.get(path, "")) for path in editable}
+        full = {path: files.get(path, parent_files.get(path, "")) for path in editable}
         fp = fingerprint(full)
         common: dict[str, Any] = dict(
             run_id=self.run_rec.id,
@@ -498,7 +499,7 @@ class Scheduler:
                 status=Status.REJECTED, commit="", diff="", reason="changes nothing", **common
             )
         else:
-            changed = {path: p.files[path] for path in check.changed}
+            changed = {path: files[path] for path in check.changed}
             commit = self.ws.commit_files(p.parent, changed, f"autoswarm: {common['description']}")
             diff = self.ws.diff(p.parent, commit)
             if check.problem:  # syntax error: recorded as a crash without spending a slot

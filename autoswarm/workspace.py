@@ -144,10 +144,12 @@ class Workspace:
         """
         ws = self.config.workspace
         changed: list[str] = []
+        normalised: dict[str, str] = {}
         for path, text in sorted(files.items()):
             norm = os.path.normpath(path)
             if norm.startswith("..") or os.path.isabs(norm):
                 return Check((), f"path {path!r} is outside the workspace")
+            normalised[norm] = text
             try:
                 old: str | None = self.read_file(parent, norm)
             except WorkspaceError:
@@ -171,7 +173,7 @@ class Workspace:
         for p in changed:
             if p.endswith(".py"):
                 try:
-                    compile(files[p], p, "exec")
+                    compile(normalised[p], p, "exec")
                 except SyntaxError as e:
                     return Check(tuple(changed), f"syntax error: {p} line {e.lineno}: {e.msg}")
         return Check(tuple(changed))

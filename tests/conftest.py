@@ -61,7 +61,12 @@ class Harness:
         ledger = Ledger(ws.ledger_path)
         backend = FakeBackend(slots, self.clock, outcome or synthetic_outcome())
         sched = Scheduler(
-            workspace=ws, ledger=ledger, backend=backend, proposer=proposer, config=cfg, clock=self.clock
+            workspace=ws,
+            ledger=ledger,
+            backend=backend,
+            proposer=proposer,
+            config=cfg,
+            clock=self.clock,
         )
         return sched, backend, ledger
 

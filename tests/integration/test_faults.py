@@ -67,14 +67,21 @@ def alive(pid: int) -> bool:
 
 
 def cli(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*AUTOSWARM, *args, "--workspace", str(ws)], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [*AUTOSWARM, *args, "--workspace", str(ws)], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path / "ws", budget=1.5)
     proc = start_run(ws, "--workers", "2", "--max-experiments", "12", "--tag", "t")
     final = ("keep", "discard", "crash", "rejected")
-    wait_for(lambda: sum(r["status"] in final for r in rows(ws)) >= 5 and any(r["status"] == "running" for r in rows(ws)))
+    wait_for(
+        lambda: (
+            sum(r["status"] in final for r in rows(ws)) >= 5
+            and any(r["status"] == "running" for r in rows(ws))
+        )
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = rows(ws)
@@ -84,8 +91,20 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     orphan_pids = [json.loads(r["handle"])["pid"] for r in orphans if r["handle"]]
 
     done = subprocess.run(
-        [*AUTOSWARM, "run", "--workspace", str(ws), "--skip-prepare", "--no-live", "--resume", "--tag", "t"],
-        capture_output=True, text=True, timeout=180,
+        [
+            *AUTOSWARM,
+            "run",
+            "--workspace",
+            str(ws),
+            "--skip-prepare",
+            "--no-live",
+            "--resume",
+            "--tag",
+            "t",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert not any(alive(p) for p in orphan_pids), "orphaned runs are killed on resume"
@@ -96,12 +115,19 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     for rid, r in finished_before.items():  # nothing finished was lost or run again
         a = next(x for x in after if x["id"] == rid)
         assert (a["status"], a["metrics"], a["finished_at"], a["attempts"]) == (
-            r["status"], r["metrics"], r["finished_at"], r["attempts"],
+            r["status"],
+            r["metrics"],
+            r["finished_at"],
+            r["attempts"],
         )
     for o in orphans:  # orphans were re-queued and ran once more under the same id
         a = next(x for x in after if x["id"] == o["id"])
         assert a["attempts"] == o["attempts"] + 1 and a["commit_sha"] == o["commit_sha"]
-    fps = [json.loads(r["meta"])["fingerprint"] for r in after if r["status"] != "rejected" and r["kind"] != "baseline"]
+    fps = [
+        json.loads(r["meta"])["fingerprint"]
+        for r in after
+        if r["status"] != "rejected" and r["kind"] != "baseline"
+    ]
     assert len(fps) == len(set(fps)), "no variant ran twice under two ids"
 
     tsv = (ws / "results.tsv").read_text().splitlines()
@@ -109,14 +135,25 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     assert len(tsv) - 1 == len(after)
     status = json.loads(cli(ws, "status", "--json").stdout)
     assert status["experiments"]["total"] == 12
-    assert status["experiments"]["keep"] + status["experiments"]["discard"] + status["experiments"]["crash"] + status[
-        "experiments"
-    ]["rejected"] == 12
+    assert (
+        status["experiments"]["keep"]
+        + status["experiments"]["discard"]
+        + status["experiments"]["crash"]
+        + status["experiments"]["rejected"]
+        == 12
+    )
     # The branch head holds the best variant's files.
     best_commit = status["best"]["commit"]
-    tree = lambda ref: subprocess.run(  # noqa: E731
-        ["git", "rev-parse", f"{ref}^{{tree}}"], cwd=ws, capture_output=True, text=True, check=True
-    ).stdout
+    def tree(ref):
+        return (
+            subprocess.run(
+                ["git", "rev-parse", f"{ref}^{{tree}}"],
+                cwd=ws,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
     assert tree("autoswarm/t") == tree(best_commit)
     assert status["sessions"] == 2
 
@@ -138,11 +175,15 @@ def test_ctrl_c_marks_running_interrupted_then_resume_finishes(tmp_path: Path) -
         assert not alive(pid)
     done = subprocess.run(
         [*AUTOSWARM, "run", "--workspace", str(ws), "--skip-prepare", "--no-live", "--resume"],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     after = rows(ws)
-    assert len(after) == 8 and all(r["status"] in ("keep", "discard", "crash", "rejected") for r in after)
+    assert len(after) == 8 and all(
+        r["status"] in ("keep", "discard", "crash", "rejected") for r in after
+    )
 
 
 def test_second_orchestrator_on_the_same_workspace_is_refused(tmp_path: Path) -> None:
@@ -152,7 +193,9 @@ def test_second_orchestrator_on_the_same_workspace_is_refused(tmp_path: Path) ->
         wait_for(lambda: any(r["status"] == "running" for r in rows(ws)))
         second = subprocess.run(
             [*AUTOSWARM, "run", "--workspace", str(ws), "--skip-prepare", "--no-live", "--resume"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert second.returncode == 2
         assert "another `autoswarm run`" in second.stderr and str(first.pid) in second.stderr

@@ -7,6 +7,7 @@ the timeout) and rejected (edits the locked prepare.py), each with its reason.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -38,7 +39,9 @@ def handicapped_workspace(root: Path, cache: Path) -> Path:
     train = (ws / "train.py").read_text()
     for knob in ("MATRIX_LR = 0.02", "EMBEDDING_LR = 0.05", "UNEMBEDDING_LR = 0.004"):
         assert knob in train
-    train = train.replace("MATRIX_LR = 0.02", "MATRIX_LR = 1e-06").replace("EMBEDDING_LR = 0.05", "EMBEDDING_LR = 1e-06")
+    train = train.replace("MATRIX_LR = 0.02", "MATRIX_LR = 1e-06").replace(
+        "EMBEDDING_LR = 0.05", "EMBEDDING_LR = 1e-06"
+    )
     train = train.replace("UNEMBEDDING_LR = 0.004", "UNEMBEDDING_LR = 1e-06")
     (ws / "train.py").write_text(train)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
@@ -50,7 +53,9 @@ def handicapped_workspace(root: Path, cache: Path) -> Path:
 
 def test_real_loop_on_cpu_template(tmp_path: Path, cache: Path) -> None:
     ws_dir = handicapped_workspace(tmp_path, cache)
-    cfg = with_overrides(load_config(ws_dir), budget=2.0, timeout=25.0, baseline_repeats=2, workers=2)
+    cfg = with_overrides(
+        load_config(ws_dir), budget=2.0, timeout=25.0, baseline_repeats=2, workers=2
+    )
     ws = Workspace(ws_dir, cfg)
     ledger = Ledger(ws.ledger_path)
     restore = lambda f: {  # noqa: E731
@@ -64,14 +69,33 @@ def test_real_loop_on_cpu_template(tmp_path: Path, cache: Path) -> None:
             ("restore learning rates", restore),
             ("syntax error", replace_in("train.py", "DEPTH = 4", "DEPTH = = 4")),
             ("edit prepare.py", write_file("prepare.py", "EVAL_TOKENS = 1\n")),
-            ("hang", replace_in("train.py", "T_START = time.time()", "T_START = time.time()\ntime.sleep(1000)")),
-            ("runtime error", replace_in("train.py", "T_START = time.time()", "T_START = time.time()\nraise RuntimeError('boom')")),
-            ("MATRIX_LR 0.02 -> 1e-06", replace_in("train.py", "MATRIX_LR = 0.02", "MATRIX_LR = 1e-06")),
+            (
+                "hang",
+                replace_in(
+                    "train.py", "T_START = time.time()", "T_START = time.time()\ntime.sleep(1000)"
+                ),
+            ),
+            (
+                "runtime error",
+                replace_in(
+                    "train.py",
+                    "T_START = time.time()",
+                    "T_START = time.time()\nraise RuntimeError('boom')",
+                ),
+            ),
+            (
+                "MATRIX_LR 0.02 -> 1e-06",
+                replace_in("train.py", "MATRIX_LR = 0.02", "MATRIX_LR = 1e-06"),
+            ),
         ]
     )
     backend = LocalBackend(2, gpus=[], log_max_bytes=cfg.run.log_max_bytes)
     sched = Scheduler(
-        workspace=ws, ledger=ledger, backend=backend, proposer=proposer, config=cfg,
+        workspace=ws,
+        ledger=ledger,
+        backend=backend,
+        proposer=proposer,
+        config=cfg,
         environ={**os.environ, "AUTOSWARM_CACHE": str(cache)},
     )
     out = sched.run(tag="it")
@@ -85,14 +109,27 @@ def test_real_loop_on_cpu_template(tmp_path: Path, cache: Path) -> None:
     assert keep.status is Status.KEEP, keep.reason
     assert keep.value("val_bpb") < sched.baseline.mean - 0.5
     assert set(keep.metrics) >= {
-        "val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
-        "total_tokens_M", "num_steps", "num_params_M", "depth",
+        "val_bpb",
+        "training_seconds",
+        "total_seconds",
+        "peak_vram_mb",
+        "mfu_percent",
+        "total_tokens_M",
+        "num_steps",
+        "num_params_M",
+        "depth",
     }
     assert exps["MATRIX_LR 0.02 -> 1e-06"].status is Status.DISCARD
     assert exps["MATRIX_LR 0.02 -> 1e-06"].parent == keep.commit
 
-    assert exps["syntax error"].status is Status.CRASH and "syntax error" in exps["syntax error"].reason
-    assert exps["edit prepare.py"].status is Status.REJECTED and "locked" in exps["edit prepare.py"].reason
+    assert (
+        exps["syntax error"].status is Status.CRASH
+        and "syntax error" in exps["syntax error"].reason
+    )
+    assert (
+        exps["edit prepare.py"].status is Status.REJECTED
+        and "locked" in exps["edit prepare.py"].reason
+    )
     assert exps["hang"].status is Status.CRASH and exps["hang"].reason.startswith("timeout")
     assert 24.0 <= exps["hang"].duration_s <= 40.0
     assert exps["runtime error"].status is Status.CRASH
@@ -100,7 +137,7 @@ def test_real_loop_on_cpu_template(tmp_path: Path, cache: Path) -> None:
 
     # Two slots really ran at the same time.
     ran = sorted((e for e in exps.values() if e.started_at), key=lambda e: e.started_at)
-    assert any(a.finished_at > b.started_at for a, b in zip(ran, ran[1:], strict=False))
+    assert any(a.finished_at > b.started_at for a, b in itertools.pairwise(ran))
     assert {e.slot for e in ran} == {0, 1}
     # The branch head is the kept variant; results.tsv has every finished experiment.
     assert "MATRIX_LR = 0.02" in ws.read_file("refs/heads/autoswarm/it", "train.py")

@@ -37,7 +37,11 @@ def knob_values(source: str) -> dict[str, object]:
     """Module-level UPPER_CASE = literal assignments, as a knob editor sees them."""
     knobs = {}
     for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
             name = node.targets[0].id
             if name.isupper() and isinstance(node.value, ast.Constant):
                 knobs[name] = node.value.value
@@ -46,7 +50,9 @@ def knob_values(source: str) -> dict[str, object]:
 
 def set_knobs(source: str, **values: object) -> str:
     for name, value in values.items():
-        source, count = re.subn(rf"^{name} = [^#\n]*", f"{name} = {value!r}  ", source, flags=re.MULTILINE)
+        source, count = re.subn(
+            rf"^{name} = [^#\n]*", f"{name} = {value!r}  ", source, flags=re.MULTILINE
+        )
         assert count == 1, name
     return source
 
@@ -60,7 +66,9 @@ def make_workspace(tmp_path: Path, template: str = "cpu", **knobs: object) -> Pa
     return workspace
 
 
-def run_train(workspace: Path, cache: Path, seed: int = 42, budget: float = 2) -> subprocess.CompletedProcess[str]:
+def run_train(
+    workspace: Path, cache: Path, seed: int = 42, budget: float = 2
+) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", ""),
@@ -70,7 +78,13 @@ def run_train(workspace: Path, cache: Path, seed: int = 42, budget: float = 2) -
         "AUTOSWARM_THREADS": "1",
     }
     return subprocess.run(
-        [sys.executable, "train.py"], cwd=workspace, env=env, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "train.py"],
+        cwd=workspace,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -91,7 +105,9 @@ def test_gpu_template_differs_from_cpu_only_in_knob_values() -> None:
     cpu_knobs, gpu_knobs = knob_values(cpu), knob_values(gpu)
     assert cpu_knobs.keys() == gpu_knobs.keys()
     assert set_knobs(gpu, **cpu_knobs) == set_knobs(cpu, **cpu_knobs)
-    assert gpu_knobs["DEPTH"] == 8 and gpu_knobs["SEQ_LEN"] == 2048 and gpu_knobs["TIME_BUDGET"] == 300
+    assert (
+        gpu_knobs["DEPTH"] == 8 and gpu_knobs["SEQ_LEN"] == 2048 and gpu_knobs["TIME_BUDGET"] == 300
+    )
     assert cpu_knobs["TIME_BUDGET"] == 60 and cpu_knobs["COMPILE"] is False
 
 
@@ -164,7 +180,11 @@ def test_missing_data_fails_with_hint(tmp_path: Path) -> None:
 def test_nan_loss_stops_the_run(tmp_path: Path, cache: Path) -> None:
     workspace = make_workspace(tmp_path)
     train = workspace / "train.py"
-    train.write_text(re.sub(r"^MATRIX_LR = .*$", 'MATRIX_LR = float("nan")', train.read_text(), flags=re.MULTILINE))
+    train.write_text(
+        re.sub(
+            r"^MATRIX_LR = .*$", 'MATRIX_LR = float("nan")', train.read_text(), flags=re.MULTILINE
+        )
+    )
     result = run_train(workspace, cache)
     assert result.returncode == 1
     assert "NaN" in result.stdout

@@ -157,13 +157,6 @@ def test_workspace_without_runs(synth_ws: Path, command: list[str]) -> None:
     assert isinstance(result.exception, RunStateError)
 
 
-@pytest.mark.xfail(
-    reason="BUG: when the ledger exists but holds no run (e.g. a `run` that stopped on a "
-    "dirty workspace after cli.run had opened the ledger), cli._open_run says "
-    '"no run tagged None in ...; `autoswarm status` shows the latest": it prints the tag '
-    "None and sends the user back to the command that just failed instead of `autoswarm run`",
-    strict=True,
-)
 def test_workspace_whose_first_run_failed_to_start(synth_ws: Path) -> None:
     (synth_ws / "train.py").write_text((synth_ws / "train.py").read_text() + "# local edit\n")
     failed = error_of(cli("run", "--skip-prepare", "--no-live", cwd=synth_ws))
@@ -181,13 +174,6 @@ def test_unknown_tag(synth_ws: Path) -> None:
     assert "no run tagged 'zzz'" in msg
 
 
-@pytest.mark.xfail(
-    reason="BUG: cli.main prints errors through a Rich Console, which hard-wraps at 80 "
-    "columns when stderr is not a terminal, so the command a message suggests "
-    "(`autoswarm init <path>`) is split over lines and cannot be copied or grepped; "
-    "print with soft_wrap=True (or a Console(stderr=True, soft_wrap=True))",
-    strict=True,
-)
 def test_error_line_is_not_wrapped(tmp_path: Path) -> None:
     target = tmp_path / "a-directory-with-a-reasonably-long-name"
     target.mkdir()

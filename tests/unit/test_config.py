@@ -64,6 +64,12 @@ def test_default_config_round_trips(tmp_path: Path) -> None:
         assert getattr(cfg.run, key) == getattr(defaults.run, key), key
 
 
+def test_rendered_exclude_round_trips(tmp_path: Path) -> None:
+    text = render_default_config(budget=60, exclude=("TIME_BUDGET", "EVAL_BATCH_SIZE"))
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.knobs.exclude == ("TIME_BUDGET", "EVAL_BATCH_SIZE")
+
+
 def test_default_timeout_is_twice_budget_plus_grace(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, render_default_config(budget=60)))
     assert cfg.run.timeout == 0

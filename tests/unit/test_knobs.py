@@ -194,13 +194,6 @@ def test_set_knob_refuses_a_stale_knob() -> None:
         set_knob(edited, knob, 0.05)
 
 
-@pytest.mark.xfail(
-    reason="BUG: knobs.find_knobs stores ast col offsets, which are UTF-8 *byte* offsets, and "
-    "set_knob slices the *str* line with them: a literal containing non-ASCII characters "
-    "(e.g. a string choice knob) is replaced with a wrong end, eating following characters "
-    "(here the newline, which merges two lines)",
-    strict=True,
-)
 def test_set_knob_non_ascii_literal() -> None:
     src = 'NAME = "é"\nX = 1\n'
     (name, _x) = find_knobs(src)

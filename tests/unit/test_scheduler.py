@@ -50,7 +50,10 @@ def test_keep_advances_branch_and_discard_does_not(harness: Harness) -> None:
     assert rows["WIDTH 64 -> 32"].parent == rows["LR 0.01 -> 0.04"].commit
     assert out.best is not None and out.best.experiment_id == rows["LR 0.01 -> 0.04"].id
     # Every variant has its own commit, pinned, with the diff recorded.
-    assert "-LR = 0.01" in rows["LR 0.01 -> 0.04"].diff and "+LR = 0.04" in rows["LR 0.01 -> 0.04"].diff
+    assert (
+        "-LR = 0.01" in rows["LR 0.01 -> 0.04"].diff
+        and "+LR = 0.04" in rows["LR 0.01 -> 0.04"].diff
+    )
     assert sched.ws.ref_exists(f"refs/autoswarm/t/{rows['WIDTH 64 -> 32'].id}")
     # The user's working tree is untouched.
     assert "LR = 0.01" in (harness.root / "train.py").read_text()
@@ -58,7 +61,9 @@ def test_keep_advances_branch_and_discard_does_not(harness: Harness) -> None:
 
 def test_gain_within_noise_margin_is_discarded(harness: Harness) -> None:
     # USE_BIAS has no effect: any difference is noise, so it must not be kept.
-    proposer = ScriptedProposer([("USE_BIAS flip", replace_in("train.py", "USE_BIAS = False", "USE_BIAS = True"))])
+    proposer = ScriptedProposer(
+        [("USE_BIAS flip", replace_in("train.py", "USE_BIAS = False", "USE_BIAS = True"))]
+    )
     sched, _, ledger = harness.scheduler(proposer, slots=1, keep_sigmas=2.0)
     out = sched.run(tag="t")
     e = ledger.experiments(out.run.id)[-1]
@@ -81,7 +86,10 @@ def test_failures_are_data_with_reasons(harness: Harness) -> None:
     sched, _, ledger = harness.scheduler(proposer, slots=2, timeout=130.0)
     out = sched.run(tag="t")
     rows = {e.description: e for e in ledger.experiments(out.run.id)}
-    assert rows["syntax error"].status is Status.CRASH and "syntax error" in rows["syntax error"].reason
+    assert (
+        rows["syntax error"].status is Status.CRASH
+        and "syntax error" in rows["syntax error"].reason
+    )
     assert rows["diverges"].status is Status.CRASH and "NaN" in rows["diverges"].reason
     assert rows["hangs"].status is Status.CRASH and rows["hangs"].reason.startswith("timeout")
     assert rows["edits prepare.py"].status is Status.REJECTED
@@ -89,7 +97,10 @@ def test_failures_are_data_with_reasons(harness: Harness) -> None:
     assert "hacked metric" in rows["edits prepare.py"].diff
     assert rows["same as baseline"].status is Status.REJECTED
     dup = rows["WIDTH 64 -> 32 again"]
-    assert dup.status is Status.REJECTED and dup.reason == f"duplicate of experiment {rows['WIDTH 64 -> 32'].id}"
+    assert (
+        dup.status is Status.REJECTED
+        and dup.reason == f"duplicate of experiment {rows['WIDTH 64 -> 32'].id}"
+    )
     tsv = (harness.root / "results.tsv").read_text().splitlines()
     assert tsv[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
     crash_rows = [r for r in tsv[1:] if r.split("\t")[3] == "crash"]
@@ -127,34 +138,47 @@ def test_candidate_finishing_before_baseline_waits_for_its_verdict(harness: Harn
             return type(o)(duration=5.0, metrics=o.metrics)
         return o
 
-    proposer = ScriptedProposer([("LR 0.01 -> 0.04", replace_in("train.py", "LR = 0.01", "LR = 0.04"))])
+    proposer = ScriptedProposer(
+        [("LR 0.01 -> 0.04", replace_in("train.py", "LR = 0.01", "LR = 0.04"))]
+    )
     sched, _, ledger = harness.scheduler(proposer, slots=4, outcome=outcome)
     out = sched.run(tag="t")
     cand = ledger.experiments(out.run.id)[-1]
     assert cand.kind is Kind.CANDIDATE and cand.status is Status.KEEP
     assert cand.meta["best_before"] == pytest.approx(sched.baseline.mean)
     base_end = max(e.finished_at for e in ledger.experiments(out.run.id) if e.kind is Kind.BASELINE)
-    assert cand.finished_at < base_end  # it finished first, yet was judged against the full baseline
+    assert (
+        cand.finished_at < base_end
+    )  # it finished first, yet was judged against the full baseline
 
 
 def test_baseline_crash_is_a_clear_error(harness: Harness) -> None:
     text = (harness.root / "train.py").read_text().replace('print("---")', 'print("no summary")')
     (harness.root / "train.py").write_text(text)
-    subprocess.run(["git", "commit", "-qam", "break"], cwd=harness.root, check=True,
-                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@l", "GIT_COMMITTER_NAME": "t",
-                        "GIT_COMMITTER_EMAIL": "t@l", "PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        ["git", "commit", "-qam", "break"],
+        cwd=harness.root,
+        check=True,
+        env={
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@l",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@l",
+            "PATH": "/usr/bin:/bin",
+        },
+    )
 
     def outcome(job):
         return synthetic_outcome()(job).__class__(duration=10.0, log="no summary\n")
 
     sched, _, _ = harness.scheduler(ScriptedProposer([]), slots=1, outcome=outcome)
-    with pytest.raises(BaselineError, match="no metric.*summary block"):
+    with pytest.raises(BaselineError, match=r"no metric.*summary block"):
         sched.run(tag="t")
 
 
 def test_run_state_errors(harness: Harness) -> None:
     sched, _, _ = harness.scheduler(ScriptedProposer([]), slots=1)
-    with pytest.raises(RunStateError, match="no run .* to resume"):
+    with pytest.raises(RunStateError, match=r"no run .* to resume"):
         sched.run(tag="nope", resume=True)
     sched.run(tag="t")
     sched2, _, _ = harness.scheduler(ScriptedProposer([]), slots=1)
@@ -178,11 +202,13 @@ def test_second_orchestrator_is_refused(harness: Harness) -> None:
 
 
 def test_resume_requeues_orphans_and_never_reruns_finished(harness: Harness) -> None:
-    sched, backend, ledger = harness.scheduler(KnobProposer(seed=3), slots=2, max_experiments=8)
+    sched, _backend, ledger = harness.scheduler(KnobProposer(seed=3), slots=2, max_experiments=8)
     out = sched.run(tag="t")
     exps = ledger.experiments(out.run.id)
     # Pretend the orchestrator died while two experiments ran: put them back to RUNNING.
-    victims = [e for e in exps if e.kind is Kind.CANDIDATE and e.status.is_finished() and e.commit][:2]
+    victims = [e for e in exps if e.kind is Kind.CANDIDATE and e.status.is_finished() and e.commit][
+        :2
+    ]
     for v in victims:
         ledger.requeue(v.id, reason="test")
         ledger.mark_running(v.id, slot=0, started_at=harness.clock.now(), log_path="x")

@@ -25,7 +25,9 @@ from climbmix_server import ShardServer, sample_texts, write_shard  # noqa: E402
 
 
 def load_prepare() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("template_prepare", REPO / "autoswarm/templates/prepare.py")
+    spec = importlib.util.spec_from_file_location(
+        "template_prepare", REPO / "autoswarm/templates/prepare.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
@@ -50,7 +52,9 @@ def fake_stdlib(tmp_path: Path) -> Path:
     for i in range(40):
         package = root / f"pkg{i % 4}"
         package.mkdir(parents=True, exist_ok=True)
-        body = f'"""Module {i}."""\n\n\ndef function_{i}(x):\n    return x * {i} + {i % 7}\n' * (20 + i)
+        body = f'"""Module {i}."""\n\n\ndef function_{i}(x):\n    return x * {i} + {i % 7}\n' * (
+            20 + i
+        )
         (package / f"mod{i}.py").write_text(body)
     for skipped in ("test/test_x.py", "site-packages/thirdparty.py", "pkg0/tests/test_y.py"):
         (root / skipped).parent.mkdir(parents=True, exist_ok=True)
@@ -165,7 +169,9 @@ def test_bits_per_byte_of_uniform_model(seq_len: int) -> None:
     targets = tokens[1:]
     scored = targets[targets != 3]
     expected = math.log2(4) * len(scored) / token_bytes[scored].sum()
-    bpb = prepare.bits_per_byte(ConstantLogits([0.0] * 4), tokens, token_bytes, seq_len, batch_size=2)
+    bpb = prepare.bits_per_byte(
+        ConstantLogits([0.0] * 4), tokens, token_bytes, seq_len, batch_size=2
+    )
     assert bpb == pytest.approx(expected, rel=1e-6)  # float32 logits
 
 
@@ -176,16 +182,22 @@ def test_bits_per_byte_of_known_distribution() -> None:
     tokens = np.array([256, 0, 0, 5, 0, 256, 0])
     bits = [1, 1, math.log2(510), 1, 0, 1]  # BOS target (index 4) excluded
     expected = sum(bits) / 5
-    bpb = prepare.bits_per_byte(ConstantLogits(logits), tokens, prepare.ByteTokenizer().token_bytes(), 4, 8)
+    bpb = prepare.bits_per_byte(
+        ConstantLogits(logits), tokens, prepare.ByteTokenizer().token_bytes(), 4, 8
+    )
     assert bpb == pytest.approx(expected, rel=1e-6)
 
 
-def test_evaluate_bpb_uses_fixed_val_prefix(cache: Path, fake_stdlib: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluate_bpb_uses_fixed_val_prefix(
+    cache: Path, fake_stdlib: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     prepare.prepare_stdlib(cache, root=fake_stdlib)
     monkeypatch.setitem(prepare.EVAL_TOKENS, "stdlib", 1000)
     val = prepare.load_prepared("stdlib").tokens("val")[:1001]
     assert (val[1:] != 256).any()
-    expected = math.log2(257)  # every scored byte-token costs log2(vocab) bits, BOS targets excluded
+    expected = math.log2(
+        257
+    )  # every scored byte-token costs log2(vocab) bits, BOS targets excluded
     model = ConstantLogits([0.0] * 257)
     assert prepare.evaluate_bpb(model, 64, 4) == pytest.approx(expected)
     assert prepare.evaluate_bpb(model, 1000, 1) == pytest.approx(expected)
@@ -217,12 +229,20 @@ def shard_files(tmp_path: Path) -> dict[str, bytes]:
 
 
 def run_climbmix(cache: Path, server: ShardServer, **kwargs: object) -> dict:
-    options = {"num_shards": 2, "base_url": server.base_url, "vocab_size": 300, "retries": 3, "backoff_s": 0.01}
+    options = {
+        "num_shards": 2,
+        "base_url": server.base_url,
+        "vocab_size": 300,
+        "retries": 3,
+        "backoff_s": 0.01,
+    }
     options.update(kwargs)
     return prepare.prepare_climbmix(cache, **options)
 
 
-def test_climbmix_download_tokenize_and_idempotent(cache: Path, shard_files: dict[str, bytes]) -> None:
+def test_climbmix_download_tokenize_and_idempotent(
+    cache: Path, shard_files: dict[str, bytes]
+) -> None:
     with ShardServer(shard_files) as server:
         manifest = run_climbmix(cache, server)
         assert sum(server.requests.values()) == 3
@@ -251,11 +271,16 @@ def test_climbmix_retries_transient_failures(cache: Path, shard_files: dict[str,
 
 
 def test_climbmix_corrupt_shard_fails_cleanly(
-    cache: Path, shard_files: dict[str, bytes], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    cache: Path,
+    shard_files: dict[str, bytes],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(prepare, "DOWNLOAD_BACKOFF_S", 0.01)
     good = shard_files["shard_00001.parquet"]
-    shard_files["shard_00001.parquet"] = good[: len(good) // 2] + b"garbage" + good[-4:]  # magic intact
+    shard_files["shard_00001.parquet"] = (
+        good[: len(good) // 2] + b"garbage" + good[-4:]
+    )  # magic intact
     with ShardServer(shard_files) as server:
         with pytest.raises(prepare.PrepareError, match="shard_00001"):
             run_climbmix(cache, server)

@@ -159,12 +159,6 @@ def test_check_locked_wins_over_editable_changes(ws: Workspace) -> None:
     assert "locked" in check.problem
 
 
-@pytest.mark.xfail(
-    reason="BUG: Workspace.check_proposal normalises './train.py' to 'train.py' for the "
-    "changed list, then looks up files['train.py'] for the syntax check and raises KeyError "
-    "instead of accepting (or refusing) the proposal",
-    strict=True,
-)
 def test_check_accepts_a_dot_slash_path(ws: Workspace) -> None:
     head = ws.head()
     check = ws.check_proposal(head, {"./train.py": lr(ws, head, "0.02")["train.py"]})
