@@ -60,6 +60,8 @@ class RunConfig:
     seed: int = 42
     keep_sigmas: float = 2.0  # keep only gains larger than keep_sigmas × noise σ ...
     min_delta: float = 0.0  # ... and larger than this absolute floor
+    confirm_sigmas: float = 1.0  # a gain above this many standard errors earns a re-run ...
+    confirm_runs: int = 2  # ... up to this many extra runs (other seeds) before deciding
     max_experiments: int = 0  # 0 = unlimited; counts the whole run, baseline included
     time_limit: float = 0.0  # seconds of run time; 0 = unlimited
     log_max_bytes: int = 2_000_000
@@ -217,8 +219,10 @@ def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
         raise ConfigError(f"{where}: threads_per_worker must be >= 1")
     if r.baseline_repeats < 1:
         raise ConfigError(f"{where}: baseline_repeats must be >= 1 (3 or more to measure noise)")
-    if r.keep_sigmas < 0 or r.min_delta < 0:
-        raise ConfigError(f"{where}: keep_sigmas and min_delta must be >= 0")
+    if r.keep_sigmas < 0 or r.min_delta < 0 or r.confirm_sigmas < 0:
+        raise ConfigError(f"{where}: keep_sigmas, confirm_sigmas and min_delta must be >= 0")
+    if r.confirm_runs < 0:
+        raise ConfigError(f"{where}: confirm_runs must be >= 0 (0 = never re-run before deciding)")
     if r.max_experiments < 0:
         raise ConfigError(f"{where}: max_experiments must be >= 0 (0 = unlimited)")
     if r.log_max_bytes < 10_000:
@@ -304,8 +308,10 @@ threads_per_worker = 1             # CPU threads per run when there is no GPU
 strategy = "auto"
 baseline_repeats = 3               # runs of the unmodified train.py to measure noise
 seed = 42                          # AUTOSWARM_SEED of candidates; repeats use seed+1, seed+2, ...
-keep_sigmas = 2.0                  # keep a variant only if it beats the best by > keep_sigmas × σ
-min_delta = 0.0                    # ... and by more than this absolute amount
+keep_sigmas = 2.0                  # keep only gains > keep_sigmas standard errors of the noise
+min_delta = 0.0                    # ... and larger than this absolute amount
+confirm_sigmas = 1.0               # a gain above this many standard errors is re-run ...
+confirm_runs = 2                   # ... with up to this many more seeds before the verdict
 max_experiments = 0                # 0 = unlimited (baseline repeats count)
 time_limit = 0                     # e.g. "8h"; 0 = unlimited
 log_max_bytes = 2000000            # per-experiment log cap (head and tail are kept)

@@ -19,8 +19,10 @@ runs against a fake backend in milliseconds in unit tests.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import difflib
 import fcntl
+import math
 import os
 import shutil
 import statistics
@@ -40,7 +42,7 @@ from autoswarm.errors import BaselineError, RunLockedError, RunStateError
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.metrics import crash_reason, read_tail
 from autoswarm.outputs import write_results_tsv
-from autoswarm.policy import Best, best_of, judge
+from autoswarm.policy import Best, Decision, Evidence, KeepRule, best_of
 from autoswarm.proposers.base import Context, Proposer, fingerprint
 from autoswarm.sandbox import scrubbed_env
 from autoswarm.types import Experiment, Job, Kind, Proposal, RunResult, Status
@@ -151,6 +153,13 @@ class Scheduler:
         self.environ = dict(os.environ if environ is None else environ)
         self.on_change = on_change
         self.metric = config.metric.name
+        self.rule = KeepRule(
+            direction=config.metric.direction,
+            keep_sigmas=config.run.keep_sigmas,
+            min_delta=config.run.min_delta,
+            confirm_sigmas=config.run.confirm_sigmas,
+            confirm_runs=config.run.confirm_runs,
+        )
         self._stop = threading.Event()
         self._lock = threading.Lock()
         # State rebuilt from the ledger at start, then kept up to date.
@@ -588,7 +597,13 @@ class Scheduler:
                     f"Read its log ({r.log_path}), fix the files so that `python train.py` prints the "
                     f"'---' summary block with '{self.metric}:', commit, and start a new run"
                 )
-            self.proposer.observe(done)
+            if exp.kind is Kind.CONFIRM:
+                parent = self._all[int(exp.meta["confirms"])]
+                self._conclude(
+                    parent, Decision.DISCARD, None, f"confirmation run #{exp.id} crashed: {reason}"
+                )
+            else:
+                self.proposer.observe(done)
             return
         if exp.kind is Kind.BASELINE:
             self._finish(exp, Status.KEEP, r, metrics, "")
@@ -599,53 +614,107 @@ class Scheduler:
             if self.baseline and self.baseline.complete:
                 self._judge_pending()
             return
-        if not (self.baseline and self.baseline.complete):
-            self._finish(exp, Status.PENDING, r, metrics, "")
-            return
-        self._verdict(self._finish(exp, Status.PENDING, r, metrics, ""))
+        done = self._finish(exp, Status.PENDING, r, metrics, "")
+        if self.baseline and self.baseline.complete:
+            self._verdict(
+                self._all[int(exp.meta["confirms"])] if exp.kind is Kind.CONFIRM else done
+            )
 
     def _judge_pending(self) -> None:
+        """Decide every candidate that waits for a verdict (after the baseline, on resume)."""
         if not (self.baseline and self.baseline.complete):
             return
         pending = sorted(
-            (e for e in self._all.values() if e.status is Status.PENDING),
+            (
+                e
+                for e in self._all.values()
+                if e.status is Status.PENDING and e.kind is Kind.CANDIDATE
+            ),
             key=lambda e: (e.finished_at or 0.0, e.id),
         )
         for e in pending:
             self._verdict(e)
 
-    def _verdict(self, exp: Experiment) -> None:
-        assert self.baseline is not None and self.run_rec is not None
-        value = exp.value(self.metric)
-        assert value is not None
-        best = self.best or best_of(list(self._all.values()), self.metric, self.baseline)
-        assert best is not None
-        status = judge(
-            value,
-            best.value,
-            sigma=self.baseline.sigma,
-            direction=self.cfg.metric.direction,
-            keep_sigmas=self.cfg.run.keep_sigmas,
-            min_delta=self.cfg.run.min_delta,
+    def _confirmations(self, cand: Experiment) -> list[Experiment]:
+        return sorted(
+            (
+                e
+                for e in self._all.values()
+                if e.kind is Kind.CONFIRM and e.meta.get("confirms") == cand.id
+            ),
+            key=lambda e: e.id,
         )
-        meta = {**dict(exp.meta), "best_before": best.value, "sigma": self.baseline.sigma}
+
+    def _verdict(self, cand: Experiment) -> None:
+        """Keep, discard, or ask for one more run of ``cand`` (see :mod:`autoswarm.policy`)."""
+        assert self.baseline is not None and self.run_rec is not None
+        confirms = self._confirmations(cand)
+        if any(c.status in (Status.QUEUED, Status.RUNNING, Status.INTERRUPTED) for c in confirms):
+            return  # evidence still on its way
+        values = [v for e in (cand, *confirms) if (v := e.value(self.metric)) is not None]
+        best = self.best or best_of(list(self._all.values()), self.metric, self.baseline)
+        assert best is not None and values
+        rule = self.rule
+        if self._count_limit() or self._limit_reason(self.clock.now()) is not None:
+            # No room left for another run: decide on the evidence there is.
+            rule = dataclasses.replace(rule, confirm_runs=0)
+        decision, ev = rule.decide(values, best, self.baseline.sigma)
+        if decision is not Decision.CONFIRM:
+            self._conclude(cand, decision, ev, "")
+            return
+        seed = cand.seed + len(values)
+        row = self.ledger.add_experiment(
+            run_id=self.run_rec.id,
+            kind=Kind.CONFIRM,
+            status=Status.QUEUED,
+            parent=cand.parent,
+            commit=cand.commit,
+            description=f"confirm #{cand.id} (seed {seed}): {cand.description}",
+            proposer=cand.proposer,
+            seed=seed,
+            now=self.clock.now(),
+            meta={"confirms": cand.id, "z_before": ev.z if math.isfinite(ev.z) else None},
+        )
+        with self._lock:
+            self._all[row.id] = row
+        self._queue.appendleft(row.id)  # confirmations gate decisions: they go first
+
+    def _conclude(
+        self, cand: Experiment, decision: Decision, ev: Evidence | None, reason: str
+    ) -> None:
+        """Record the final verdict of a candidate and of its confirmation runs."""
+        assert self.run_rec is not None
+        status = Status.KEEP if decision is Decision.KEEP else Status.DISCARD
+        meta: dict[str, Any] = {**dict(cand.meta), **(ev.as_meta() if ev else {})}
         if status is Status.KEEP:
-            meta["best_value"] = value
+            meta["kept_at"] = self.clock.now()
         done = self.ledger.finish(
-            exp.id,
+            cand.id,
             status=status,
-            metrics=exp.metrics,
-            metric=value,
-            finished_at=exp.finished_at or self.clock.now(),
+            metrics=cand.metrics,
+            metric=cand.value(self.metric),
+            finished_at=cand.finished_at or self.clock.now(),
+            reason=reason,
             meta=meta,
         )
         with self._lock:
-            self._all[exp.id] = done
-            if status is Status.KEEP:
-                self.best = Best(value=value, commit=exp.commit, experiment_id=exp.id)
+            self._all[cand.id] = done
+            for c in self._confirmations(cand):
+                if c.status is Status.PENDING:
+                    self._all[c.id] = self.ledger.finish(
+                        c.id,
+                        status=status,
+                        metrics=c.metrics,
+                        metric=c.value(self.metric),
+                        finished_at=c.finished_at or self.clock.now(),
+                    )
+            if status is Status.KEEP and ev is not None:
+                self.best = Best(
+                    value=ev.mean, commit=cand.commit, experiment_id=cand.id, runs=len(ev.values)
+                )
         if status is Status.KEEP:
             self.ws.advance_branch(
-                self.run_rec.branch, exp.commit, f"autoswarm keep #{exp.id}: {exp.description}"
+                self.run_rec.branch, cand.commit, f"autoswarm keep #{cand.id}: {cand.description}"
             )
         self.proposer.observe(done)
         self._write_outputs()
@@ -775,7 +844,6 @@ def _text_diff(ws: Workspace, p: Proposal) -> str:
 
 
 def _config_record(cfg: Config) -> dict[str, Any]:
-    import dataclasses
     import enum
 
     def conv(v: Any) -> Any:

@@ -144,16 +144,16 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     )
     # The branch head holds the best variant's files.
     best_commit = status["best"]["commit"]
+
     def tree(ref):
-        return (
-            subprocess.run(
-                ["git", "rev-parse", f"{ref}^{{tree}}"],
-                cwd=ws,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )
+        return subprocess.run(
+            ["git", "rev-parse", f"{ref}^{{tree}}"],
+            cwd=ws,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
     assert tree("autoswarm/t") == tree(best_commit)
     assert status["sessions"] == 2
 

@@ -201,7 +201,11 @@ def test_wrong_types(tmp_path: Path, old: str, new: str, expected: str) -> None:
         ("workers = 0", "workers = -1", r"workers must be >= 0 \(0 = automatic\)"),
         ("threads_per_worker = 1", "threads_per_worker = 0", r"threads_per_worker must be >= 1"),
         ("baseline_repeats = 3", "baseline_repeats = 0", r"baseline_repeats must be >= 1"),
-        ("keep_sigmas = 2.0", "keep_sigmas = -1.0", r"keep_sigmas and min_delta must be >= 0"),
+        (
+            "keep_sigmas = 2.0",
+            "keep_sigmas = -1.0",
+            r"keep_sigmas, confirm_sigmas and min_delta must be >= 0",
+        ),
         ("max_experiments = 0", "max_experiments = -3", r"max_experiments must be >= 0"),
         ("log_max_bytes = 2000000", "log_max_bytes = 100", r"log_max_bytes must be at least 10000"),
         (

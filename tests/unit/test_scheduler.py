@@ -247,3 +247,96 @@ def test_stop_marks_running_interrupted_and_resume_runs_them(harness: Harness) -
     ids = [j.experiment_id for j in backend2.submitted]
     assert {e.id for e in interrupted} <= set(ids)
     assert len(ledger2.experiments(out.run.id)) == 10
+
+
+# ---------------------------------------------------------------------------
+# Confirmation against noise
+
+
+def scripted_values(table):
+    """Outcome from (marker in train.py, seed) -> metric; the baseline is 1.000 ± 0.01."""
+    from autoswarm.backends.fake import Outcome
+
+    base = {42: 1.00, 43: 1.01, 44: 0.99}  # mean 1.0, σ = 0.01
+
+    def outcome(job):
+        text = (job.workdir / "train.py").read_text()
+        seed = int(job.env["AUTOSWARM_SEED"])
+        for marker, values in table.items():
+            if marker in text:
+                return Outcome(duration=60.0, metrics={"val_bpb": values[seed]})
+        return Outcome(duration=60.0, metrics={"val_bpb": base[seed]})
+
+    return outcome
+
+
+def test_promising_gain_is_confirmed_with_other_seeds_then_kept(harness: Harness) -> None:
+    # First run: gain 0.015 = 1.3 se (se = 0.01·sqrt(1+1/3)) -> confirm; mean of 3 gains 0.02 > 1.63σ.
+    outcome = scripted_values({"LR = 0.02": {42: 0.985, 43: 0.985, 44: 0.97}})
+    proposer = ScriptedProposer(
+        [("LR 0.01 -> 0.02", replace_in("train.py", "LR = 0.01", "LR = 0.02"))]
+    )
+    sched, _backend, ledger = harness.scheduler(proposer, slots=1, outcome=outcome)
+    out = sched.run(tag="t")
+    exps = ledger.experiments(out.run.id)
+    cand = next(e for e in exps if e.kind is Kind.CANDIDATE)
+    confirms = [e for e in exps if e.kind is Kind.CONFIRM]
+    assert [c.seed for c in confirms] == [43, 44]
+    assert all(c.commit == cand.commit and c.meta["confirms"] == cand.id for c in confirms)
+    assert cand.status is Status.KEEP and all(c.status is Status.KEEP for c in confirms)
+    assert cand.meta["runs"] == 3 and cand.meta["mean"] == pytest.approx(0.98)
+    assert cand.meta["sigma"] == pytest.approx(0.01)
+    assert out.best is not None and out.best.value == pytest.approx(0.98) and out.best.runs == 3
+
+
+def test_lucky_single_run_does_not_replicate_and_is_discarded(harness: Harness) -> None:
+    outcome = scripted_values({"USE_BIAS = True": {42: 0.984, 43: 1.012, 44: 1.0}})
+    proposer = ScriptedProposer(
+        [("USE_BIAS flip", replace_in("train.py", "USE_BIAS = False", "USE_BIAS = True"))]
+    )
+    sched, _, ledger = harness.scheduler(proposer, slots=1, outcome=outcome)
+    out = sched.run(tag="t")
+    exps = ledger.experiments(out.run.id)
+    cand = next(e for e in exps if e.kind is Kind.CANDIDATE)
+    assert cand.status is Status.DISCARD
+    assert cand.meta["runs"] == 2  # one confirmation killed the idea: z fell below 1
+    assert out.best is not None and out.best.experiment_id == exps[0].id  # still the baseline
+
+
+def test_large_gain_is_kept_without_confirmation(harness: Harness) -> None:
+    outcome = scripted_values({"LR = 0.04": {42: 0.9}})
+    proposer = ScriptedProposer(
+        [("LR 0.01 -> 0.04", replace_in("train.py", "LR = 0.01", "LR = 0.04"))]
+    )
+    sched, _, ledger = harness.scheduler(proposer, slots=1, outcome=outcome)
+    out = sched.run(tag="t")
+    exps = ledger.experiments(out.run.id)
+    assert not [e for e in exps if e.kind is Kind.CONFIRM]
+    assert exps[-1].status is Status.KEEP and exps[-1].meta["runs"] == 1
+
+
+def test_confirmation_crash_discards_the_candidate(harness: Harness) -> None:
+    from autoswarm.backends.fake import Outcome
+
+    inner = scripted_values({"LR = 0.02": {42: 0.985}})
+
+    def outcome(job):
+        if (
+            job.env["AUTOSWARM_SEED"] == "43"
+            and "LR = 0.02" in (job.workdir / "train.py").read_text()
+        ):
+            return Outcome(duration=5.0, exit_code=1, log="RuntimeError: flaky\n")
+        return inner(job)
+
+    proposer = ScriptedProposer(
+        [("LR 0.01 -> 0.02", replace_in("train.py", "LR = 0.01", "LR = 0.02"))]
+    )
+    sched, _, ledger = harness.scheduler(proposer, slots=1, outcome=outcome)
+    out = sched.run(tag="t")
+    exps = ledger.experiments(out.run.id)
+    cand = next(e for e in exps if e.kind is Kind.CANDIDATE)
+    assert (
+        cand.status is Status.DISCARD
+        and "confirmation run" in cand.reason
+        and "flaky" in cand.reason
+    )
