@@ -138,7 +138,10 @@ def run(
     time_limit: Annotated[
         str | None, typer.Option(help="Stop after this long in all, e.g. 20m, 8h.")
     ] = None,
-    strategy: Annotated[str | None, typer.Option(help="Proposer: auto, knobs.")] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="Proposer: auto, greedy, random, factorial, optuna, optuna-cmaes."),
+    ] = None,
     tag: Annotated[str | None, typer.Option(help="Run tag; the branch is autoswarm/<tag>.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run (latest, or --tag).")] = False,
     timeout: Annotated[
@@ -179,7 +182,7 @@ def run(
         log_max_bytes=cfg.run.log_max_bytes,
     )
     ledger = Ledger(ws.ledger_path)
-    proposer = make_proposer(cfg)
+    proposer = make_proposer(cfg, state_dir=ws.state_dir)
     sched = Scheduler(workspace=ws, ledger=ledger, backend=backend, proposer=proposer, config=cfg)
 
     interrupts = 0
@@ -366,7 +369,7 @@ def _print_table(
     }
     for e in shown:
         v = e.value(metric)
-        before = e.meta.get("best_before")
+        before = dict(e.meta.get("evidence") or {}).get("best_before")
         delta = f"{v - before:+.4f}" if v is not None and isinstance(before, int | float) else ""
         desc = e.description + (
             f" — {e.reason}" if e.reason and e.status in (Status.CRASH, Status.REJECTED) else ""

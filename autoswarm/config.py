@@ -25,7 +25,7 @@ from autoswarm.errors import ConfigError
 from autoswarm.types import Direction
 
 CONFIG_NAME = "autoswarm.toml"
-STRATEGIES = ("auto", "knobs")  # grows as proposers land; validated at parse time
+STRATEGIES = ("auto", "greedy", "knobs", "random", "factorial", "optuna", "optuna-cmaes")
 
 
 # ---------------------------------------------------------------------------

@@ -18,8 +18,8 @@ confirm_runs 2, three baseline runs) a single run must beat the baseline mean by
 the mean of three. A variant with no real effect is kept with probability ≈ 2.5%
 (one-sided 2 standard errors), however many runs it took.
 
-Every keep records its evidence (runs, values, mean, σ, z) in the experiment's
-``meta``; the best's value is that mean and its ``n_b`` is its number of runs.
+Every verdict records its evidence (runs, values, mean, σ, z) under the experiment's
+``meta["evidence"]``; the best's value is that mean and its ``n_b`` is its number of runs.
 """
 
 from __future__ import annotations
@@ -115,8 +115,9 @@ def best_of(
     ]
     if kept:
         last = max(kept, key=lambda e: (float(e.meta.get("kept_at", e.finished_at or 0.0)), e.id))
-        value = last.meta.get("mean", last.value(metric))
-        runs = int(last.meta.get("runs", 1))
+        evidence = dict(last.meta.get("evidence") or {})
+        value = evidence.get("mean") or last.value(metric) or 0.0
+        runs = int(evidence.get("runs", 1))
         return Best(value=float(value), commit=last.commit, experiment_id=last.id, runs=runs)
     if baseline is None or not baseline.values:
         return None

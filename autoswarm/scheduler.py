@@ -39,6 +39,7 @@ from autoswarm.backends.base import Backend
 from autoswarm.clock import Clock, SystemClock
 from autoswarm.config import Config
 from autoswarm.errors import BaselineError, RunLockedError, RunStateError
+from autoswarm.knobs import knobs_of
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.metrics import crash_reason, read_tail
 from autoswarm.outputs import write_results_tsv
@@ -253,7 +254,7 @@ class Scheduler:
                     f"there is no run {what} to resume in {self.ws.root}: start one with `autoswarm run`"
                 )
             if not self.ws.ref_exists(f"refs/heads/{run.branch}"):
-                self.ws.git("branch", run.branch, run.base_commit)
+                self.ws.ensure_branch(run.branch, run.base_commit)
             config = _config_record(self.cfg)
             if config != dict(run.config):  # flags of the resuming command (a longer limit, ...)
                 self.ledger.update_run_config(run.id, config)
@@ -334,9 +335,7 @@ class Scheduler:
         assert self.run_rec is not None
         target = self.best.commit if self.best else self.run_rec.base_commit
         head = self.ws.rev_parse(f"refs/heads/{self.run_rec.branch}")
-        if self.ws.git("rev-parse", f"{head}^{{tree}}") != self.ws.git(
-            "rev-parse", f"{target}^{{tree}}"
-        ):
+        if self.ws.tree_id(head) != self.ws.tree_id(target):
             self.ws.advance_branch(
                 self.run_rec.branch, target, f"autoswarm: restore best ({target[:10]})"
             )
@@ -359,7 +358,7 @@ class Scheduler:
                 proposer="baseline",
                 seed=self.cfg.run.seed + i,
                 now=self.clock.now(),
-                meta={"fingerprint": fingerprint(files)},
+                meta={"fingerprint": fingerprint(files), "knobs": _knob_values(files)},
             )
             self._all[exp.id] = exp
             self._seen.setdefault(fingerprint(files), exp.id)
@@ -462,6 +461,7 @@ class Scheduler:
             history=history,
             seen=frozenset(self._seen),
             now=self.clock.now(),
+            tag=self.run_rec.tag if self.run_rec else "",
         )
 
     # -- admitting and dispatching -----------------------------------------------
@@ -484,7 +484,7 @@ class Scheduler:
             proposer=p.proposer,
             seed=self.cfg.run.seed,
             now=now,
-            meta={**dict(p.meta), "fingerprint": fp},
+            meta={**dict(p.meta), "fingerprint": fp, "knobs": _knob_values(full)},
         )
         twin = self._seen.get(fp)
         if check.problem and not check.problem.startswith("syntax error"):
@@ -606,7 +606,7 @@ class Scheduler:
                 self.proposer.observe(done)
             return
         if exp.kind is Kind.BASELINE:
-            self._finish(exp, Status.KEEP, r, metrics, "")
+            self.proposer.observe(self._finish(exp, Status.KEEP, r, metrics, ""))
             self.baseline = baseline_of(
                 list(self._all.values()), self.metric, self.cfg.run.baseline_repeats
             )
@@ -685,7 +685,9 @@ class Scheduler:
         """Record the final verdict of a candidate and of its confirmation runs."""
         assert self.run_rec is not None
         status = Status.KEEP if decision is Decision.KEEP else Status.DISCARD
-        meta: dict[str, Any] = {**dict(cand.meta), **(ev.as_meta() if ev else {})}
+        meta: dict[str, Any] = dict(cand.meta)
+        if ev is not None:
+            meta["evidence"] = ev.as_meta()
         if status is Status.KEEP:
             meta["kept_at"] = self.clock.now()
         done = self.ledger.finish(
@@ -697,6 +699,7 @@ class Scheduler:
             reason=reason,
             meta=meta,
         )
+        finished_confirms: list[Experiment] = []
         with self._lock:
             self._all[cand.id] = done
             for c in self._confirmations(cand):
@@ -708,6 +711,7 @@ class Scheduler:
                         metric=c.value(self.metric),
                         finished_at=c.finished_at or self.clock.now(),
                     )
+                    finished_confirms.append(self._all[c.id])
             if status is Status.KEEP and ev is not None:
                 self.best = Best(
                     value=ev.mean, commit=cand.commit, experiment_id=cand.id, runs=len(ev.values)
@@ -716,7 +720,9 @@ class Scheduler:
             self.ws.advance_branch(
                 self.run_rec.branch, cand.commit, f"autoswarm keep #{cand.id}: {cand.description}"
             )
-        self.proposer.observe(done)
+        # Observed in the order a resume replays them: the candidate, then its confirmations.
+        for e in (done, *finished_confirms):
+            self.proposer.observe(e)
         self._write_outputs()
 
     def _finish(
@@ -817,6 +823,14 @@ class Scheduler:
 
 # ---------------------------------------------------------------------------
 # Small helpers
+
+
+def _knob_values(files: Mapping[str, str]) -> dict[str, Any]:
+    """All knob values of a variant (for effect analysis); {} if a file does not parse."""
+    try:
+        return {name: k.value for name, k in knobs_of(files).items()}
+    except SyntaxError:
+        return {}
 
 
 def _one_line(text: str) -> str:

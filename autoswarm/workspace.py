@@ -10,14 +10,14 @@ commit, so concurrent variants never share files. A keep advances the branch
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
-import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import pygit2
 
 from autoswarm.config import CONFIG_NAME, Config
 from autoswarm.errors import WorkspaceError
@@ -36,6 +36,9 @@ _GIT_IDENTITY = {
 }
 
 
+_SIGNATURE = pygit2.Signature("autoswarm", "autoswarm@localhost")
+
+
 @dataclass(frozen=True)
 class Check:
     """The verdict of :meth:`Workspace.check_proposal`: which files change, and whether allowed."""
@@ -50,6 +53,8 @@ class Workspace:
     def __init__(self, root: Path, config: Config) -> None:
         self.root = root.resolve()
         self.config = config
+        self._repo: pygit2.Repository | None = None
+        self._file_cache: dict[tuple[str, str], str] = {}
         if not (self.root / ".git").exists():
             raise WorkspaceError(
                 f"{self.root} is not a git repository, so it is not an autoswarm workspace: "
@@ -83,6 +88,19 @@ class Workspace:
         return self.state_dir / "logs" / f"{exp_id:05d}.log"
 
     # -- git plumbing --------------------------------------------------------
+    # Object reads and writes go through libgit2 (pygit2), in-process: the scheduler
+    # makes a commit, a ref and a snapshot per experiment, and forking git a dozen
+    # times for each would dominate the dispatch overhead. The git CLI is kept for
+    # the few porcelain operations (status) where its exact behaviour matters.
+
+    @property
+    def repo(self) -> pygit2.Repository:
+        if self._repo is None:
+            try:
+                self._repo = pygit2.Repository(str(self.root))
+            except pygit2.GitError as e:
+                raise WorkspaceError(f"cannot open the git repository in {self.root}: {e}") from e
+        return self._repo
 
     def git(
         self, *args: str, input: bytes | None = None, env: Mapping[str, str] | None = None
@@ -103,12 +121,23 @@ class Workspace:
             )
         return proc.stdout.decode("utf-8", errors="replace")
 
+    def _commit(self, ref: str) -> pygit2.Commit:
+        try:
+            obj = self.repo.revparse_single(ref)
+            commit = obj.peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError) as e:
+            raise WorkspaceError(f"{ref!r} is not a commit in {self.root}") from e
+        return commit
+
     def rev_parse(self, ref: str) -> str:
-        return self.git("rev-parse", "--verify", f"{ref}^{{commit}}").strip()
+        return str(self._commit(ref).id)
+
+    def tree_id(self, ref: str) -> str:
+        return str(self._commit(ref).tree_id)
 
     def ref_exists(self, ref: str) -> bool:
         try:
-            self.rev_parse(ref)
+            self._commit(ref)
             return True
         except WorkspaceError:
             return False
@@ -123,7 +152,15 @@ class Workspace:
             ) from None
 
     def read_file(self, commit: str, path: str) -> str:
-        return self.git("show", f"{commit}:{path}")
+        key = (commit, path)
+        if key not in self._file_cache:
+            try:
+                entry = self._commit(commit).tree[path]
+                blob = self.repo[entry.id].peel(pygit2.Blob)
+            except (KeyError, pygit2.InvalidSpecError):
+                raise WorkspaceError(f"{path} does not exist in commit {commit[:10]}") from None
+            self._file_cache[key] = blob.data.decode("utf-8", errors="replace")
+        return self._file_cache[key]
 
     def read_files(self, commit: str, paths: Sequence[str] | None = None) -> dict[str, str]:
         return {p: self.read_file(commit, p) for p in (paths or self.config.workspace.editable)}
@@ -180,31 +217,30 @@ class Workspace:
 
     def commit_files(self, parent: str, files: Mapping[str, str], message: str) -> str:
         """A new commit = ``parent`` with ``files`` replaced; the working tree is untouched."""
-        index = self.state_dir / f"index.{os.getpid()}.{id(files)}"
-        index.parent.mkdir(parents=True, exist_ok=True)
-        env = {"GIT_INDEX_FILE": str(index)}
-        try:
-            self.git("read-tree", parent, env=env)
-            for path, text in files.items():
-                blob = self.git("hash-object", "-w", "--stdin", input=text.encode()).strip()
-                self.git("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
-            tree = self.git("write-tree", env=env).strip()
-        finally:
-            index.unlink(missing_ok=True)
-        return self.git("commit-tree", tree, "-p", parent, "-m", message).strip()
+        repo = self.repo
+        base = self._commit(parent)
+        index = pygit2.Index()
+        index.read_tree(base.tree)
+        for path, text in files.items():
+            blob = repo.create_blob(text.encode("utf-8"))
+            index.add(pygit2.IndexEntry(path, blob, pygit2.enums.FileMode.BLOB))
+        tree = index.write_tree(repo)
+        oid = repo.create_commit(None, _SIGNATURE, _SIGNATURE, message, tree, [base.id])
+        return str(oid)
 
     def diff(self, parent: str, commit: str) -> str:
-        return self.git("diff", parent, commit)
+        patch = self.repo.diff(self._commit(parent), self._commit(commit))
+        return patch.patch or ""
 
     def pin(self, ref: str, commit: str) -> None:
         """Keep ``commit`` reachable under ``ref`` (refs/autoswarm/...)."""
-        self.git("update-ref", ref, commit)
+        self.repo.references.create(ref, pygit2.Oid(hex=commit), force=True)
 
     # -- branch --------------------------------------------------------------
 
     def ensure_branch(self, branch: str, commit: str) -> None:
-        if not self.ref_exists(f"refs/heads/{branch}"):
-            self.git("branch", branch, commit)
+        if f"refs/heads/{branch}" not in self.repo.references:
+            self.repo.references.create(f"refs/heads/{branch}", pygit2.Oid(hex=commit))
 
     def advance_branch(self, branch: str, source: str, message: str) -> str:
         """Make the head of ``branch`` hold ``source``'s tree; return the new head.
@@ -213,14 +249,16 @@ class Workspace:
         head gets a new commit with ``source``'s tree on top of the current head: the
         branch stays linear and its head is always the best accepted files.
         """
-        head = self.rev_parse(f"refs/heads/{branch}")
-        tree = self.git("rev-parse", f"{source}^{{tree}}").strip()
-        if tree == self.git("rev-parse", f"{head}^{{tree}}").strip():
-            return head
-        new = self.git("commit-tree", tree, "-p", head, "-m", message).strip()
-        # Compare-and-swap: fails loudly if anything else moved the branch meanwhile.
-        self.git("update-ref", f"refs/heads/{branch}", new, head)
-        return new
+        ref = self.repo.references[f"refs/heads/{branch}"]
+        head = self._commit(f"refs/heads/{branch}")
+        tree = self._commit(source).tree_id
+        if tree == head.tree_id:
+            return str(head.id)
+        new = self.repo.create_commit(None, _SIGNATURE, _SIGNATURE, message, tree, [head.id])
+        if ref.resolve().target != head.id:  # compare-and-swap: nobody else may move it
+            raise WorkspaceError(f"branch {branch} moved while autoswarm was updating it")
+        ref.set_target(new, f"autoswarm: {message}")
+        return str(new)
 
     # -- snapshots -----------------------------------------------------------
 
@@ -229,19 +267,20 @@ class Workspace:
         if dest.exists():
             shutil.rmtree(dest)
         dest.mkdir(parents=True)
-        data = subprocess.run(
-            ["git", "archive", "--format=tar", commit],
-            cwd=self.root,
-            capture_output=True,
-            check=False,
-        )
-        if data.returncode != 0:
-            raise WorkspaceError(
-                f"cannot export commit {commit[:10]}: {data.stderr.decode().strip()}"
-            )
-        with tarfile.open(fileobj=io.BytesIO(data.stdout)) as tar:
-            tar.extractall(dest, filter="data")
+        self._export(self._commit(commit).tree, dest)
         return dest
+
+    def _export(self, tree: pygit2.Tree, dest: Path) -> None:
+        for entry in tree:
+            target = dest / str(entry.name)
+            if entry.type_str == "tree":
+                target.mkdir()
+                self._export(self.repo[entry.id].peel(pygit2.Tree), target)
+            elif entry.type_str == "blob":
+                target.write_bytes(self.repo[entry.id].peel(pygit2.Blob).data)
+                if entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE:
+                    target.chmod(0o755)
+            # submodules and symlinks are not part of a workspace snapshot
 
 
 __all__ = ["LEDGER_NAME", "RESULTS_NAME", "STATE_DIR", "Check", "Workspace"]

@@ -40,6 +40,7 @@ class Context:
         history: finished experiments of this run, oldest first.
         seen: content fingerprints of every variant already tried or running (dedup).
         now: the scheduler's clock.
+        tag: the run's tag (names per-run state such as an Optuna study).
     """
 
     best_commit: str
@@ -52,6 +53,7 @@ class Context:
     history: Sequence[Experiment] = ()
     seen: frozenset[str] = field(default_factory=frozenset)
     now: float = 0.0
+    tag: str = ""
 
 
 @runtime_checkable

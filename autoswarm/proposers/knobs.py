@@ -7,7 +7,8 @@ seeded RNG, puts learning rates and batch/model sizes first (they matter most in
 practice) and hands them out in order, skipping variants already tried or running.
 A move that was kept is followed up first: the same knob again, in the same
 direction (momentum). When the one-step moves of a best are used up it goes on
-with two-step moves, then random pairs of moves, so it never runs dry.
+with two-step moves, then random moves of one to three knobs by one to three
+steps; when even those find nothing new it reports itself exhausted.
 """
 
 from __future__ import annotations
@@ -103,12 +104,14 @@ class KnobProposer:
         self._queue: list[Move] = []
         self._momentum: list[tuple[str, int]] = []  # (knob, direction) kept lately, newest last
         self._level = 1
+        self._dry = False
 
     # -- protocol ------------------------------------------------------------
 
     @property
     def exhausted(self) -> bool:
-        return False
+        """True when the last call found nothing new around the current best."""
+        return self._dry
 
     def close(self) -> None:
         pass
@@ -129,18 +132,19 @@ class KnobProposer:
         if ctx.best_commit != self._best_commit:
             self._best_commit = ctx.best_commit
             self._level = 1
+            self._dry = False
             self._queue = self._moves(knobs, spaces, level=1)
         seen = set(ctx.seen)
         out: list[Proposal] = []
         attempts = 0
-        while len(out) < n and attempts < 200:
+        while len(out) < n and attempts < 1000:
             attempts += 1
             if not self._queue:
                 self._level += 1
                 self._queue = (
                     self._moves(knobs, spaces, level=self._level)
                     if self._level <= 2
-                    else self._random_pairs(knobs, spaces)
+                    else self._random_combos(knobs, spaces)
                 )
                 if not self._queue:
                     break
@@ -162,6 +166,8 @@ class KnobProposer:
                     meta={"changes": {k: [knobs[k].value, v] for k, v in move.values}},
                 )
             )
+        # Nothing new in a thousand tries: the neighbourhood of this best is used up.
+        self._dry = n > 0 and not out
         return out
 
     # -- move lists ------------------------------------------------------------
@@ -189,20 +195,93 @@ class KnobProposer:
                     first.append(m)
         return first + [m for m in moves if m not in first]
 
-    def _random_pairs(
+    def _random_combos(
         self, knobs: Mapping[str, Knob], spaces: Mapping[str, Space], count: int = 64
     ) -> list[Move]:
+        """Moves of one to three random knobs by one to three steps each."""
         names = sorted(spaces)
-        if len(names) < 2:
-            return []
         moves = []
         for _ in range(count):
-            a, b = self.rng.sample(names, 2)
-            va = step(spaces[a], knobs[a].value, self.rng.choice((1, -1)), 1)
-            vb = step(spaces[b], knobs[b].value, self.rng.choice((1, -1)), 1)
-            if va is not None and vb is not None:
-                moves.append(Move(((a, va), (b, vb))))
+            chosen = self.rng.sample(names, self.rng.randint(1, min(3, len(names))))
+            values = []
+            for name in chosen:
+                size = self.rng.randint(1, 3)
+                new = step(spaces[name], knobs[name].value, self.rng.choice((1, -1)), size)
+                if new is not None:
+                    values.append((name, new))
+            if values:
+                moves.append(Move(tuple(values)))
         return moves
 
 
-__all__ = ["KnobProposer", "Move", "step"]
+class RandomProposer:
+    """Random knob perturbations around the current best (the control for smarter search).
+
+    Each proposal moves one or two random knobs by one or two steps in a random
+    direction, skipping variants already tried or running.
+    """
+
+    name = "random"
+
+    def __init__(
+        self,
+        *,
+        exclude: tuple[str, ...] = ("TIME_BUDGET",),
+        overrides: Mapping[str, Mapping[str, object]] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.exclude = exclude
+        self.overrides = dict(overrides or {})
+        self.rng = random.Random(seed)
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def observe(self, experiment: Experiment) -> None:
+        pass
+
+    def propose(self, ctx: Context, n: int) -> list[Proposal]:
+        knobs = knobs_of(ctx.best_files, self.exclude)
+        spaces = knob_spaces(ctx.best_files, self.exclude, self.overrides)
+        names = sorted(spaces)
+        seen = set(ctx.seen)
+        out: list[Proposal] = []
+        for _ in range(50 * max(1, n)):
+            if len(out) >= n or not names:
+                break
+            chosen = self.rng.sample(names, min(len(names), self.rng.choice((1, 1, 2))))
+            values: list[tuple[str, Literal]] = []
+            for name in chosen:
+                new = step(
+                    spaces[name],
+                    knobs[name].value,
+                    self.rng.choice((1, -1)),
+                    self.rng.choice((1, 2)),
+                )
+                if new is not None:
+                    values.append((name, new))
+            if not values:
+                continue
+            move = Move(tuple(values))
+            files = apply_values(ctx.best_files, dict(move.values))
+            fp = fingerprint(files)
+            if fp in seen:
+                continue
+            seen.add(fp)
+            out.append(
+                Proposal(
+                    description=move.describe(knobs),
+                    files={p: t for p, t in files.items() if t != ctx.best_files.get(p)},
+                    parent=ctx.best_commit,
+                    proposer=self.name,
+                    meta={"changes": {k: [knobs[k].value, v] for k, v in move.values}},
+                )
+            )
+        return out
+
+
+__all__ = ["KnobProposer", "Move", "RandomProposer", "step"]

@@ -211,7 +211,7 @@ def test_wrong_types(tmp_path: Path, old: str, new: str, expected: str) -> None:
         (
             'strategy = "auto"',
             'strategy = "genius"',
-            r"unknown strategy 'genius'; choose one of: auto, knobs",
+            r"unknown strategy 'genius'; choose one of: auto, greedy",
         ),
         (
             'editable = ["train.py"]',

@@ -68,7 +68,7 @@ def test_gain_within_noise_margin_is_discarded(harness: Harness) -> None:
     out = sched.run(tag="t")
     e = ledger.experiments(out.run.id)[-1]
     assert e.status is Status.DISCARD
-    assert e.meta["sigma"] == pytest.approx(sched.baseline.sigma)
+    assert e.meta["evidence"]["sigma"] == pytest.approx(sched.baseline.sigma)
 
 
 def test_failures_are_data_with_reasons(harness: Harness) -> None:
@@ -145,7 +145,7 @@ def test_candidate_finishing_before_baseline_waits_for_its_verdict(harness: Harn
     out = sched.run(tag="t")
     cand = ledger.experiments(out.run.id)[-1]
     assert cand.kind is Kind.CANDIDATE and cand.status is Status.KEEP
-    assert cand.meta["best_before"] == pytest.approx(sched.baseline.mean)
+    assert cand.meta["evidence"]["best_before"] == pytest.approx(sched.baseline.mean)
     base_end = max(e.finished_at for e in ledger.experiments(out.run.id) if e.kind is Kind.BASELINE)
     assert (
         cand.finished_at < base_end
@@ -284,8 +284,13 @@ def test_promising_gain_is_confirmed_with_other_seeds_then_kept(harness: Harness
     assert [c.seed for c in confirms] == [43, 44]
     assert all(c.commit == cand.commit and c.meta["confirms"] == cand.id for c in confirms)
     assert cand.status is Status.KEEP and all(c.status is Status.KEEP for c in confirms)
-    assert cand.meta["runs"] == 3 and cand.meta["mean"] == pytest.approx(0.98)
-    assert cand.meta["sigma"] == pytest.approx(0.01)
+    ev = cand.meta["evidence"]
+    assert (
+        ev["runs"] == 3
+        and ev["mean"] == pytest.approx(0.98)
+        and ev["values"] == [0.985, 0.985, 0.97]
+    )
+    assert ev["sigma"] == pytest.approx(0.01)
     assert out.best is not None and out.best.value == pytest.approx(0.98) and out.best.runs == 3
 
 
@@ -299,7 +304,7 @@ def test_lucky_single_run_does_not_replicate_and_is_discarded(harness: Harness) 
     exps = ledger.experiments(out.run.id)
     cand = next(e for e in exps if e.kind is Kind.CANDIDATE)
     assert cand.status is Status.DISCARD
-    assert cand.meta["runs"] == 2  # one confirmation killed the idea: z fell below 1
+    assert cand.meta["evidence"]["runs"] == 2  # one confirmation killed the idea: z fell below 1
     assert out.best is not None and out.best.experiment_id == exps[0].id  # still the baseline
 
 
@@ -312,7 +317,7 @@ def test_large_gain_is_kept_without_confirmation(harness: Harness) -> None:
     out = sched.run(tag="t")
     exps = ledger.experiments(out.run.id)
     assert not [e for e in exps if e.kind is Kind.CONFIRM]
-    assert exps[-1].status is Status.KEEP and exps[-1].meta["runs"] == 1
+    assert exps[-1].status is Status.KEEP and exps[-1].meta["evidence"]["runs"] == 1
 
 
 def test_confirmation_crash_discards_the_candidate(harness: Harness) -> None:

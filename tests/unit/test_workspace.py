@@ -226,7 +226,7 @@ def test_materialize_exports_exactly_the_commit(ws: Workspace, tmp_path: Path) -
 
 
 def test_materialize_unknown_commit(ws: Workspace, tmp_path: Path) -> None:
-    with pytest.raises(WorkspaceError, match="cannot export commit"):
+    with pytest.raises(WorkspaceError, match="is not a commit"):
         ws.materialize("f" * 40, tmp_path / "x")
 
 
@@ -242,5 +242,5 @@ def test_dirty_files(ws: Workspace) -> None:
 
 
 def test_git_errors_are_workspace_errors(ws: Workspace) -> None:
-    with pytest.raises(WorkspaceError, match="git rev-parse --verify"):
+    with pytest.raises(WorkspaceError, match="is not a commit"):
         ws.rev_parse("no-such-ref")

@@ -1,0 +1,321 @@
+"""Main and interaction effects of knobs, estimated from factorial waves.
+
+A *wave* is a two-level design around one centre (see
+:mod:`autoswarm.proposers.factorial`): every run sets each factor to a coded level
+-1 (one step down) or +1 (one step up). This module fits, by ordinary least squares
+(statsmodels)::
+
+    y = Σ_g α_g·[wave = g]  +  Σ_i β_i·x_i  +  Σ_{i<j} β_ij·x_i·x_j  +  ε
+
+with one intercept per wave (each wave has its own centre, so its own level), the
+main effects and every estimable two-way interaction. Interaction columns that are
+aliased in the data (a resolution III/IV fraction, a partial wave) are dropped by a
+rank check, so a rank-deficient design never crashes the fit.
+
+**Convention.** An effect is the change of the metric when a factor goes from its
+-1 level to its +1 level, i.e. ``2·β`` (for an interaction: half the difference
+between one factor's effect at the other's +1 and at its -1, again ``2·β_ij``).
+Standard errors use the measured seed-to-seed noise σ when it is known
+(``cov = σ²·(XᵀX)⁻¹``, normal p-values), else the OLS residuals when there are
+degrees of freedom left (t p-values), else they are NaN.
+
+Everything here is a pure function over rows or ledger records; ``autoswarm effects``
+and ``autoswarm status --json`` show :func:`effects_from_experiments`::
+
+    table = effects_from_experiments(ledger.experiments(run_id), "val_bpb", sigma=0.002)
+    for e in table.terms:
+        print(e.term, e.estimate, e.stderr, e.p_value)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from autoswarm.types import Experiment, Kind, Status
+
+# One observation: coded levels {factor: -1 | +1 (0 = centre)}, the metric, its wave.
+Row = tuple[Mapping[str, float], float, Hashable]
+
+# ---------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One estimated term.
+
+    Attributes:
+        term: ``"LR"`` for a main effect, ``"LR:WIDTH"`` for a two-way interaction.
+        factors: the factors of the term (one or two).
+        estimate: change of the metric from level -1 to +1 (2 × the coded coefficient).
+        stderr: standard error of ``estimate`` (NaN when it cannot be estimated).
+        z: ``estimate / stderr`` (a z score with known σ, a t score with residual σ).
+        p_value: two-sided p-value (normal with known σ, t with residual σ; NaN if unknown).
+        n: runs contributing (rows where every factor of the term is non-zero).
+    """
+
+    term: str
+    factors: tuple[str, ...]
+    estimate: float
+    stderr: float
+    z: float
+    p_value: float
+    n: int
+
+    @property
+    def is_interaction(self) -> bool:
+        return len(self.factors) > 1
+
+    def significant(self, alpha: float) -> bool:
+        """True when the p-value is known and below ``alpha``."""
+        return math.isfinite(self.p_value) and self.p_value < alpha
+
+
+@dataclass(frozen=True)
+class EffectsTable:
+    """All estimated terms of one fit.
+
+    Attributes:
+        terms: main effects first (in factor order), then interactions.
+        factors: the factors the fit was asked about.
+        groups: the waves (groups) present in the data, in first-seen order.
+        runs: observations used.
+        df_resid: residual degrees of freedom of the fit.
+        sigma: the noise used for standard errors (None when residuals or nothing were).
+        se_source: ``"sigma"``, ``"residual"`` or ``"none"``.
+        dropped: terms that were not estimable in the data (aliased or constant).
+    """
+
+    terms: tuple[Effect, ...] = ()
+    factors: tuple[str, ...] = ()
+    groups: tuple[Hashable, ...] = ()
+    runs: int = 0
+    df_resid: int = 0
+    sigma: float | None = None
+    se_source: str = "none"
+    dropped: tuple[str, ...] = ()
+
+    def get(self, term: str) -> Effect | None:
+        """The term named ``term`` (``"A"`` or ``"A:B"``, either order), or None."""
+        for e in self.terms:
+            if e.term == term or (e.is_interaction and ":".join(reversed(e.factors)) == term):
+                return e
+        return None
+
+    @property
+    def main_effects(self) -> tuple[Effect, ...]:
+        return tuple(e for e in self.terms if not e.is_interaction)
+
+    def as_records(self) -> list[dict[str, Any]]:
+        """JSON-ready rows (NaN and infinities become None)."""
+        return [
+            {
+                "term": e.term,
+                "estimate": _finite(e.estimate),
+                "stderr": _finite(e.stderr),
+                "z": _finite(e.z),
+                "p_value": _finite(e.p_value),
+                "n": e.n,
+            }
+            for e in self.terms
+        ]
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+# ---------------------------------------------------------------------------
+# The fit
+
+
+def estimate_effects(
+    rows: Iterable[Row],
+    factors: Sequence[str],
+    *,
+    sigma: float | None,
+    interactions: bool = True,
+) -> EffectsTable:
+    """Fit per-wave intercepts, main effects and two-way interactions by least squares.
+
+    Args:
+        rows: ``(coded levels, value, group)``; levels are -1/+1 (0 for a centre point or
+            a factor the row's wave did not vary); missing factors count as 0. Rows with
+            a non-finite value are ignored.
+        factors: the factors to estimate, in report order.
+        sigma: the seed-to-seed noise of one measurement. When it is a positive finite
+            number the standard errors are ``σ·sqrt(diag((XᵀX)⁻¹))`` (doubled, like the
+            estimates); otherwise they come from the residuals (if any degrees of
+            freedom are left) or are NaN.
+        interactions: also fit every estimable two-way interaction.
+
+    Returns:
+        The table; each estimate is the change from level -1 to +1 (2 × the coefficient).
+        Terms that cannot be estimated (aliased with earlier columns, or constant within
+        every wave) are listed in ``dropped`` instead.
+    """
+    data = [(lv, float(v), g) for lv, v, g in rows if math.isfinite(float(v))]
+    factors = tuple(factors)
+    known_sigma = sigma if sigma is not None and math.isfinite(sigma) and sigma > 0 else None
+    if not data:
+        return EffectsTable(factors=factors, sigma=known_sigma)
+    groups: list[Hashable] = []
+    for _, _, g in data:
+        if g not in groups:
+            groups.append(g)
+    y = np.array([v for _, v, _ in data])
+    coded = np.array([[float(lv.get(f, 0.0)) for f in factors] for lv, _, _ in data])
+    if coded.size == 0:
+        coded = np.zeros((len(data), 0))
+
+    # Candidate columns in order of importance: wave intercepts, main effects,
+    # interactions. A column is kept only if it adds rank, so the aliased ones go.
+    columns: list[tuple[tuple[str, ...] | None, np.ndarray]] = [
+        (None, np.array([1.0 if g == grp else 0.0 for _, _, g in data])) for grp in groups
+    ]
+    columns += [((f,), coded[:, i]) for i, f in enumerate(factors)]
+    if interactions:
+        for i, j in combinations(range(len(factors)), 2):
+            columns.append(((factors[i], factors[j]), coded[:, i] * coded[:, j]))
+    kept: list[tuple[tuple[str, ...] | None, np.ndarray]] = []
+    dropped: list[str] = []
+    rank = 0
+    for name, col in columns:
+        trial = np.column_stack([c for _, c in kept] + [col])
+        r = int(np.linalg.matrix_rank(trial))
+        if r > rank:
+            kept.append((name, col))
+            rank = r
+        elif name is not None:
+            dropped.append(":".join(name))
+    X = np.column_stack([c for _, c in kept])
+
+    from statsmodels.regression.linear_model import OLS  # slow import: only when fitting
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = OLS(y, X).fit()
+        params = np.asarray(fit.params, dtype=float)
+        df_resid = round(float(fit.df_resid))
+        if known_sigma is not None:
+            cov = known_sigma**2 * np.asarray(fit.normalized_cov_params, dtype=float)
+            se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+            source = "sigma"
+        elif df_resid > 0:
+            se = np.asarray(fit.bse, dtype=float)
+            source = "residual"
+        else:
+            se = np.full(len(params), math.nan)
+            source = "none"
+
+    terms: list[Effect] = []
+    for idx, (name, _) in enumerate(kept):
+        if name is None:
+            continue
+        est, err = 2.0 * params[idx], 2.0 * se[idx]
+        z = est / err if err > 0 else math.nan
+        if not math.isfinite(z):
+            p = math.nan
+        elif source == "sigma":
+            p = float(2.0 * stats.norm.sf(abs(z)))
+        else:
+            p = float(2.0 * stats.t.sf(abs(z), df_resid))
+        cols = [factors.index(f) for f in name]
+        n = int(np.sum(np.all(coded[:, cols] != 0, axis=1)))
+        terms.append(Effect(":".join(name), name, float(est), float(err), float(z), p, n))
+    return EffectsTable(
+        terms=tuple(terms),
+        factors=factors,
+        groups=tuple(groups),
+        runs=len(data),
+        df_resid=df_resid,
+        sigma=known_sigma,
+        se_source=source,
+        dropped=tuple(dropped),
+    )
+
+
+# ---------------------------------------------------------------------------
+# From the ledger
+
+_USABLE = (Status.KEEP, Status.DISCARD, Status.PENDING)
+
+
+def rows_from_experiments(
+    experiments: Sequence[Experiment], metric: str, *, wave: int | None = None
+) -> tuple[list[Row], tuple[str, ...]]:
+    """Design rows of factorial-wave experiments, and the factors they vary.
+
+    A candidate counts when its meta has ``"design"`` ({knob: -1|+1}) and ``"wave"``,
+    it finished as keep/discard/pending and ``metric`` is finite. A confirmation run
+    (kind CONFIRM, meta ``"confirms"`` = the candidate's id) counts as one more
+    replicate of its candidate's design point.
+    """
+    by_id = {e.id: e for e in experiments}
+    rows: list[Row] = []
+    factors: list[str] = []
+    for e in experiments:
+        if e.status not in _USABLE:
+            continue
+        value = e.value(metric)
+        if value is None:
+            continue
+        src: Experiment | None = e
+        if e.kind is Kind.CONFIRM:
+            parent_id = e.meta.get("confirms")
+            src = by_id.get(int(parent_id)) if isinstance(parent_id, int | str) else None
+        elif e.kind is not Kind.CANDIDATE:
+            continue
+        if src is None:
+            continue
+        design, w = src.meta.get("design"), src.meta.get("wave")
+        if not isinstance(design, Mapping) or not isinstance(w, int) or isinstance(w, bool):
+            continue
+        if wave is not None and w != wave:
+            continue
+        levels = {str(k): float(v) for k, v in design.items()}
+        factors.extend(f for f in levels if f not in factors)
+        rows.append((levels, value, w))
+    return rows, tuple(factors)
+
+
+def effects_from_experiments(
+    experiments: Sequence[Experiment],
+    metric: str,
+    sigma: float | None,
+    *,
+    interactions: bool = True,
+    wave: int | None = None,
+) -> EffectsTable:
+    """Effects of every knob varied by the run's factorial waves (one intercept per wave).
+
+    Args:
+        experiments: a run's experiments (e.g. ``ledger.experiments(run_id)``).
+        metric: the metric to analyse (e.g. ``"val_bpb"``).
+        sigma: the measured seed-to-seed noise (the baseline's σ), or None.
+        interactions: also fit two-way interactions.
+        wave: only this wave's runs (None: all waves).
+
+    Returns:
+        The :class:`EffectsTable`, factors sorted by name.
+    """
+    rows, factors = rows_from_experiments(experiments, metric, wave=wave)
+    return estimate_effects(rows, sorted(factors), sigma=sigma, interactions=interactions)
+
+
+__all__ = [
+    "Effect",
+    "EffectsTable",
+    "Row",
+    "effects_from_experiments",
+    "estimate_effects",
+    "rows_from_experiments",
+]
