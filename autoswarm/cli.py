@@ -29,7 +29,13 @@ from rich.text import Text
 from autoswarm.config import Config, load_config, parse_duration, with_overrides, with_recorded_run
 from autoswarm.errors import AutoswarmError, RunStateError, WorkspaceError
 from autoswarm.ledger import Ledger, RunRecord
-from autoswarm.outputs import TSV_HEADER, experiment_record, status_record, tsv_rows
+from autoswarm.outputs import (
+    TSV_HEADER,
+    effects_record,
+    experiment_record,
+    status_record,
+    tsv_rows,
+)
 from autoswarm.sandbox import scrubbed_env
 from autoswarm.workspace import Workspace
 
@@ -318,6 +324,56 @@ def status(
     t.add_row("busy fraction", f"{100 * st['busy_fraction']:.1f}%")
     t.add_row("branch", st["branch"])
     console.print(t)
+
+
+@app.command()
+def effects(
+    workspace: WorkspaceOpt = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    tag: TagOpt = None,
+    wave: Annotated[int | None, typer.Option(help="Only this factorial wave.")] = None,
+) -> None:
+    """Main effects and two-way interactions estimated from the run's factorial waves."""
+    from rich.table import Table
+
+    from autoswarm.analysis.noise import baseline_of
+
+    ledger, run_rec = _open_run(workspace, tag)
+    metric = run_rec.config.get("metric", {}).get("name", "val_bpb")
+    repeats = int(run_rec.config.get("run", {}).get("baseline_repeats", 3))
+    with ledger:
+        exps = ledger.experiments(run_rec.id)
+    base = baseline_of(exps, metric, repeats)
+    sigma = base.sigma if base and len(base.values) > 1 else None
+    rec = effects_record(exps, metric, sigma, wave)
+    if as_json:
+        print(json.dumps(rec, indent=2))
+        return
+    if not rec["terms"]:
+        console.print(
+            "no effects yet: effects come from factorial waves (`autoswarm run --strategy factorial`)",
+            soft_wrap=True,
+        )
+        return
+    t = Table(
+        title=f"effects on {metric} (−1 → +1 level; SE from {rec['se_source']}, {rec['runs']} runs)"
+    )
+    for col in ("term", "estimate", "stderr", "z", "p", "n"):
+        t.add_column(col, justify="right" if col != "term" else "left")
+    for r in sorted(rec["terms"], key=lambda r: r["p_value"] if r["p_value"] is not None else 2.0):
+        t.add_row(
+            r["term"],
+            _num(r["estimate"]),
+            _num(r["stderr"]),
+            _num(r["z"], 2),
+            _num(r["p_value"], 4),
+            str(r["n"]),
+        )
+    console.print(t)
+
+
+def _num(v: float | None, digits: int = 5) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def _fmt(v: float | None) -> str:

@@ -101,6 +101,21 @@ def experiment_record(e: Experiment) -> dict[str, Any]:
 # `autoswarm status`
 
 
+def effects_record(
+    experiments: Sequence[Experiment], metric: str, sigma: float | None, wave: int | None = None
+) -> dict[str, Any]:
+    """The effect table of a run's factorial waves, JSON-ready (empty without waves)."""
+    from autoswarm.analysis.effects import effects_from_experiments
+
+    table = effects_from_experiments(experiments, metric, sigma, wave=wave)
+    return {
+        "runs": table.runs,
+        "se_source": table.se_source,
+        "terms": table.as_records(),
+        "dropped": list(table.dropped),
+    }
+
+
 def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
     """Everything ``autoswarm status --json`` prints, derived from the ledger alone."""
     cfg = run.config
@@ -173,6 +188,9 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
         "experiments_per_hour": (len(done) / (elapsed / 3600.0)) if elapsed > 0 else 0.0,
         "busy_fraction": min(1.0, used / slot_seconds) if slot_seconds > 0 else 0.0,
         "median_duration_s": statistics.median(durations) if durations else None,
+        "effects": effects_record(
+            exps, metric, baseline.sigma if baseline and len(baseline.values) > 1 else None
+        ),
         "sessions": len(sessions),
         "workers": sessions[-1].workers if sessions else 0,
     }
@@ -181,6 +199,7 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
 __all__ = [
     "TSV_HEADER",
     "atomic_write",
+    "effects_record",
     "experiment_record",
     "status_record",
     "tsv_rows",
