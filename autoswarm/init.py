@@ -19,8 +19,9 @@ TEMPLATES = ("cpu", "gpu")
 SOURCES = ("stdlib", "climbmix")
 _BUDGET = {"cpu": 60.0, "gpu": 300.0}
 # Knobs a search should not spend runs on: the budget is the orchestrator's, the eval
-# batch size cannot change the metric, and compiling is a speed switch, not a recipe.
-_EXCLUDE = ("TIME_BUDGET", "EVAL_BATCH_SIZE", "COMPILE")
+# batch size cannot change the metric, compiling is a speed switch, not a recipe,
+# and REPORT_EVERY only sets how often progress is logged.
+_EXCLUDE = ("TIME_BUDGET", "EVAL_BATCH_SIZE", "COMPILE", "REPORT_EVERY")
 
 GITIGNORE = """\
 # autoswarm state (ledger, logs, run directories) and outputs: not part of any variant

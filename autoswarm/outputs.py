@@ -28,7 +28,11 @@ TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
 def _finished_in_order(experiments: Sequence[Experiment]) -> list[Experiment]:
     """Final-state experiments: baseline first, then in the order they finished."""
     done = [e for e in experiments if e.status.is_finished()]
-    return sorted(done, key=lambda e: (e.kind is not Kind.BASELINE, e.finished_at or 0.0, e.id))
+    baseline = sorted((e for e in done if e.kind is Kind.BASELINE), key=lambda e: e.id)
+    rest = sorted(
+        (e for e in done if e.kind is not Kind.BASELINE), key=lambda e: (e.finished_at or 0.0, e.id)
+    )
+    return baseline + rest
 
 
 def tsv_rows(experiments: Sequence[Experiment], metric: str = "val_bpb") -> list[str]:
