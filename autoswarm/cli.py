@@ -443,6 +443,95 @@ def _print_table(
 
 
 # ---------------------------------------------------------------------------
+# bench
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+@app.command()
+def bench(
+    kind: Annotated[
+        str, typer.Argument(help="search (simulated training) or systems (real processes).")
+    ],
+    objectives: Annotated[
+        str, typer.Option(help="Synthetic objectives (search).")
+    ] = "bowl,ridge,wide",
+    strategies: Annotated[
+        str, typer.Option(help="Strategies on N slots (search).")
+    ] = "greedy,random,factorial,optuna",
+    slots: Annotated[str, typer.Option(help="Slot counts, comma-separated.")] = "1,4,16",
+    reps: Annotated[int, typer.Option(help="Repetitions per setting (search).")] = 3,
+    hours: Annotated[float, typer.Option(help="Simulated wall-clock per run (search).")] = 8.0,
+    budget: Annotated[float, typer.Option(help="Training seconds per experiment.")] = 300.0,
+    duration: Annotated[float, typer.Option(help="Seconds per run (systems).")] = 120.0,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the tables (and plot) into this markdown file.")
+    ] = None,
+) -> None:
+    """Benchmarks: strategies against sequential greedy, or busy fraction and dispatch overhead."""
+    from autoswarm.bench.objectives import OBJECTIVES
+
+    if kind == "search":
+        from autoswarm.bench.report import markdown_table, plot, summarize
+        from autoswarm.bench.simulate import simulate
+
+        results = []
+        for obj_name in _csv(objectives):
+            if obj_name not in OBJECTIVES:
+                raise typer.BadParameter(
+                    f"unknown objective {obj_name!r}; known: {', '.join(OBJECTIVES)}"
+                )
+            obj = OBJECTIVES[obj_name]
+            plan = [("greedy", 1)] + [(st, int(n)) for n in _csv(slots) for st in _csv(strategies)]
+            for rep in range(reps):
+                for strat, n in dict.fromkeys(plan):
+                    r = simulate(obj, strat, n, rep=rep, horizon_s=hours * 3600, budget_s=budget)
+                    results.append(r)
+                    err.print(
+                        f"{obj_name:6} {strat:10} ×{n:<3} rep {rep}: {r.experiments:5} experiments, "
+                        f"true best {r.best_true:.4f} (simulated in {r.real_seconds:.1f}s)"
+                    )
+        rows = summarize(results)
+        table = markdown_table(rows)
+        print(table)
+        if out is not None:
+            png = plot(results, out.with_name(out.stem + "-search.png"))
+            _write_section(
+                out, "search", table + f"\n![true best against wall-clock]({png.name})\n"
+            )
+    elif kind == "systems":
+        from autoswarm.bench.systems import markdown, run_local
+
+        res = []
+        for count in _csv(slots):
+            sr = run_local(int(count), budget, duration)
+            err.print(
+                f"local ×{count}: {sr.experiments} experiments, busy {100 * sr.busy_fraction:.1f}%"
+            )
+            res.append(sr)
+        table = markdown(res)
+        print(table)
+        if out is not None:
+            _write_section(out, f"systems-{int(budget)}s", table)
+    else:
+        raise typer.BadParameter("kind must be 'search' or 'systems'")
+
+
+def _write_section(path: Path, name: str, body: str) -> None:
+    """Replace (or append) the block between <!-- bench:NAME --> markers in a markdown file."""
+    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{body}{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + f"\n\n{block}\n"
+    path.write_text(text)
+
+
+# ---------------------------------------------------------------------------
 
 
 def main() -> None:

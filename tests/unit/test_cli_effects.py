@@ -23,7 +23,9 @@ def test_effects_command_reports_the_factorial_waves(harness: Harness) -> None:
     assert rec["se_source"] == "sigma" and rec["runs"] > 8
     # WIDTH is far below its optimum (64 vs 256): widening must lower val_bpb.
     assert terms["WIDTH"]["estimate"] < 0 and terms["WIDTH"]["p_value"] < 0.05
-    status = json.loads(runner.invoke(app, ["status", "--workspace", str(harness.root), "--json"]).output)
+    status = json.loads(
+        runner.invoke(app, ["status", "--workspace", str(harness.root), "--json"]).output
+    )
     assert {t["term"] for t in status["effects"]["terms"]} == set(terms)
     table = runner.invoke(app, ["effects", "--workspace", str(harness.root)])
     assert table.exit_code == 0 and "WIDTH" in table.output

@@ -1,0 +1,1 @@
+"""Benchmarks: synthetic objectives, simulated search runs, real-process systems runs."""

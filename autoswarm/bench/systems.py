@@ -1,0 +1,126 @@
+"""The systems benchmark: busy fraction and dispatch overhead with real processes.
+
+A synthetic train.py that sleeps for the budget runs on N local slots for a fixed
+time with the real scheduler, ledger, git snapshots and local backend. Two figures
+come out of the ledger:
+
+* busy fraction: training-slot seconds used ÷ slot seconds available;
+* dispatch overhead: for each slot, the gap between one experiment's process exit
+  and the next experiment's process start on that slot (collecting the result,
+  judging it, asking the proposer, committing, exporting the snapshot, starting
+  the process): median and 95th percentile.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import statistics
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoswarm.backends.local import LocalBackend
+from autoswarm.bench.objectives import OBJECTIVES
+from autoswarm.config import load_config, with_overrides
+from autoswarm.ledger import Ledger
+from autoswarm.outputs import status_record
+from autoswarm.proposers.registry import make_proposer
+from autoswarm.scheduler import Scheduler
+from autoswarm.testing.synthetic import make_workspace
+from autoswarm.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class SystemsResult:
+    backend: str
+    slots: int
+    budget_s: float
+    duration_s: float
+    experiments: int
+    busy_fraction: float
+    dispatch_median_ms: float
+    dispatch_p95_ms: float
+
+
+def dispatch_gaps(rows: list[tuple[int, float, float]]) -> list[float]:
+    """Seconds between an experiment's end and the next start on the same slot."""
+    by_slot: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for slot, start, end in rows:
+        by_slot[slot].append((start, end))
+    gaps = []
+    for runs in by_slot.values():
+        runs.sort()
+        for (_, end), (nxt, _) in itertools.pairwise(runs):
+            gaps.append(max(0.0, nxt - end))
+    return gaps
+
+
+def run_local(
+    slots: int, budget_s: float, duration_s: float, workdir: Path | None = None
+) -> SystemsResult:
+    """``slots`` local slots of a sleeping train.py for ``duration_s`` seconds."""
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        root = make_workspace(
+            Path(tmp) / "ws", train_py=OBJECTIVES["bowl"].train_py(), budget=budget_s
+        )
+        cfg = with_overrides(
+            load_config(root),
+            budget=budget_s,
+            timeout=budget_s + 60,
+            time_limit=duration_s,
+            strategy="random",
+            workers=slots,
+        )
+        ws = Workspace(root, cfg)
+        ledger = Ledger(ws.ledger_path)
+        backend = LocalBackend(slots, gpus=[], log_max_bytes=100_000)
+        sched = Scheduler(
+            workspace=ws,
+            ledger=ledger,
+            backend=backend,
+            proposer=make_proposer(cfg),
+            config=cfg,
+            environ={k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")},
+        )
+        out = sched.run(tag="systems")
+        exps = ledger.experiments(out.run.id)
+        st = status_record(ledger, out.run, max(e.finished_at or 0.0 for e in exps))
+        ledger.close()
+    rows = [
+        (e.slot, e.started_at, e.finished_at)
+        for e in exps
+        if e.slot is not None and e.started_at is not None and e.finished_at is not None
+    ]
+    gaps = sorted(dispatch_gaps(rows)) or [0.0]
+    p95 = gaps[min(len(gaps) - 1, round(0.95 * (len(gaps) - 1)))]
+    return SystemsResult(
+        backend="local",
+        slots=slots,
+        budget_s=budget_s,
+        duration_s=duration_s,
+        experiments=len(rows),
+        busy_fraction=float(st["busy_fraction"]),
+        dispatch_median_ms=1000 * statistics.median(gaps),
+        dispatch_p95_ms=1000 * p95,
+    )
+
+
+def markdown(results: list[SystemsResult]) -> str:
+    head = (
+        "| backend | slots | budget (s) | duration (s) | experiments | busy fraction "
+        "| dispatch median (ms) | dispatch p95 (ms) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    return (
+        head
+        + "\n".join(
+            f"| {r.backend} | {r.slots} | {r.budget_s:g} | {r.duration_s:g} | {r.experiments} "
+            f"| {100 * r.busy_fraction:.1f}% | {r.dispatch_median_ms:.1f} | {r.dispatch_p95_ms:.1f} |"
+            for r in results
+        )
+        + "\n"
+    )
+
+
+__all__ = ["SystemsResult", "dispatch_gaps", "markdown", "run_local"]

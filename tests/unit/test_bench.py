@@ -1,0 +1,78 @@
+"""The benchmark machinery: objectives, the simulator and the report arithmetic."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoswarm.bench.objectives import OBJECTIVES
+from autoswarm.bench.report import markdown_table, summarize
+from autoswarm.bench.simulate import SimResult, simulate
+from autoswarm.bench.systems import dispatch_gaps
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_objective_script_prints_what_the_simulator_computes(name: str, tmp_path: Path) -> None:
+    obj = OBJECTIVES[name]
+    script = tmp_path / "train.py"
+    script.write_text(obj.train_py())
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        env={"AUTOSWARM_BUDGET": "0", "AUTOSWARM_SEED": "7"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    printed = float(
+        next(line.split()[1] for line in out.splitlines() if line.startswith("val_bpb:"))
+    )
+    import hashlib
+
+    variant = hashlib.sha256(script.read_bytes()).hexdigest()[:16]
+    assert printed == pytest.approx(obj.measure(dict(obj.start), 7, variant), abs=1e-6)
+    # Every objective has a crash region and a start that is not the optimum.
+    assert obj.true_value(dict(obj.start)) is not None and obj.crash != "False"
+
+
+def test_simulated_run_improves_and_reports_a_trace() -> None:
+    r = simulate(OBJECTIVES["bowl"], "greedy", 4, horizon_s=2 * 3600, budget_s=300)
+    assert r.experiments >= 4 * 2 * 3600 / 330 * 0.8
+    assert r.best_true < r.baseline_true
+    times = [t for t, _ in r.trace]
+    assert times == sorted(times)
+    assert r.time_to(r.best_true) is not None and r.time_to(-1.0) is None
+
+
+def _result(strategy: str, slots: int, trace: tuple[tuple[float, float], ...]) -> SimResult:
+    return SimResult(
+        objective="o",
+        strategy=strategy,
+        slots=slots,
+        rep=0,
+        horizon_s=8 * 3600,
+        experiments=10,
+        busy_fraction=1.0,
+        best_measured=trace[-1][1],
+        best_true=trace[-1][1],
+        baseline_true=trace[0][1],
+        trace=trace,
+        real_seconds=0.0,
+    )
+
+
+def test_speedup_and_gpu_hours_are_measured_against_sequential_greedy() -> None:
+    seq = _result("greedy", 1, ((0.0, 1.2), (3600.0, 1.1), (7200.0, 1.0)))
+    par = _result("factorial", 16, ((0.0, 1.2), (300.0, 0.99)))
+    rows = {(r.strategy, r.slots): r for r in summarize([seq, par])}
+    fac = rows[("factorial", 16)]
+    assert fac.speedup == pytest.approx(7200 / 300)
+    assert fac.gpu_hours_ratio == pytest.approx(16 * 300 / 7200)
+    assert "factorial" in markdown_table(list(rows.values()))
+
+
+def test_dispatch_gaps_are_per_slot() -> None:
+    rows = [(0, 0.0, 2.0), (0, 2.01, 4.0), (1, 0.0, 2.5), (1, 2.52, 5.0)]
+    assert dispatch_gaps(rows) == pytest.approx([0.01, 0.02])
