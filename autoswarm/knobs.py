@@ -11,6 +11,7 @@ a log scale), which ``[knobs.NAME]`` tables in autoswarm.toml can override.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,12 @@ class Knob:
 
 def find_knobs(source: str, path: str = "train.py") -> list[Knob]:
     """All knobs of ``source`` in file order. Raises SyntaxError if it does not parse."""
+    return list(_find_knobs(source, path))
+
+
+@functools.lru_cache(maxsize=512)
+def _find_knobs(source: str, path: str) -> tuple[Knob, ...]:
+    # Proposers look at the same best files many times per second: parse each text once.
     tree = ast.parse(source)
     lines = source.splitlines()
     knobs: list[Knob] = []
@@ -71,7 +78,7 @@ def find_knobs(source: str, path: str = "train.py") -> list[Knob]:
                 alternatives=alts,
             )
         )
-    return knobs
+    return tuple(knobs)
 
 
 def _literal(node: ast.expr) -> Literal | None:

@@ -137,7 +137,7 @@ class KnobProposer:
         seen = set(ctx.seen)
         out: list[Proposal] = []
         attempts = 0
-        while len(out) < n and attempts < 1000:
+        while len(out) < n and attempts < 300:
             attempts += 1
             if not self._queue:
                 self._level += 1
@@ -166,7 +166,7 @@ class KnobProposer:
                     meta={"changes": {k: [knobs[k].value, v] for k, v in move.values}},
                 )
             )
-        # Nothing new in a thousand tries: the neighbourhood of this best is used up.
+        # Nothing new in 300 tries: the neighbourhood of this best is used up.
         self._dry = n > 0 and not out
         return out
 
