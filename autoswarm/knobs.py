@@ -95,6 +95,15 @@ def _literal(node: ast.expr) -> Literal | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _literal_text(text: str) -> Literal | None:
+    """The value of a literal's source text (cached: the same few texts recur)."""
+    try:
+        return _literal(ast.parse(text, mode="eval").body)
+    except SyntaxError:
+        return None
+
+
 def _parse_alt(text: str) -> Literal:
     t = text.strip().strip("'\"")
     for conv in (int, float):
@@ -135,7 +144,7 @@ def set_knob(source: str, knob: Knob, value: Literal) -> str:
     # ast reports columns as UTF-8 byte offsets: slice bytes, not characters.
     line = lines[knob.line - 1].encode("utf-8")
     current = line[knob.col : knob.end_col].decode("utf-8")
-    if _literal(ast.parse(current, mode="eval").body) != knob.value:
+    if _literal_text(current) != knob.value:
         raise ValueError(f"{knob.name} at line {knob.line} is not {knob.value!r} any more")
     new = format_literal(value, knob.value).encode("utf-8")
     lines[knob.line - 1] = (line[: knob.col] + new + line[knob.end_col :]).decode("utf-8")

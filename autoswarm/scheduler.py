@@ -174,6 +174,10 @@ class Scheduler:
         self._all: dict[int, Experiment] = {}
         self._seen: dict[str, int] = {}
         self._files_cache: dict[str, dict[str, str]] = {}
+        self._durations: collections.deque[float] = collections.deque(maxlen=50)
+        self._outputs_written = 0.0
+        self._outputs_dirty = False
+        self._idle_wait = 0.0
         self.baseline: Baseline | None = None
         self.best: Best | None = None
         self._ended = ""
@@ -320,6 +324,12 @@ class Scheduler:
         queued = [e for e in exps if e.status is Status.QUEUED]
         queued.sort(key=lambda e: (e.kind is not Kind.BASELINE, e.id))
         self._queue = collections.deque(e.id for e in queued)
+        self._durations.extend(
+            d
+            for e in sorted(exps, key=lambda e: e.finished_at or 0.0)
+            if e.status in (Status.KEEP, Status.DISCARD, Status.PENDING)
+            and (d := e.duration_s) is not None
+        )
         self.baseline = baseline_of(exps, self.metric, self.cfg.run.baseline_repeats)
         self.best = best_of(exps, self.metric, self.baseline)
         finished = sorted(
@@ -376,6 +386,8 @@ class Scheduler:
                 return "interrupted"
             now = self.clock.now()
             self._heartbeat(now)
+            if self._outputs_dirty:
+                self._write_outputs()
             limit = self._limit_reason(now)
             proposed_any = self._fill_slots(can_dispatch=limit is None)
             if not self._running:
@@ -386,9 +398,12 @@ class Scheduler:
                 if not self._queue and self.proposer.exhausted:
                     return "proposer exhausted"
                 if not proposed_any:
-                    # Nothing to run now (an asynchronous proposer is thinking): wait a little.
-                    self.clock.sleep(0.2)
+                    # Nothing to run now (an asynchronous proposer is thinking): wait, a
+                    # little longer each time, so an idle proposer is not asked in a busy loop.
+                    self._idle_wait = min(5.0, max(0.2, self._idle_wait * 2))
+                    self.clock.sleep(self._idle_wait)
                     continue
+            self._idle_wait = 0.0
             for result in self.backend.poll(timeout=0.5):
                 self._on_result(result)
 
@@ -406,13 +421,8 @@ class Scheduler:
         return bool(m) and len(self._all) >= m
 
     def _expected_duration(self) -> float:
-        done = [
-            e.duration_s
-            for e in self._all.values()
-            if e.status in (Status.KEEP, Status.DISCARD, Status.PENDING)
-        ]
-        durations = [d for d in done if d is not None]
-        return statistics.median(durations) if durations else self.cfg.run.budget
+        """Median duration of the last experiments that ran to the end (budget until one has)."""
+        return statistics.median(self._durations) if self._durations else self.cfg.run.budget
 
     def _fill_slots(self, *, can_dispatch: bool) -> bool:
         """Start work in every free slot; True if anything was started or proposed."""
@@ -605,6 +615,7 @@ class Scheduler:
             else:
                 self.proposer.observe(done)
             return
+        self._durations.append(r.duration_s)
         if exp.kind is Kind.BASELINE:
             self.proposer.observe(self._finish(exp, Status.KEEP, r, metrics, ""))
             self.baseline = baseline_of(
@@ -786,7 +797,7 @@ class Scheduler:
             self.proposer.close()
             if self._session:
                 self.ledger.end_session(self._session, now=self.clock.now(), reason=reason)
-            self._write_outputs()
+            self._write_outputs(force=True)
             self._changed()
 
     def _heartbeat(self, now: float) -> None:
@@ -802,10 +813,18 @@ class Scheduler:
         c: dict[str, int] = collections.Counter(e.status.value for e in self._all.values())
         return {s.value: c.get(s.value, 0) for s in Status} | {"total": len(self._all)}
 
-    def _write_outputs(self) -> None:
-        if self.run_rec is not None:
-            write_results_tsv(self.ws.results_path, list(self._all.values()), self.metric)
-            self._changed()
+    def _write_outputs(self, *, force: bool = False) -> None:
+        """Rewrite results.tsv, at most once a second (it is O(experiments) per write)."""
+        if self.run_rec is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._outputs_written < 1.0:
+            self._outputs_dirty = True
+            return
+        write_results_tsv(self.ws.results_path, list(self._all.values()), self.metric)
+        self._outputs_written = now
+        self._outputs_dirty = False
+        self._changed()
 
     def _changed(self) -> None:
         if self.on_change is not None:

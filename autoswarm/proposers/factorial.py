@@ -173,12 +173,14 @@ class FactorialProposer:
         self._ctx: Context | None = None
         self._combos: list[tuple[int, dict[str, int], str]] = []  # (wave, {factor: sign}, kind)
         self._issued: set[str] = set()
+        self._dry = False
 
     # -- protocol ------------------------------------------------------------
 
     @property
     def exhausted(self) -> bool:
-        return False
+        """True when the last call found nothing new around the current best."""
+        return self._dry
 
     def close(self) -> None:
         pass
@@ -244,6 +246,7 @@ class FactorialProposer:
             if p is None:
                 break
             out.append(p)
+        self._dry = n > 0 and not out
         return out
 
     # -- public conveniences ---------------------------------------------------
