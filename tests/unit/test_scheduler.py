@@ -233,8 +233,9 @@ def test_stop_marks_running_interrupted_and_resume_runs_them(harness: Harness) -
 
     def poll(timeout):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == 4:  # Ctrl-C while two experiments run
             sched.request_stop()
+            return []
         return original(timeout)
 
     backend.poll = poll  # type: ignore[method-assign]
