@@ -37,6 +37,18 @@ class Move:
 
     values: tuple[tuple[str, Literal], ...]
 
+    def proposal(
+        self, ctx: Context, current: Mapping[str, Knob], files: Mapping[str, str], proposer: str
+    ) -> Proposal:
+        """This move applied to the best files (``files``) as a proposal relative to the best."""
+        return Proposal(
+            description=self.describe(current),
+            files={p: t for p, t in files.items() if t != ctx.best_files.get(p)},
+            parent=ctx.best_commit,
+            proposer=proposer,
+            meta={"changes": {k: [current[k].value, v] for k, v in self.values}},
+        )
+
     def describe(self, current: Mapping[str, Knob]) -> str:
         return ", ".join(
             f"{name} {format_literal(current[name].value)} -> {format_literal(v)}"
@@ -157,15 +169,7 @@ class KnobProposer:
             if fp in seen:
                 continue
             seen.add(fp)
-            out.append(
-                Proposal(
-                    description=move.describe(knobs),
-                    files={p: t for p, t in files.items() if t != ctx.best_files.get(p)},
-                    parent=ctx.best_commit,
-                    proposer=self.name,
-                    meta={"changes": {k: [knobs[k].value, v] for k, v in move.values}},
-                )
-            )
+            out.append(move.proposal(ctx, knobs, files, self.name))
         # Nothing new in 300 tries: the neighbourhood of this best is used up.
         self._dry = n > 0 and not out
         return out
@@ -272,15 +276,7 @@ class RandomProposer:
             if fp in seen:
                 continue
             seen.add(fp)
-            out.append(
-                Proposal(
-                    description=move.describe(knobs),
-                    files={p: t for p, t in files.items() if t != ctx.best_files.get(p)},
-                    parent=ctx.best_commit,
-                    proposer=self.name,
-                    meta={"changes": {k: [knobs[k].value, v] for k, v in move.values}},
-                )
-            )
+            out.append(move.proposal(ctx, knobs, files, self.name))
         return out
 
 
