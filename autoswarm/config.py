@@ -1,11 +1,12 @@
 """Typed, frozen configuration loaded from a workspace's ``autoswarm.toml``.
 
-The file has three tables::
+The file has these tables::
 
     [workspace]  editable / locked files, the commands that prepare data and run one experiment
     [metric]     name of the summary key to optimise and its direction
     [run]        budget, timeout, workers, strategy, noise rule, limits
     [knobs]      knob-search settings (exclusions, per-knob overrides)
+    [pool]       where experiments run: a backend and its hardware tiers ([[pool.tiers]])
 
 Command-line flags override single fields through :func:`with_overrides`. Nothing
 here reads environment variables: what a run does is what the file and the flags say.
@@ -14,6 +15,7 @@ here reads environment variables: what a run does is what the file and the flags
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 import tomllib
 from collections.abc import Mapping
@@ -65,6 +67,8 @@ class RunConfig:
     max_experiments: int = 0  # 0 = unlimited; counts the whole run, baseline included
     time_limit: float = 0.0  # seconds of run time; 0 = unlimited
     log_max_bytes: int = 2_000_000
+    max_cost: float = 0.0  # dollars (tier prices × measured durations); 0 = unlimited
+    max_gpu_hours: float = 0.0  # accelerator-hours over all tiers; 0 = unlimited
 
     @property
     def effective_timeout(self) -> float:
@@ -78,12 +82,92 @@ class KnobConfig:
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
+BACKENDS = ("local", "ray", "skypilot")
+
+
+class TierRole(enum.Enum):
+    """What a tier's slots are for in the screening → promotion policy."""
+
+    SCREEN = "screen"  # cheap first runs of every candidate
+    VALIDATE = "validate"  # re-runs of promoted candidates; only these advance the branch
+    ANY = "any"  # both
+
+
+@dataclass(frozen=True, kw_only=True)
+class TierConfig:
+    """One kind of hardware in a pool.
+
+    Attributes:
+        name: short identifier (``h100``), recorded with every experiment.
+        accelerator: ``TYPE:COUNT`` per slot (``H100:1``), empty for CPU slots.
+        slots: parallel experiments on this tier (for autoscaling pools: the start size).
+        max_slots: upper bound for autoscaling backends; 0 = ``slots``.
+        price_per_hour: dollars per slot-hour (the accelerators of one slot together).
+        speed: relative throughput (H200 ≈ 1.3 × H100); informs scheduling, never metrics.
+        role: screen, validate or any.
+        options: backend-specific settings for this tier (Ray resources, SkyPilot
+            ``infra`` / ``use_spot`` / ``cpus`` ...), validated by the backend.
+    """
+
+    name: str
+    accelerator: str = ""
+    slots: int = 1
+    max_slots: int = 0
+    price_per_hour: float = 0.0
+    speed: float = 1.0
+    role: TierRole = TierRole.ANY
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def gpus_per_slot(self) -> float:
+        """Accelerators one slot holds (``H100:2`` → 2; none → 0)."""
+        if not self.accelerator:
+            return 0.0
+        _, _, count = self.accelerator.partition(":")
+        return float(count) if count else 1.0
+
+    @property
+    def accelerator_type(self) -> str:
+        return self.accelerator.partition(":")[0]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolConfig:
+    """Where experiments run: one backend and its tiers (none = local slots from [run] workers)."""
+
+    backend: str = "local"
+    tiers: tuple[TierConfig, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def slot_tiers(self, workers: int) -> tuple[TierConfig, ...]:
+        """The tier of every slot, slot ids in order (tiers in file order).
+
+        Without tiers, ``workers`` slots of one implicit free tier named ``local``.
+        """
+        if not self.tiers:
+            return tuple(TierConfig(name="local", slots=1) for _ in range(max(1, workers)))
+        return tuple(t for t in self.tiers for _ in range(t.slots))
+
+    def tier(self, name: str) -> TierConfig:
+        for t in self.tiers:
+            if t.name == name:
+                return t
+        raise ConfigError(
+            f"no tier named {name!r} in [pool]; tiers: {', '.join(t.name for t in self.tiers) or '(none)'}"
+        )
+
+    @property
+    def validate_tiers(self) -> tuple[TierConfig, ...]:
+        return tuple(t for t in self.tiers if t.role is TierRole.VALIDATE)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     workspace: WorkspaceConfig = WorkspaceConfig()
     metric: MetricConfig = MetricConfig()
     run: RunConfig = RunConfig()
     knobs: KnobConfig = KnobConfig()
+    pool: PoolConfig = PoolConfig()
 
 
 # ---------------------------------------------------------------------------
@@ -146,6 +230,87 @@ def _section(raw: Mapping[str, Any], name: str, cls: type, path: Path) -> Any:
     return cls(**kwargs)
 
 
+_TIER_KEYS = {f.name for f in dataclasses.fields(TierConfig)}
+_ACCELERATOR = re.compile(r"[A-Za-z][A-Za-z0-9_-]*(:\d+(\.\d+)?)?")
+
+
+def _pool(raw: Mapping[str, Any], path: Path) -> PoolConfig:
+    data = raw.get("pool", {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: [pool] must be a table")
+    extra = sorted(set(data) - {"backend", "tiers", "options"})
+    if extra:
+        raise ConfigError(
+            f"{path}: unknown key(s) in [pool]: {', '.join(extra)}; known keys: backend, tiers, "
+            "options (backend settings go in [pool.options], tiers in [[pool.tiers]])"
+        )
+    backend = data.get("backend", "local")
+    if backend not in BACKENDS:
+        raise ConfigError(
+            f"{path}: [pool] backend {backend!r} is unknown; choose one of: {', '.join(BACKENDS)}"
+        )
+    options = data.get("options", {})
+    if not isinstance(options, dict):
+        raise ConfigError(f"{path}: [pool.options] must be a table")
+    tiers_raw = data.get("tiers", [])
+    if not isinstance(tiers_raw, list) or not all(isinstance(t, dict) for t in tiers_raw):
+        raise ConfigError(f"{path}: tiers must be written as [[pool.tiers]] tables")
+    tiers = []
+    for i, t in enumerate(tiers_raw):
+        where = f"{path}: [[pool.tiers]] #{i + 1}"
+        unknown = sorted(set(t) - _TIER_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(_TIER_KEYS))}"
+            )
+        if "name" not in t:
+            raise ConfigError(f'{where}: every tier needs a name, e.g. name = "h100"')
+        defaults = TierConfig(name="x")
+        kwargs: dict[str, Any] = {}
+        for key, value in t.items():
+            if key == "role":
+                try:
+                    kwargs[key] = TierRole(str(value).lower())
+                except ValueError:
+                    raise ConfigError(
+                        f"{where}: role must be 'screen', 'validate' or 'any', got {value!r}"
+                    ) from None
+            elif key == "options":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{where}: options must be a table")
+                kwargs[key] = value
+            else:
+                kwargs[key] = _coerce(value, getattr(defaults, key), f"{where} {key}")
+        tiers.append(TierConfig(**kwargs))
+    return PoolConfig(backend=backend, tiers=tuple(tiers), options=options)
+
+
+def _validate_pool(pool: PoolConfig, where: str) -> None:
+    names = [t.name for t in pool.tiers]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: tier names must be unique, got {', '.join(names)}")
+    for t in pool.tiers:
+        w = f"{where}: tier {t.name!r}"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", t.name):
+            raise ConfigError(f"{w}: name must be letters, digits, '_' or '-'")
+        if t.accelerator and not _ACCELERATOR.fullmatch(t.accelerator):
+            raise ConfigError(
+                f"{w}: accelerator {t.accelerator!r} must look like 'H100:1' (TYPE:COUNT)"
+            )
+        if t.slots < 0 or (t.slots == 0 and t.max_slots == 0):
+            raise ConfigError(f"{w}: slots must be >= 1 (or 0 with max_slots > 0 for autoscaling)")
+        if t.max_slots and t.max_slots < t.slots:
+            raise ConfigError(f"{w}: max_slots ({t.max_slots}) must be >= slots ({t.slots}), or 0")
+        if t.price_per_hour < 0:
+            raise ConfigError(f"{w}: price_per_hour must be >= 0 dollars, got {t.price_per_hour}")
+        if t.speed <= 0:
+            raise ConfigError(f"{w}: speed must be > 0 (1.0 = reference), got {t.speed}")
+    if pool.tiers and all(t.role is TierRole.VALIDATE for t in pool.tiers):
+        raise ConfigError(
+            f"{where}: every tier has role 'validate'; give at least one tier role 'screen' or 'any'"
+        )
+
+
 def _coerce(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, Direction):
         try:
@@ -189,16 +354,17 @@ def load_config(workspace: Path) -> Config:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}. Fix the file and run again.") from e
-    unknown = sorted(set(raw) - {"workspace", "metric", "run", "knobs"})
+    unknown = sorted(set(raw) - {"workspace", "metric", "run", "knobs", "pool"})
     if unknown:
         raise ConfigError(
-            f"{path}: unknown table(s) {', '.join(unknown)}; known: workspace, metric, run, knobs"
+            f"{path}: unknown table(s) {', '.join(unknown)}; known: workspace, metric, run, knobs, pool"
         )
     cfg = Config(
         workspace=_section(raw, "workspace", WorkspaceConfig, path),
         metric=_section(raw, "metric", MetricConfig, path),
         run=_section(raw, "run", RunConfig, path),
         knobs=_section(raw, "knobs", KnobConfig, path),
+        pool=_pool(raw, path),
     )
     validate(cfg, str(path))
     return cfg
@@ -225,6 +391,8 @@ def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
         raise ConfigError(f"{where}: confirm_runs must be >= 0 (0 = never re-run before deciding)")
     if r.max_experiments < 0:
         raise ConfigError(f"{where}: max_experiments must be >= 0 (0 = unlimited)")
+    if r.max_cost < 0 or r.max_gpu_hours < 0:
+        raise ConfigError(f"{where}: max_cost and max_gpu_hours must be >= 0 (0 = unlimited)")
     if r.log_max_bytes < 10_000:
         raise ConfigError(f"{where}: log_max_bytes must be at least 10000")
     if r.strategy not in STRATEGIES:
@@ -246,6 +414,7 @@ def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
             raise ConfigError(f"{where}: {p!r} must be a path inside the workspace")
     if not ws.command:
         raise ConfigError(f"{where}: [workspace] command must not be empty")
+    _validate_pool(cfg.pool, where)
 
 
 def with_overrides(cfg: Config, **run_fields: Any) -> Config:
@@ -315,6 +484,8 @@ confirm_runs = 2                   # ... with up to this many more seeds before 
 max_experiments = 0                # 0 = unlimited (baseline repeats count)
 time_limit = 0                     # e.g. "8h"; 0 = unlimited
 log_max_bytes = 2000000            # per-experiment log cap (head and tail are kept)
+max_cost = 0                       # dollars; 0 = unlimited (needs tier prices in [pool])
+max_gpu_hours = 0                  # accelerator-hours; 0 = unlimited
 
 [knobs]
 exclude = [{", ".join(f'"{x}"' for x in exclude)}]  # UPPER_CASE constants the knob search leaves alone
@@ -322,12 +493,16 @@ exclude = [{", ".join(f'"{x}"' for x in exclude)}]  # UPPER_CASE constants the k
 
 
 __all__ = [
+    "BACKENDS",
     "CONFIG_NAME",
     "STRATEGIES",
     "Config",
     "KnobConfig",
     "MetricConfig",
+    "PoolConfig",
     "RunConfig",
+    "TierConfig",
+    "TierRole",
     "WorkspaceConfig",
     "load_config",
     "parse_duration",

@@ -8,6 +8,7 @@ configuration, misuse and orchestrator bugs, and every message says what to do n
     ├── ConfigError            autoswarm.toml or a flag is wrong
     ├── WorkspaceError         not a workspace, not a git repo, dirty or missing files
     │   └── LockedFileError    a variant touches a file that may not change
+    ├── PatchError             a diff is malformed or does not apply to the files
     ├── RunLockedError         another `autoswarm run` owns this workspace
     ├── RunStateError          resume/tag conflicts, a run that cannot continue
     │   └── BaselineError      the unmodified train.py does not produce a metric
@@ -33,6 +34,10 @@ class WorkspaceError(AutoswarmError):
 
 class LockedFileError(WorkspaceError):
     """A variant changes a file that is locked or not editable."""
+
+
+class PatchError(AutoswarmError):
+    """A diff is not a unified diff, or its hunks do not match the files."""
 
 
 class RunLockedError(AutoswarmError):
@@ -66,6 +71,7 @@ __all__ = [
     "ConfigError",
     "LedgerError",
     "LockedFileError",
+    "PatchError",
     "ProposerError",
     "RunLockedError",
     "RunStateError",

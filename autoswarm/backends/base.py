@@ -47,4 +47,18 @@ class Backend(Protocol):
         ...
 
 
-__all__ = ["Backend"]
+@runtime_checkable
+class Reattachable(Protocol):
+    """A backend whose jobs outlive the orchestrator (Ray detached actors, SkyPilot jobs).
+
+    On ``--resume`` the scheduler offers every experiment the ledger shows as running
+    to :meth:`reattach`; what is adopted reports through :meth:`Backend.poll` as if this
+    process had started it, and what is not is cancelled and queued again.
+    """
+
+    def reattach(self, job: Job, handle: str) -> bool:
+        """Adopt ``job`` (started earlier with ``handle``) in ``job.slot``; False if it is gone."""
+        ...
+
+
+__all__ = ["Backend", "Reattachable"]
