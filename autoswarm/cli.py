@@ -4,8 +4,14 @@ autoswarm init DIR [--template cpu|gpu] [--source stdlib|climbmix]
 autoswarm prepare [--workspace DIR]
 autoswarm run [--workspace DIR] [--workers N] [--budget S] [--max-experiments M]
               [--time-limit 8h] [--strategy NAME] [--tag TAG] [--resume]
+              [--max-cost USD] [--max-gpu-hours H]
 autoswarm status [--workspace DIR] [--json]
 autoswarm results [--workspace DIR] [--format table|tsv|json] [--since ID]
+autoswarm submit PATH | --diff FILE --desc TEXT [--json]   (external-agent mode)
+autoswarm wait ID... [--timeout 20m] [--json]
+autoswarm skill [--out PATH]                                (SKILL.md for a coding agent)
+autoswarm run --dry-run                   (print the SkyPilot tasks / slot plan, launch nothing)
+autoswarm down [--workspace DIR]          (tear down the SkyPilot clusters runs launched)
 """
 
 from __future__ import annotations
@@ -26,7 +32,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from autoswarm.config import Config, load_config, parse_duration, with_overrides, with_recorded_run
+from autoswarm.config import (
+    STRATEGIES,
+    Config,
+    load_config,
+    parse_duration,
+    with_overrides,
+    with_recorded_run,
+)
 from autoswarm.errors import AutoswarmError, RunStateError, WorkspaceError
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.outputs import (
@@ -146,7 +159,9 @@ def run(
     ] = None,
     strategy: Annotated[
         str | None,
-        typer.Option(help="Proposer: auto, greedy, random, factorial, optuna, optuna-cmaes."),
+        typer.Option(
+            help="Proposer: auto, greedy, random, factorial, optuna, optuna-cmaes, agent, external."
+        ),
     ] = None,
     tag: Annotated[str | None, typer.Option(help="Run tag; the branch is autoswarm/<tag>.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run (latest, or --tag).")] = False,
@@ -158,9 +173,22 @@ def run(
         bool | None, typer.Option(help="Live view (default: when stdout is a terminal).")
     ] = None,
     skip_prepare: Annotated[bool, typer.Option(help="Do not run prepare.py first.")] = False,
+    max_cost: Annotated[
+        float | None, typer.Option(help="Stop at this many dollars of tier time in all.")
+    ] = None,
+    max_gpu_hours: Annotated[
+        float | None, typer.Option(help="Stop at this many accelerator-hours in all.")
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print what would be launched (SkyPilot task YAML, slots); run nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Run the research loop until a limit is reached or Ctrl-C."""
-    from autoswarm.backends.local import LocalBackend
+    from autoswarm.backends.factory import make_backend
     from autoswarm.proposers.registry import make_proposer
     from autoswarm.report.live import LiveView, print_event_lines
     from autoswarm.scheduler import Scheduler
@@ -178,15 +206,16 @@ def run(
         tag=tag,
         timeout=timeout,
         seed=seed,
+        max_cost=max_cost,
+        max_gpu_hours=max_gpu_hours,
     )
+    if dry_run:
+        _dry_run(cfg, workspace)
+        return
     ws = Workspace(workspace, cfg)
     if not skip_prepare:
         run_prepare(ws, cfg)
-    backend = LocalBackend(
-        cfg.run.workers,
-        threads_per_worker=cfg.run.threads_per_worker,
-        log_max_bytes=cfg.run.log_max_bytes,
-    )
+    backend = make_backend(cfg, workspace_root=ws.root, state_dir=ws.state_dir)
     ledger = Ledger(ws.ledger_path)
     proposer = make_proposer(cfg, state_dir=ws.state_dir)
     sched = Scheduler(workspace=ws, ledger=ledger, backend=backend, proposer=proposer, config=cfg)
@@ -227,6 +256,56 @@ def run(
             f"resume with: autoswarm run --resume --tag {outcome.run.tag} --workspace {workspace}"
         )
         raise typer.Exit(130)
+
+
+def _dry_run(cfg: Config, workspace: Path) -> None:
+    """``run --dry-run``: the SkyPilot tasks of the first jobs, or the slot plan; nothing runs."""
+    if cfg.pool.backend == "skypilot":
+        import yaml
+
+        from autoswarm.backends.skytask import cluster_name, parse_pool, plan_tasks
+
+        opts = parse_pool(cfg.pool)
+        count = min(opts.capacity, max(1, cfg.run.baseline_repeats))
+        tasks = plan_tasks(cfg, workspace.resolve(), count)
+
+        class _Literal(yaml.SafeDumper):
+            pass
+
+        def _str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+            style = "|" if "\n" in data else None
+            return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+        _Literal.add_representer(str, _str)
+        for i, task in enumerate(tasks):
+            tier, index = opts.slot_tier(i)
+            where = (
+                f"cluster {cluster_name(opts, cfg.run.tag, tier.name, index)} (sky launch, "
+                "then sky exec for its later experiments)"
+                if opts.mode == "clusters"
+                else "a managed job (sky jobs launch)"
+            )
+            print(f"# experiment {i + 1}, slot {i}, tier {tier.name}: {where}")
+            print(yaml.dump(task, Dumper=_Literal, sort_keys=False), end="")
+            print("---")
+        err.print(
+            f"[dim]skypilot {opts.mode} mode, {opts.capacity} slots: "
+            + ", ".join(f"{t.name} {t.slots} × {t.accelerator}" for t in opts.tiers)
+            + f"; first {len(tasks)} task(s) shown, nothing launched[/]"
+        )
+        return
+    if cfg.pool.backend == "local":
+        from autoswarm.backends.factory import local_workers
+        from autoswarm.backends.local import plan_slots
+
+        plans = plan_slots(local_workers(cfg), threads_per_worker=cfg.run.threads_per_worker)
+        for i, p in enumerate(plans):
+            where = f"GPU {p.gpu}" if p.gpu is not None else f"cores {list(p.cores)}"
+            print(f"slot {i}: {where}, {p.threads} thread(s)")
+    else:
+        for t in cfg.pool.tiers:
+            print(f"tier {t.name}: {t.slots} slot(s) × {t.accelerator or 'CPU'} ({t.role.value})")
+    err.print(f"[dim]{cfg.pool.backend} backend; nothing launched[/]")
 
 
 def _recorded_config(workspace: Path, cfg: Config, tag: str | None) -> Config:
@@ -322,6 +401,12 @@ def status(
     t.add_row("elapsed", f"{st['elapsed_s'] / 60:.1f} min")
     t.add_row("throughput", f"{st['experiments_per_hour']:.1f} experiments/hour")
     t.add_row("busy fraction", f"{100 * st['busy_fraction']:.1f}%")
+    t.add_row("cost", f"${st['cost_usd']:.2f}, {st['gpu_hours']:.2f} GPU-hours")
+    for name, c in st["tiers"].items():
+        t.add_row(
+            f"  tier {name}",
+            f"{c['experiments']} runs, ${c['cost_usd']:.2f}, {c['gpu_hours']:.2f} GPU-hours",
+        )
     t.add_row("branch", st["branch"])
     console.print(t)
 
@@ -395,7 +480,10 @@ def results(
     with ledger:
         exps = ledger.experiments(run_rec.id, since_id=since)
         if fmt is Format.json:
-            print(json.dumps([experiment_record(e) for e in exps], indent=2))
+            from autoswarm.tiers import pool_from_record
+
+            pool = pool_from_record(run_rec.config)
+            print(json.dumps([experiment_record(e, pool) for e in exps], indent=2))
         elif fmt is Format.tsv:
             print("\n".join([TSV_HEADER, *tsv_rows(exps, metric)]))
         else:
@@ -443,6 +531,153 @@ def _print_table(
 
 
 # ---------------------------------------------------------------------------
+# external-agent mode: submit / wait / skill (see autoswarm/proposers/external.py)
+
+
+@app.command()
+def submit(
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="A file or directory with new versions of editable files."),
+    ] = None,
+    diff: Annotated[
+        Path | None,
+        typer.Option("--diff", help="A unified diff against the current best ('-' = stdin)."),
+    ] = None,
+    desc: Annotated[str, typer.Option("--desc", help="One line: what the variant changes.")] = "",
+    workspace: WorkspaceOpt = Path("."),
+    tag: Annotated[
+        str | None, typer.Option("--tag", help="Only the run with this tag may take it.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Queue a variant for `autoswarm run --strategy external`; prints its experiment id."""
+    from autoswarm.proposers.external import files_from_path
+    from autoswarm.proposers.external import submit as queue_variant
+
+    if (path is None) == (diff is None):
+        raise typer.BadParameter("give either PATH or --diff FILE (exactly one)")
+    cfg, ws = _load(workspace)
+    with Ledger(ws.ledger_path) as ledger:
+        if diff is not None:
+            text = sys.stdin.read() if str(diff) == "-" else diff.read_text(encoding="utf-8")
+            sub = queue_variant(
+                ws, ledger, diff=text, description=desc or f"diff {diff.name}", tag=tag
+            )
+        else:
+            assert path is not None
+            files = files_from_path(path, cfg)
+            sub = queue_variant(
+                ws, ledger, files=files, description=desc or f"files from {path}", tag=tag
+            )
+    if as_json:
+        print(json.dumps(sub.record(), indent=2))
+        return
+    print(sub.id)
+    err.print(f"queued #{sub.id}: {escape(sub.description)} ({', '.join(sub.files)})")
+    for note in sub.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+
+
+@app.command()
+def wait(
+    ids: Annotated[list[int], typer.Argument(help="Experiment ids (as printed by submit).")],
+    workspace: WorkspaceOpt = Path("."),
+    timeout: Annotated[
+        str, typer.Option(help="Give up after this long, e.g. 90s, 20m (0 = never).")
+    ] = "0",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Block until the experiments reach a final state, then print their results."""
+    from rich.table import Table
+
+    from autoswarm.proposers.external import state_of, wait_for
+
+    cfg, ws = _load(workspace)
+    if not ws.ledger_path.exists():
+        raise RunStateError(
+            f"no ledger in {ws.root} yet: queue a variant with `autoswarm submit` first"
+        )
+    with Ledger(ws.ledger_path) as ledger:
+        rows, done = wait_for(ledger, ids, timeout=parse_duration(timeout))
+        runs = {r.id: r for r in ledger.runs()}
+    records = []
+    for i, e in rows.items():
+        if e is None:
+            records.append({"id": i, "status": state_of(None), "description": "", "value": None})
+            continue
+        run_rec = runs.get(e.run_id)
+        metric = run_rec.config.get("metric", {}).get("name", cfg.metric.name) if run_rec else ""
+        rec = experiment_record(e)
+        rec["metric"] = metric or cfg.metric.name
+        rec["value"] = e.value(rec["metric"])
+        rec["duplicate_of"] = e.meta.get("duplicate_of")
+        records.append(rec)
+    if as_json:
+        print(json.dumps(records, indent=2))
+    else:
+        t = Table(title="results" if done else "results so far (timed out)")
+        for col in ("id", "status", "value", "description"):
+            t.add_column(col, overflow="fold")
+        for r in records:
+            desc = str(r["description"]) + (f" — {r['reason']}" if r.get("reason") else "")
+            value = "-" if r["value"] is None else f"{r['value']:.6f}"
+            t.add_row(str(r["id"]), str(r["status"]), value, Text(desc))
+        console.print(t)
+    if not done:
+        left = [str(r["id"]) for r in records if r["status"] not in _FINAL_WORDS]
+        err.print(f"[yellow]timed out[/] waiting for {', '.join(left)}: run `autoswarm wait` again")
+        raise typer.Exit(1)
+
+
+_FINAL_WORDS = ("keep", "discard", "crash", "rejected")
+
+
+@app.command()
+def skill(
+    workspace: WorkspaceOpt = Path("."),
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write it (default: <workspace>/SKILL.md).")
+    ] = None,
+) -> None:
+    """Write SKILL.md: how a coding agent drives the swarm (submit, wait, results)."""
+    from autoswarm.skill import write_skill
+
+    cfg = load_config(workspace)
+    path = write_skill(cfg, workspace, out)
+    console.print(f"wrote {path}")
+    console.print(
+        "Claude Code: copy it to .claude/skills/autoswarm/SKILL.md; other agents: point them at it"
+    )
+
+
+# ---------------------------------------------------------------------------
+# down
+
+
+@app.command()
+def down(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Tear down the SkyPilot clusters (and cancel the managed jobs) runs here launched."""
+    from autoswarm.backends.skypilot import STATE_FILE, down_recorded, read_state
+
+    state_dir = workspace / ".autoswarm"
+    state = read_state(state_dir)
+    if not state.get("clusters") and not state.get("jobs"):
+        console.print(f"nothing to tear down: {state_dir / STATE_FILE} records no clusters or jobs")
+        return
+    downed, failed = down_recorded(state_dir)
+    for name in downed:
+        console.print(f"[green]down[/] {name}")
+    if failed:
+        err.print(
+            f"[red]could not tear down:[/] {', '.join(failed)}; try `sky down {' '.join(failed)}` "
+            "and check `sky status`",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------
 # bench
 
 
@@ -462,6 +697,16 @@ def bench(
         str, typer.Option(help="Strategies on N slots (search).")
     ] = "greedy,random,factorial,optuna",
     slots: Annotated[str, typer.Option(help="Slot counts, comma-separated.")] = "1,4,16",
+    extra: Annotated[
+        str,
+        typer.Option(
+            help="More settings as STRATEGY@SLOTS, comma-separated (search), e.g. auto@64."
+        ),
+    ] = "",
+    jobs: Annotated[
+        int,
+        typer.Option(help="Simulations run in parallel processes (search; results are the same)."),
+    ] = 1,
     reps: Annotated[int, typer.Option(help="Repetitions per setting (search).")] = 3,
     hours: Annotated[float, typer.Option(help="Simulated wall-clock per run (search).")] = 8.0,
     budget: Annotated[float, typer.Option(help="Training seconds per experiment.")] = 300.0,
@@ -474,25 +719,43 @@ def bench(
     from autoswarm.bench.objectives import OBJECTIVES
 
     if kind == "search":
+        from concurrent.futures import ProcessPoolExecutor
+
         from autoswarm.bench.report import markdown_table, plot, summarize
         from autoswarm.bench.simulate import simulate
 
-        results = []
+        plan = [("greedy", 1)] + [(st, int(n)) for n in _csv(slots) for st in _csv(strategies)]
+        for item in _csv(extra):
+            strat, _, count = item.partition("@")
+            if not count.isdigit() or strat not in STRATEGIES:
+                raise typer.BadParameter(f"--extra {item!r}: write STRATEGY@SLOTS, e.g. auto@64")
+            plan.append((strat, int(count)))
         for obj_name in _csv(objectives):
             if obj_name not in OBJECTIVES:
                 raise typer.BadParameter(
                     f"unknown objective {obj_name!r}; known: {', '.join(OBJECTIVES)}"
                 )
-            obj = OBJECTIVES[obj_name]
-            plan = [("greedy", 1)] + [(st, int(n)) for n in _csv(slots) for st in _csv(strategies)]
-            for rep in range(reps):
-                for strat, n in dict.fromkeys(plan):
-                    r = simulate(obj, strat, n, rep=rep, horizon_s=hours * 3600, budget_s=budget)
-                    results.append(r)
-                    err.print(
-                        f"{obj_name:6} {strat:10} ×{n:<3} rep {rep}: {r.experiments:5} experiments, "
-                        f"true best {r.best_true:.4f} (simulated in {r.real_seconds:.1f}s)"
-                    )
+        tasks = [
+            (OBJECTIVES[obj_name], strat, n, rep)
+            for obj_name in _csv(objectives)
+            for rep in range(reps)
+            for strat, n in dict.fromkeys(plan)
+        ]
+        results = []
+        with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = [
+                pool.submit(
+                    simulate, obj, strat, n, rep=rep, horizon_s=hours * 3600, budget_s=budget
+                )
+                for obj, strat, n, rep in tasks
+            ]
+            for fut in futures:
+                r = fut.result()
+                results.append(r)
+                err.print(
+                    f"{r.objective:6} {r.strategy:10} ×{r.slots:<3} rep {r.rep}: {r.experiments:5} "
+                    f"experiments, true best {r.best_true:.4f} (simulated in {r.real_seconds:.1f}s)"
+                )
         rows = summarize(results)
         table = markdown_table(rows)
         print(table)

@@ -7,6 +7,8 @@ The file has these tables::
     [run]        budget, timeout, workers, strategy, noise rule, limits
     [knobs]      knob-search settings (exclusions, per-knob overrides)
     [pool]       where experiments run: a backend and its hardware tiers ([[pool.tiers]])
+    [llm]        the language model of the llm / hybrid strategies (provider, model, key variable)
+    [agent]      the coding-agent command of the ``agent`` strategy (argv template, timeout)
 
 Command-line flags override single fields through :func:`with_overrides`. Nothing
 here reads environment variables: what a run does is what the file and the flags say.
@@ -27,7 +29,9 @@ from autoswarm.errors import ConfigError
 from autoswarm.types import Direction
 
 CONFIG_NAME = "autoswarm.toml"
-STRATEGIES = ("auto", "greedy", "knobs", "random", "factorial", "optuna", "optuna-cmaes")
+STRATEGIES: tuple[str, ...] = ("auto", "greedy", "knobs", "swarm", "random", "factorial", "optuna", "optuna-cmaes")
+STRATEGIES += ("llm", "hybrid")  # proposers that ask a language model for code edits ([llm])
+STRATEGIES += ("agent", "external")  # a coding-agent CLI ([agent]); `autoswarm submit` variants
 
 
 # ---------------------------------------------------------------------------
@@ -80,6 +84,83 @@ class KnobConfig:
     exclude: tuple[str, ...] = ("TIME_BUDGET",)
     # Per-knob overrides, e.g. {"MATRIX_LR": {"low": 0.005, "high": 0.2, "log": true}}.
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+LLM_PROVIDERS = ("anthropic", "openai")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LLMConfig:
+    """The language model behind the ``llm`` and ``hybrid`` strategies ([llm]).
+
+    Attributes:
+        provider: ``anthropic`` (Messages API) or ``openai`` (Chat Completions; also any
+            OpenAI-compatible server such as vLLM, Ollama or llama.cpp via ``base_url``).
+        model: model name, e.g. ``claude-sonnet-4-5`` or ``gpt-4.1``.
+        base_url: API endpoint; empty = the provider's default.
+        api_key_env: name of the environment variable holding the key (never the key
+            itself); None = ANTHROPIC_API_KEY / OPENAI_API_KEY; "" = no key (local servers).
+        timeout: seconds per HTTP request; max_retries: SDK retries on 429/5xx/timeouts.
+        concurrency: requests in flight at once (never more than the free slots).
+        max_failures: consecutive failed requests after which the proposer gives up.
+        price_in_per_mtok / price_out_per_mtok: dollars per million tokens; None = the
+            built-in table (unknown models cost 0).
+        hybrid_ratio: share of free slots the ``hybrid`` strategy gives the model.
+        hybrid_knobs: the knob strategy ``hybrid`` pairs it with.
+    """
+
+    provider: str = "anthropic"
+    model: str = ""
+    base_url: str = ""
+    api_key_env: str | None = None
+    max_tokens: int = 8192
+    temperature: float | None = None  # None = the model's default
+    timeout: float = 180.0
+    max_retries: int = 3
+    concurrency: int = 4
+    max_failures: int = 5
+    max_prompt_chars: int = 120_000
+    price_in_per_mtok: float | None = None
+    price_out_per_mtok: float | None = None
+    hybrid_ratio: float = 0.5
+    hybrid_knobs: str = "swarm"
+
+    @property
+    def key_env(self) -> str:
+        """The variable to read the key from ("" = none needed)."""
+        if self.api_key_env is not None:
+            return self.api_key_env
+        return "OPENAI_API_KEY" if self.provider == "openai" else "ANTHROPIC_API_KEY"
+
+
+# Placeholders an [agent] command may use (each replaced inside its argument).
+AGENT_PLACEHOLDERS = ("prompt", "prompt_file", "workdir")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    """The coding-agent CLI behind the ``agent`` strategy ([agent]).
+
+    Attributes:
+        command: argv template run in a scratch copy of the editable and locked files,
+            e.g. ``["claude", "-p", "{prompt}"]`` or ``["codex", "exec", "{prompt}"]``;
+            ``{prompt}`` = the prompt text, ``{prompt_file}`` = a file holding it,
+            ``{workdir}`` = the scratch directory (also the working directory).
+        timeout: seconds before the agent's process group is killed.
+        concurrency: agents at work at once; 0 = as many as there are free slots.
+        pass_env: environment variables handed to the agent even though they look like
+            credentials (the agent CLI needs its own API key, e.g. ANTHROPIC_API_KEY);
+            every other credential-like variable is removed.
+        max_failures: consecutive failed attempts after which the proposer gives up.
+        history: finished experiments summarised in the prompt (the most recent).
+    """
+
+    command: tuple[str, ...] = ()
+    timeout: float = 900.0
+    concurrency: int = 0
+    pass_env: tuple[str, ...] = ()
+    max_failures: int = 3
+    history: int = 30
 
 
 BACKENDS = ("local", "ray", "skypilot")
@@ -168,6 +249,8 @@ class Config:
     run: RunConfig = RunConfig()
     knobs: KnobConfig = KnobConfig()
     pool: PoolConfig = PoolConfig()
+    llm: LLMConfig = LLMConfig()
+    agent: AgentConfig = AgentConfig()
 
 
 # ---------------------------------------------------------------------------
@@ -311,6 +394,108 @@ def _validate_pool(pool: PoolConfig, where: str) -> None:
         )
 
 
+_LLM_OPTIONAL = ("api_key_env", "temperature", "price_in_per_mtok", "price_out_per_mtok")
+
+
+def _llm(raw: Mapping[str, Any], path: Path) -> LLMConfig:
+    data = raw.get("llm", {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: [llm] must be a table")
+    rest = {k: v for k, v in data.items() if k not in _LLM_OPTIONAL}
+    cfg = _section({"llm": rest}, "llm", LLMConfig, path)
+    where = f"{path}: [llm]"
+    optional: dict[str, Any] = {}
+    if "api_key_env" in data:
+        if not isinstance(data["api_key_env"], str):
+            raise ConfigError(
+                f'{where} api_key_env must be the name of an environment variable (a string), e.g. "ANTHROPIC_API_KEY"'
+            )
+        optional["api_key_env"] = data["api_key_env"]
+    for key in ("temperature", "price_in_per_mtok", "price_out_per_mtok"):
+        if key in data:
+            v = data[key]
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ConfigError(f"{where} {key} must be a number, got {v!r}")
+            optional[key] = float(v)
+    return dataclasses.replace(cfg, **optional) if optional else cfg
+
+
+def _validate_llm(llm: LLMConfig, strategy: str, where: str) -> None:
+    w = f"{where}: [llm]"
+    if llm.provider not in LLM_PROVIDERS:
+        raise ConfigError(
+            f"{w} provider {llm.provider!r} is unknown; choose one of: {', '.join(LLM_PROVIDERS)} "
+            "(use openai with base_url for vLLM, Ollama or llama.cpp)"
+        )
+    if strategy in ("llm", "hybrid") and not llm.model:
+        raise ConfigError(
+            f'{w} model is required by strategy {strategy!r}: set e.g. model = "claude-sonnet-4-5" in [llm]'
+        )
+    if llm.base_url and not re.match(r"https?://", llm.base_url):
+        raise ConfigError(f"{w} base_url must start with http:// or https://, got {llm.base_url!r}")
+    if llm.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", llm.api_key_env):
+        raise ConfigError(
+            f"{w} api_key_env must name an environment variable (letters, digits, '_'), "
+            f"got {llm.api_key_env!r}; put the key itself in that variable, never in the file"
+        )
+    if llm.max_tokens < 1:
+        raise ConfigError(f"{w} max_tokens must be >= 1, got {llm.max_tokens}")
+    if llm.provider == "anthropic" and llm.max_tokens > 21_000:
+        raise ConfigError(
+            f"{w} max_tokens must be <= 21000 with provider anthropic (longer replies need streaming)"
+        )
+    if llm.temperature is not None and not 0.0 <= llm.temperature <= 2.0:
+        raise ConfigError(f"{w} temperature must be between 0 and 2, got {llm.temperature}")
+    if llm.timeout <= 0:
+        raise ConfigError(f"{w} timeout must be > 0 seconds, got {llm.timeout}")
+    if llm.max_retries < 0:
+        raise ConfigError(f"{w} max_retries must be >= 0, got {llm.max_retries}")
+    if llm.concurrency < 1 or llm.max_failures < 1:
+        raise ConfigError(f"{w} concurrency and max_failures must be >= 1")
+    if llm.max_prompt_chars < 1000:
+        raise ConfigError(f"{w} max_prompt_chars must be at least 1000")
+    for key in ("price_in_per_mtok", "price_out_per_mtok"):
+        v = getattr(llm, key)
+        if v is not None and v < 0:
+            raise ConfigError(f"{w} {key} must be >= 0 dollars per million tokens, got {v}")
+    if not 0.0 < llm.hybrid_ratio < 1.0:
+        raise ConfigError(
+            f"{w} hybrid_ratio must be strictly between 0 and 1 (the model's share of the slots), "
+            f"got {llm.hybrid_ratio}"
+        )
+    if llm.hybrid_knobs not in ("greedy", "knobs", "swarm", "random", "factorial", "auto"):
+        raise ConfigError(
+            f"{w} hybrid_knobs {llm.hybrid_knobs!r} must be one of: greedy, swarm, random, factorial, auto"
+        )
+
+
+def _validate_agent(agent: AgentConfig, strategy: str, where: str) -> None:
+    w = f"{where}: [agent]"
+    if strategy == "agent" and not agent.command:
+        raise ConfigError(
+            f'{w} command is required by strategy \'agent\': set e.g. command = ["claude", "-p", "{{prompt}}"]'
+        )
+    for arg in agent.command:
+        for name in re.findall(r"{([^{}]*)}", arg):
+            if name not in AGENT_PLACEHOLDERS:
+                raise ConfigError(
+                    f"{w} command uses unknown placeholder {{{name}}}; known: "
+                    + ", ".join(f"{{{p}}}" for p in AGENT_PLACEHOLDERS)
+                )
+    if agent.timeout <= 0:
+        raise ConfigError(f"{w} timeout must be > 0 seconds, got {agent.timeout}")
+    if agent.concurrency < 0 or agent.max_failures < 1 or agent.history < 0:
+        raise ConfigError(
+            f"{w} concurrency must be >= 0 (0 = free slots), max_failures >= 1, history >= 0"
+        )
+    for name in agent.pass_env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(
+                f"{w} pass_env must list environment variable names, got {name!r}; "
+                "put the key itself in that variable, never in the file"
+            )
+
+
 def _coerce(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, Direction):
         try:
@@ -354,10 +539,10 @@ def load_config(workspace: Path) -> Config:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}. Fix the file and run again.") from e
-    unknown = sorted(set(raw) - {"workspace", "metric", "run", "knobs", "pool"})
+    unknown = sorted(set(raw) - {"workspace", "metric", "run", "knobs", "pool", "llm", "agent"})
     if unknown:
         raise ConfigError(
-            f"{path}: unknown table(s) {', '.join(unknown)}; known: workspace, metric, run, knobs, pool"
+            f"{path}: unknown table(s) {', '.join(unknown)}; known: workspace, metric, run, knobs, pool, llm, agent"
         )
     cfg = Config(
         workspace=_section(raw, "workspace", WorkspaceConfig, path),
@@ -365,6 +550,8 @@ def load_config(workspace: Path) -> Config:
         run=_section(raw, "run", RunConfig, path),
         knobs=_section(raw, "knobs", KnobConfig, path),
         pool=_pool(raw, path),
+        llm=_llm(raw, path),
+        agent=_section(raw, "agent", AgentConfig, path),
     )
     validate(cfg, str(path))
     return cfg
@@ -415,6 +602,8 @@ def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
     if not ws.command:
         raise ConfigError(f"{where}: [workspace] command must not be empty")
     _validate_pool(cfg.pool, where)
+    _validate_llm(cfg.llm, r.strategy, where)
+    _validate_agent(cfg.agent, r.strategy, where)
 
 
 def with_overrides(cfg: Config, **run_fields: Any) -> Config:
@@ -496,8 +685,10 @@ __all__ = [
     "BACKENDS",
     "CONFIG_NAME",
     "STRATEGIES",
+    "AgentConfig",
     "Config",
     "KnobConfig",
+    "LLMConfig",
     "MetricConfig",
     "PoolConfig",
     "RunConfig",

@@ -11,6 +11,9 @@ Tables::
     runs         one per tag: config, base commit, branch
     sessions     one per `autoswarm run` process on a run (for elapsed time and busy fraction)
     experiments  one per proposal: provenance, status, metrics, timing, process ids
+    submissions  variants queued by `autoswarm submit` (another process) for an external run;
+                 a submission's id is reserved in the experiments' id sequence, so the
+                 experiment it becomes has the same id
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 from autoswarm.errors import LedgerError
 from autoswarm.types import Experiment, Kind, Status
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 
 # Each entry upgrades the schema by one version; never edit a released entry.
 _MIGRATIONS: dict[int, Sequence[str]] = {
@@ -75,6 +78,20 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
             attempts INTEGER NOT NULL DEFAULT 0
         )""",
         """CREATE INDEX experiments_run ON experiments(run_id, status)""",
+    ),
+    # 2: the hardware tier an experiment ran on ([[pool.tiers]] name; '' = implicit local tier).
+    2: ("""ALTER TABLE experiments ADD COLUMN tier TEXT NOT NULL DEFAULT ''""",),
+    # 3: variants queued by `autoswarm submit` (external-agent mode); id = the experiment's id.
+    3: (
+        """CREATE TABLE IF NOT EXISTS submissions (
+            id INTEGER PRIMARY KEY,
+            tag TEXT,
+            parent TEXT NOT NULL,
+            files TEXT NOT NULL,
+            diff TEXT NOT NULL DEFAULT '',
+            description TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
     ),
 }
 
@@ -290,14 +307,17 @@ class Ledger:
         diff: str = "",
         reason: str = "",
         meta: Mapping[str, Any] | None = None,
+        exp_id: int | None = None,
     ) -> Experiment:
+        """Insert an experiment row; ``exp_id`` = an id reserved by :meth:`add_submission`."""
         finished = now if status.is_finished() else None
         with self._tx() as c:
             cur = c.execute(
-                """INSERT INTO experiments(run_id, kind, status, parent, commit_sha, diff, description,
-                       proposer, seed, created_at, finished_at, reason, meta)
-                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                """INSERT INTO experiments(id, run_id, kind, status, parent, commit_sha, diff,
+                       description, proposer, seed, created_at, finished_at, reason, meta)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
                 (
+                    exp_id,
                     run_id,
                     kind.value,
                     status.value,
@@ -316,12 +336,14 @@ class Ledger:
         assert cur.lastrowid is not None
         return self.get(cur.lastrowid)
 
-    def mark_running(self, exp_id: int, *, slot: int, started_at: float, log_path: str) -> None:
+    def mark_running(
+        self, exp_id: int, *, slot: int, started_at: float, log_path: str, tier: str = ""
+    ) -> None:
         with self._tx() as c:
             c.execute(
-                """UPDATE experiments SET status=?, slot=?, started_at=?, log_path=?,
+                """UPDATE experiments SET status=?, slot=?, started_at=?, log_path=?, tier=?,
                        attempts=attempts+1, handle=NULL WHERE id=?""",
-                (Status.RUNNING.value, slot, started_at, log_path, exp_id),
+                (Status.RUNNING.value, slot, started_at, log_path, tier, exp_id),
             )
 
     def set_handle(self, exp_id: int, handle: str) -> None:
@@ -404,6 +426,97 @@ class Ledger:
             ).fetchone()
         return int(row[0]) if row else 0
 
+    # -- submissions (external-agent mode) -------------------------------------
+    # `autoswarm submit` runs in another process while `autoswarm run` owns the
+    # workspace; SQLite (WAL) serialises the two writers. The submission's id is
+    # taken from the experiments' AUTOINCREMENT sequence in the same transaction,
+    # so no experiment ever gets it and the run later inserts the experiment under
+    # exactly that id: the agent deals with one id from submit to results.
+
+    def add_submission(
+        self,
+        *,
+        parent: str,
+        files: Mapping[str, str],
+        description: str,
+        now: float,
+        diff: str = "",
+        tag: str | None = None,
+    ) -> int:
+        """Queue a variant for an external run; returns its id (= its future experiment id)."""
+        with self._tx() as c:
+            # IMMEDIATE: take the write lock before reading the sequence, so neither the
+            # run's next experiment nor a concurrent submit can take the same id.
+            if not c.in_transaction:
+                c.execute("BEGIN IMMEDIATE")
+            seq = c.execute("SELECT seq FROM sqlite_sequence WHERE name='experiments'").fetchone()
+            top = c.execute("SELECT COALESCE(MAX(id), 0) FROM experiments").fetchone()[0]
+            subs = c.execute("SELECT COALESCE(MAX(id), 0) FROM submissions").fetchone()[0]
+            new_id = max(int(seq[0]) if seq else 0, int(top), int(subs)) + 1
+            if seq:
+                c.execute("UPDATE sqlite_sequence SET seq=? WHERE name='experiments'", (new_id,))
+            else:
+                c.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('experiments', ?)", (new_id,))
+            c.execute(
+                """INSERT INTO submissions(id, tag, parent, files, diff, description, created_at)
+                   VALUES (?,?,?,?,?,?,?)""",
+                (new_id, tag, parent, json.dumps(dict(files), sort_keys=True), diff, description, now),
+            )
+        return new_id
+
+    def pending_submissions(
+        self, *, tag: str | None = None, exclude: Sequence[int] = (), limit: int = 0
+    ) -> list[SubmissionRecord]:
+        """Submissions no experiment was made of yet, oldest first (for ``tag`` or untagged)."""
+        sql = """SELECT s.* FROM submissions s LEFT JOIN experiments e ON e.id = s.id
+                 WHERE e.id IS NULL AND (s.tag IS NULL OR s.tag = ?)"""
+        args: list[Any] = [tag or ""]
+        if exclude:
+            sql += f" AND s.id NOT IN ({','.join('?' * len(exclude))})"
+            args += list(exclude)
+        sql += " ORDER BY s.id"
+        if limit > 0:
+            sql += f" LIMIT {int(limit)}"
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return [_submission(r) for r in rows]
+
+    def get_submission(self, sub_id: int) -> SubmissionRecord | None:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM submissions WHERE id=?", (sub_id,)).fetchone()
+        return None if row is None else _submission(row)
+
+    def find(self, exp_id: int) -> Experiment | None:
+        """The experiment with this id, or None (``get`` raises instead)."""
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM experiments WHERE id=?", (exp_id,)).fetchone()
+        return None if row is None else _experiment(row)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubmissionRecord:
+    """A variant queued by ``autoswarm submit``; its experiment (once made) has the same id."""
+
+    id: int
+    tag: str | None
+    parent: str
+    files: Mapping[str, str]
+    diff: str
+    description: str
+    created_at: float
+
+
+def _submission(row: sqlite3.Row) -> SubmissionRecord:
+    return SubmissionRecord(
+        id=row["id"],
+        tag=row["tag"],
+        parent=row["parent"],
+        files=json.loads(row["files"]),
+        diff=row["diff"],
+        description=row["description"],
+        created_at=row["created_at"],
+    )
+
 
 def _jsonable(v: float) -> float | str:
     # JSON has no NaN/inf; keep them readable and round-trippable.
@@ -433,7 +546,8 @@ def _experiment(row: sqlite3.Row) -> Experiment:
         log_path=row["log_path"],
         reason=row["reason"],
         meta=json.loads(row["meta"]),
+        tier=row["tier"],
     )
 
 
-__all__ = ["SCHEMA_VERSION", "Ledger", "RunRecord", "SessionRecord"]
+__all__ = ["SCHEMA_VERSION", "Ledger", "RunRecord", "SessionRecord", "SubmissionRecord"]

@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from autoswarm.analysis.noise import baseline_of
+from autoswarm.config import PoolConfig
+from autoswarm.costs import cost_by_tier, experiment_cost, prices_of, total_cost
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.policy import best_of
+from autoswarm.tiers import deciding_tier, pool_from_record, tier_key
 from autoswarm.types import Experiment, Kind, Status
 
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
@@ -77,7 +80,10 @@ def atomic_write(path: Path, text: str) -> None:
 # Records for `autoswarm results --format json`
 
 
-def experiment_record(e: Experiment) -> dict[str, Any]:
+def experiment_record(e: Experiment, pool: PoolConfig | None = None) -> dict[str, Any]:
+    """One row of ``autoswarm results --json``; ``pool`` (the run's) prices its tier."""
+    pool = pool or PoolConfig()
+    cost = experiment_cost(e, pool, prices_of(pool))
     return {
         "id": e.id,
         "kind": e.kind.value,
@@ -97,6 +103,9 @@ def experiment_record(e: Experiment) -> dict[str, Any]:
         "seed": e.seed,
         "reason": e.reason,
         "log_path": e.log_path,
+        "tier": tier_key(pool, e.tier, e.meta.get("tier")),
+        "cost_usd": cost.usd,
+        "gpu_hours": cost.gpu_hours,
         "meta": dict(e.meta),
     }
 
@@ -130,7 +139,16 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
     counts = {s.value: 0 for s in Status}
     for e in exps:
         counts[e.status.value] += 1
-    baseline = baseline_of(exps, metric, repeats)
+    pool = pool_from_record(cfg)
+    # With tiers, each tier has its own baseline: report the one whose results advance the branch.
+    deciding = deciding_tier(pool)
+    baseline = baseline_of(
+        [e for e in exps if tier_key(pool, e.tier, e.meta.get("tier")) == deciding],
+        metric,
+        repeats,
+    )
+    by_tier = cost_by_tier(exps, pool, now)
+    spent = total_cost(by_tier)
     best = best_of(exps, metric, baseline)
     active = [s for s in sessions if s.ended_at is None and now - s.heartbeat_at < 30]
     elapsed = sum(s.seconds for s in sessions)
@@ -197,6 +215,9 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
         ),
         "sessions": len(sessions),
         "workers": sessions[-1].workers if sessions else 0,
+        "cost_usd": spent.usd,
+        "gpu_hours": spent.gpu_hours,
+        "tiers": {name or "local": c.as_record() for name, c in by_tier.items()},
     }
 
 

@@ -10,6 +10,15 @@ One :meth:`Scheduler.run` call owns a workspace until the run ends::
         wait for results; judge each (crash | keep | discard), record it, advance the branch
     stop at a limit, when the proposer is exhausted, or on request (Ctrl-C)
 
+With hardware tiers ([[pool.tiers]], see docs/pools.md) every slot belongs to a tier,
+the baseline repeats run on every tier (each tier has its own baseline and σ), a first
+run goes to the cheapest screening tier with a free slot, and a result is only ever
+compared with the best measured *on its own tier*. With a validation tier, a screening
+result whose gain clears the confirm margin is promoted (a CONFIRM row with
+``meta["promoted"]``, run on the validation tier) and only the validation verdict can
+advance the branch. Costs (tier price × measured duration) count toward --max-cost and
+--max-gpu-hours, which stop dispatching like --time-limit does.
+
 The ledger is written *before* each step takes effect (a row before a job starts,
 a verdict before the branch moves), so an orchestrator killed at any moment is
 resumed by re-reading it. Time comes from an injected clock, so the whole loop
@@ -35,9 +44,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from autoswarm.analysis.noise import Baseline, baseline_of
-from autoswarm.backends.base import Backend
+from autoswarm.backends.base import Backend, Reattachable
 from autoswarm.clock import Clock, SystemClock
 from autoswarm.config import Config
+from autoswarm.costs import Cost, cost_by_tier, prices_of, slot_cost, total_cost
+from autoswarm.dedup import dedup_key
 from autoswarm.errors import BaselineError, RunLockedError, RunStateError
 from autoswarm.knobs import knobs_of
 from autoswarm.ledger import Ledger, RunRecord
@@ -46,6 +57,7 @@ from autoswarm.outputs import write_results_tsv
 from autoswarm.policy import Best, Decision, Evidence, KeepRule, best_of
 from autoswarm.proposers.base import Context, Proposer, fingerprint
 from autoswarm.sandbox import scrubbed_env
+from autoswarm.tiers import TierPlan, plan_tiers, tier_key
 from autoswarm.types import Experiment, Job, Kind, Proposal, RunResult, Status
 from autoswarm.workspace import Workspace
 
@@ -173,6 +185,7 @@ class Scheduler:
         self._running: dict[int, tuple[int, Experiment]] = {}
         self._all: dict[int, Experiment] = {}
         self._seen: dict[str, int] = {}
+        self._twins: dict[str, int] = {}  # normalised key (autoswarm.dedup) -> first experiment
         self._files_cache: dict[str, dict[str, str]] = {}
         self._durations: collections.deque[float] = collections.deque(maxlen=50)
         self._outputs_written = 0.0
@@ -181,6 +194,11 @@ class Scheduler:
         self.baseline: Baseline | None = None
         self.best: Best | None = None
         self._ended = ""
+        # Tiers: known once the backend says how many slots it has (see run()).
+        self.tiers: TierPlan = plan_tiers(config.pool, backend.capacity())
+        self._baselines: dict[str, Baseline | None] = {}
+        self._prices = prices_of(config.pool)
+        self._reattached: dict[int, int] = {}  # experiment id -> slot, adopted on --resume
 
     # -- public ----------------------------------------------------------------
 
@@ -301,26 +319,49 @@ class Scheduler:
         return tag
 
     def _recover(self) -> None:
-        """Orphans (RUNNING from a dead orchestrator) are killed; they and interrupted ones re-queue."""
+        """Orphans (RUNNING from a dead orchestrator) are re-attached if the backend can and
+        they still run; the others are killed and, with interrupted ones, re-queued (same id)."""
         assert self.run_rec is not None
+        self._reattached = {}
         for exp in self.ledger.experiments(
             self.run_rec.id, statuses=[Status.RUNNING, Status.INTERRUPTED]
         ):
             if exp.status is Status.RUNNING:
-                self.backend.cancel(exp.id, self.ledger.handle(exp.id))
+                handle = self.ledger.handle(exp.id)
+                if handle and self._reattach(exp, handle):
+                    continue
+                self.backend.cancel(exp.id, handle)
                 why = "orphaned by an orchestrator that died; re-queued"
             else:
                 why = "interrupted; re-queued"
             self.ledger.requeue(exp.id, reason=why)
 
+    def _reattach(self, exp: Experiment, handle: str) -> bool:
+        """Offer a still-running orphan to a :class:`Reattachable` backend; True if adopted."""
+        if not isinstance(self.backend, Reattachable) or exp.slot is None:
+            return False
+        if not 0 <= exp.slot < self.backend.capacity() or exp.slot in self._reattached.values():
+            return False
+        job = self._job(exp, exp.slot, self.ws.run_dir(exp.id))
+        if not self.backend.reattach(job, handle):
+            return False
+        self._reattached[exp.id] = exp.slot
+        return True
+
     def _rebuild(self) -> None:
         assert self.run_rec is not None
         exps = self.ledger.experiments(self.run_rec.id)
         self._all = {e.id: e for e in exps}
+        self._running = {i: (slot, self._all[i]) for i, slot in self._reattached.items()}
+        self._reject_unplaceable()
+        exps = list(self._all.values())
         for e in exps:
             fp = e.meta.get("fingerprint")
             if fp and e.status is not Status.REJECTED:
                 self._seen.setdefault(str(fp), e.id)
+            if e.status is not Status.REJECTED and e.kind is not Kind.CONFIRM and e.commit:
+                key = e.meta.get("dedup") or dedup_key(self._files(e.commit))  # older rows: none
+                self._twins.setdefault(str(key), e.id)
         queued = [e for e in exps if e.status is Status.QUEUED]
         queued.sort(key=lambda e: (e.kind is not Kind.BASELINE, e.id))
         self._queue = collections.deque(e.id for e in queued)
@@ -330,7 +371,7 @@ class Scheduler:
             if e.status in (Status.KEEP, Status.DISCARD, Status.PENDING)
             and (d := e.duration_s) is not None
         )
-        self.baseline = baseline_of(exps, self.metric, self.cfg.run.baseline_repeats)
+        self._refresh_baselines()
         self.best = best_of(exps, self.metric, self.baseline)
         finished = sorted(
             (e for e in exps if e.status.is_finished()), key=lambda e: (e.finished_at or 0, e.id)
@@ -351,28 +392,40 @@ class Scheduler:
             )
 
     def _ensure_baseline(self) -> None:
+        """Queue the baseline repeats still missing, on every tier (each tier has its own)."""
         assert self.run_rec is not None
-        have = sum(1 for e in self._all.values() if e.kind is Kind.BASELINE)
         base = self.run_rec.base_commit
         files = self._files(base)
-        for i in range(have, self.cfg.run.baseline_repeats):
-            exp = self.ledger.add_experiment(
-                run_id=self.run_rec.id,
-                kind=Kind.BASELINE,
-                status=Status.QUEUED,
-                parent=base,
-                commit=base,
-                description="baseline"
-                if i == 0
-                else f"baseline (repeat {i + 1}, seed {self.cfg.run.seed + i})",
-                proposer="baseline",
-                seed=self.cfg.run.seed + i,
-                now=self.clock.now(),
-                meta={"fingerprint": fingerprint(files), "knobs": _knob_values(files)},
+        for tier in self.tiers.used:
+            have = sum(
+                1 for e in self._all.values() if e.kind is Kind.BASELINE and self._tier(e) == tier
             )
-            self._all[exp.id] = exp
-            self._seen.setdefault(fingerprint(files), exp.id)
-            self._queue.append(exp.id)
+            on = f" on {tier}" if tier else ""
+            for i in range(have, self.cfg.run.baseline_repeats):
+                exp = self.ledger.add_experiment(
+                    run_id=self.run_rec.id,
+                    kind=Kind.BASELINE,
+                    status=Status.QUEUED,
+                    parent=base,
+                    commit=base,
+                    description=f"baseline{on}"
+                    if i == 0
+                    else f"baseline{on} (repeat {i + 1}, seed {self.cfg.run.seed + i})",
+                    proposer="baseline",
+                    seed=self.cfg.run.seed + i,
+                    now=self.clock.now(),
+                    meta={
+                        "fingerprint": fingerprint(files),
+                        "dedup": dedup_key(files),
+                        "knobs": _knob_values(files),
+                    }
+                    | ({"tier": tier} if tier else {}),
+                )
+                self._all[exp.id] = exp
+                self._seen.setdefault(fingerprint(files), exp.id)
+                self._twins.setdefault(dedup_key(files), exp.id)
+                self._queue.append(exp.id)
+        self._refresh_baselines()
         # Baselines go first, whatever else was queued.
         self._queue = collections.deque(
             sorted(self._queue, key=lambda i: (self._all[i].kind is not Kind.BASELINE, i))
@@ -400,7 +453,10 @@ class Scheduler:
                 if not proposed_any:
                     # Nothing to run now (an asynchronous proposer is thinking): wait, a
                     # little longer each time, so an idle proposer is not asked in a busy loop.
-                    self._idle_wait = min(5.0, max(0.2, self._idle_wait * 2))
+                    # A proposer that waits on others (agents, submissions) may ask for a
+                    # shorter cap through an ``idle_poll_s`` attribute.
+                    cap = float(getattr(self.proposer, "idle_poll_s", 5.0))
+                    self._idle_wait = min(cap, max(0.2, self._idle_wait * 2))
                     self.clock.sleep(self._idle_wait)
                     continue
             self._idle_wait = 0.0
@@ -414,6 +470,37 @@ class Scheduler:
             return "time limit"
         if r.time_limit and elapsed + self._expected_duration() > r.time_limit:
             return "time limit (no time for another experiment)"
+        if r.max_cost or r.max_gpu_hours:
+            return self._cost_limit(now)
+        return None
+
+    def cost(self, now: float | None = None) -> dict[str, Cost]:
+        """Tier key -> dollars and GPU-hours so far (running experiments up to ``now``)."""
+        with self._lock:
+            exps = list(self._all.values())
+        return cost_by_tier(exps, self.cfg.pool, self.clock.now() if now is None else now)
+
+    def _cost_limit(self, now: float) -> str | None:
+        """Like the time limit: stop dispatching once the next experiment could overrun."""
+        r = self.cfg.run
+        spent = total_cost(self.cost(now))
+        expected = self._expected_duration()
+        # What the running experiments will have cost when they end, plus one more first run.
+        committed = spent
+        for _, exp in self._running.values():
+            ran = max(0.0, now - (exp.started_at or now))
+            price = self._prices.get(self._tier(exp))
+            if price is not None:
+                committed = committed + slot_cost(price, max(0.0, expected - ran))
+        nxt = slot_cost(self._prices[self.tiers.screening[0]], expected)
+        if r.max_cost and spent.usd >= r.max_cost:
+            return "cost limit"
+        if r.max_gpu_hours and spent.gpu_hours >= r.max_gpu_hours:
+            return "gpu-hour limit"
+        if r.max_cost and (committed + nxt).usd > r.max_cost:
+            return "cost limit (no budget for another experiment)"
+        if r.max_gpu_hours and (committed + nxt).gpu_hours > r.max_gpu_hours:
+            return "gpu-hour limit (no budget for another experiment)"
         return None
 
     def _count_limit(self) -> bool:
@@ -432,22 +519,43 @@ class Scheduler:
         free = [s for s in range(self.backend.capacity()) if s not in busy]
         acted = False
         while free:
-            if not self._queue and not self._count_limit() and self._baseline_dispatched():
-                want = len(free)
+            pick = self._pick(free)
+            if pick is None:
+                # Nothing queued fits a free slot: ask for first runs for the free screening slots.
+                want = sum(1 for s in free if self.tiers.screens(s))
                 if self.cfg.run.max_experiments:
                     want = min(want, self.cfg.run.max_experiments - len(self._all))
-                if want > 0:
+                if want > 0 and not self._count_limit():
                     for proposal in self.proposer.propose(self._context(), want)[:want]:
                         self._admit(proposal)
                         acted = True
-            if not self._queue:
+                pick = self._pick(free)
+            if pick is None:
                 break
-            self._dispatch(self._queue.popleft(), free.pop(0))
+            exp_id, slot = pick
+            self._queue.remove(exp_id)
+            free.remove(slot)
+            self._dispatch(exp_id, slot)
             acted = True
         return acted
 
-    def _baseline_dispatched(self) -> bool:
-        return not any(self._all[i].kind is Kind.BASELINE for i in self._queue)
+    def _pick(self, free: list[int]) -> tuple[int, int] | None:
+        """The first queued experiment that fits a free slot, and that slot.
+
+        Pinned rows (baselines, confirmations, promotions) go to a slot of their tier;
+        first runs to the cheapest screening tier with a free slot.
+        """
+        plan = self.tiers
+        for exp_id in self._queue:
+            pin = self._all[exp_id].meta.get("tier")
+            if pin is not None and plan.slot_tiers and pin not in plan.tiers:
+                pin = None  # pinned to a tier the pool no longer has (see _reject_unplaceable)
+            wanted = (pin,) if pin is not None else plan.screening
+            for tier in wanted:
+                for s in free:
+                    if plan.slot_tiers[s] == tier or not self.cfg.pool.tiers:
+                        return exp_id, s
+        return None
 
     def _context(self) -> Context:
         best_commit = self.best.commit if self.best else self._base()
@@ -486,7 +594,11 @@ class Scheduler:
         parent_files = self._files(p.parent)
         full = {path: files.get(path, parent_files.get(path, "")) for path in editable}
         fp = fingerprint(full)
+        key = dedup_key(full)
+        # `autoswarm submit` reserved the experiment's id (see Ledger.add_submission).
+        reserved = p.meta.get("submission")
         common: dict[str, Any] = dict(
+            exp_id=int(reserved) if isinstance(reserved, int) else None,
             run_id=self.run_rec.id,
             kind=Kind.CANDIDATE,
             parent=p.parent,
@@ -494,9 +606,11 @@ class Scheduler:
             proposer=p.proposer,
             seed=self.cfg.run.seed,
             now=now,
-            meta={**dict(p.meta), "fingerprint": fp, "knobs": _knob_values(full)},
+            meta={**dict(p.meta), "fingerprint": fp, "dedup": key, "knobs": _knob_values(full)},
         )
         twin = self._seen.get(fp)
+        if twin is None:  # near-identical: same code up to layout and comments
+            twin = self._twins.get(key)
         if check.problem and not check.problem.startswith("syntax error"):
             exp = self.ledger.add_experiment(
                 status=Status.REJECTED,
@@ -506,11 +620,12 @@ class Scheduler:
                 **common,
             )
         elif twin is not None:
+            common["meta"] = {**common["meta"], "duplicate_of": twin}
             exp = self.ledger.add_experiment(
                 status=Status.REJECTED,
                 commit="",
-                diff="",
-                reason=f"duplicate of experiment {twin}",
+                diff=_text_diff(self.ws, p),
+                reason=f"duplicate of #{twin}",
                 **common,
             )
         elif not check.changed:
@@ -531,6 +646,7 @@ class Scheduler:
                 )
                 self._queue.append(exp.id)
                 self._seen[fp] = exp.id
+                self._twins.setdefault(key, exp.id)
             self.ws.pin(f"refs/autoswarm/{self.run_rec.tag}/{exp.id}", commit)
         with self._lock:
             self._all[exp.id] = exp
@@ -539,30 +655,35 @@ class Scheduler:
             self._write_outputs()
         return exp
 
-    def _dispatch(self, exp_id: int, slot: int) -> None:
-        exp = self._all[exp_id]
-        workdir = self.ws.materialize(exp.commit, self.ws.run_dir(exp_id))
-        log = self.ws.log_path(exp_id)
+    def _job(self, exp: Experiment, slot: int, workdir: Path) -> Job:
         argv = tuple(self.python if a == "{python}" else a for a in self.cfg.workspace.command)
         env = scrubbed_env(
             self.environ,
             {
                 "AUTOSWARM_BUDGET": f"{self.cfg.run.budget:g}",
                 "AUTOSWARM_SEED": str(exp.seed),
-                "AUTOSWARM_EXPERIMENT": str(exp_id),
+                "AUTOSWARM_EXPERIMENT": str(exp.id),
             },
         )
-        started = self.clock.now()
-        self.ledger.mark_running(exp_id, slot=slot, started_at=started, log_path=str(log))
-        job = Job(
-            experiment_id=exp_id,
+        return Job(
+            experiment_id=exp.id,
             workdir=workdir,
             argv=argv,
             env=env,
             timeout_s=self.cfg.run.effective_timeout,
             slot=slot,
-            log_path=log,
+            log_path=self.ws.log_path(exp.id),
             budget_s=self.cfg.run.budget,
+            tier=self.tiers.slot_tiers[slot] if slot < len(self.tiers.slot_tiers) else "",
+        )
+
+    def _dispatch(self, exp_id: int, slot: int) -> None:
+        exp = self._all[exp_id]
+        workdir = self.ws.materialize(exp.commit, self.ws.run_dir(exp_id))
+        job = self._job(exp, slot, workdir)
+        started = self.clock.now()
+        self.ledger.mark_running(
+            exp_id, slot=slot, started_at=started, log_path=str(job.log_path), tier=job.tier
         )
         handle = self.backend.submit(job)
         self.ledger.set_handle(exp_id, handle)
@@ -609,8 +730,9 @@ class Scheduler:
                 )
             if exp.kind is Kind.CONFIRM:
                 parent = self._all[int(exp.meta["confirms"])]
+                what = "validation" if exp.meta.get("promoted") else "confirmation"
                 self._conclude(
-                    parent, Decision.DISCARD, None, f"confirmation run #{exp.id} crashed: {reason}"
+                    parent, Decision.DISCARD, None, f"{what} run #{exp.id} crashed: {reason}"
                 )
             else:
                 self.proposer.observe(done)
@@ -618,23 +740,17 @@ class Scheduler:
         self._durations.append(r.duration_s)
         if exp.kind is Kind.BASELINE:
             self.proposer.observe(self._finish(exp, Status.KEEP, r, metrics, ""))
-            self.baseline = baseline_of(
-                list(self._all.values()), self.metric, self.cfg.run.baseline_repeats
-            )
+            self._refresh_baselines()
             self.best = best_of(list(self._all.values()), self.metric, self.baseline)
-            if self.baseline and self.baseline.complete:
+            base = self._baselines.get(self._tier(exp))
+            if base and base.complete:
                 self._judge_pending()
             return
         done = self._finish(exp, Status.PENDING, r, metrics, "")
-        if self.baseline and self.baseline.complete:
-            self._verdict(
-                self._all[int(exp.meta["confirms"])] if exp.kind is Kind.CONFIRM else done
-            )
+        self._verdict(self._all[int(exp.meta["confirms"])] if exp.kind is Kind.CONFIRM else done)
 
     def _judge_pending(self) -> None:
-        """Decide every candidate that waits for a verdict (after the baseline, on resume)."""
-        if not (self.baseline and self.baseline.complete):
-            return
+        """Decide every candidate that waits for a verdict (after a baseline, on resume)."""
         pending = sorted(
             (
                 e
@@ -657,38 +773,171 @@ class Scheduler:
         )
 
     def _verdict(self, cand: Experiment) -> None:
-        """Keep, discard, or ask for one more run of ``cand`` (see :mod:`autoswarm.policy`)."""
-        assert self.baseline is not None and self.run_rec is not None
+        """Keep, discard, promote, or re-run ``cand`` (the rule: :mod:`autoswarm.policy`).
+
+        The evidence of a stage is the runs on one tier: the candidate and its
+        confirmations on the tier it was screened on, or its validation runs after a
+        promotion. It is compared with the best measured on that same tier, in that
+        tier's σ. A screening stage is final without a validation tier, unless the
+        current best was never measured on that tier (then it is a screen too, and the
+        candidate is promoted to a tier where the best was measured).
+        """
+        assert self.run_rec is not None
         confirms = self._confirmations(cand)
         if any(c.status in (Status.QUEUED, Status.RUNNING, Status.INTERRUPTED) for c in confirms):
             return  # evidence still on its way
-        values = [v for e in (cand, *confirms) if (v := e.value(self.metric)) is not None]
-        best = self.best or best_of(list(self._all.values()), self.metric, self.baseline)
-        assert best is not None and values
+        promoted = [c for c in confirms if c.meta.get("promoted")]
+        rows = promoted if promoted else [cand, *confirms]
+        tier = self._tier(rows[0])
+        base = self._baselines.get(tier)
+        if base is None or not base.complete:
+            return  # judged once this tier's own baseline is complete
+        values = [v for e in rows if (v := e.value(self.metric)) is not None]
+        if not values:  # its runs were withdrawn (a tier left the pool)
+            self._conclude(cand, Decision.DISCARD, None, "no usable run left to decide on")
+            return
+        best = self._best_on(tier)
+        current = self.best.commit if self.best else best.commit
+        final = bool(promoted) or (self.tiers.validation is None and best.commit == current)
         rule = self.rule
-        if self._count_limit() or self._limit_reason(self.clock.now()) is not None:
+        room = not (self._count_limit() or self._limit_reason(self.clock.now()) is not None)
+        if not room:
             # No room left for another run: decide on the evidence there is.
             rule = dataclasses.replace(rule, confirm_runs=0)
-        decision, ev = rule.decide(values, best, self.baseline.sigma)
+        decision, ev = rule.decide(values, best, base.sigma)
+        if not final:
+            # A screen: strong enough (keep margin, or confirm margin) -> run it where it counts.
+            strong = decision is Decision.KEEP or (
+                ev.gain > self.rule.min_delta and ev.z > self.rule.confirm_sigmas
+            )
+            target = self._promotion_tier(current)
+            if strong and room and target is not None:
+                self._add_rerun(cand, target, cand.seed, ev, promoted=True)
+                return
+            why = (
+                f"promising on {tier} (z={ev.z:.2f}) but the run's limits leave no room "
+                "to validate it"
+                if strong
+                else ""
+            )
+            self._conclude(cand, Decision.DISCARD, ev, why)
+            return
         if decision is not Decision.CONFIRM:
             self._conclude(cand, decision, ev, "")
             return
-        seed = cand.seed + len(values)
+        self._add_rerun(cand, tier, rows[0].seed + len(values), ev, promoted=bool(promoted))
+
+    def _add_rerun(
+        self, cand: Experiment, tier: str, seed: int, ev: Evidence, *, promoted: bool
+    ) -> None:
+        """Queue a confirmation (same tier) or promotion (validation tier) run of ``cand``."""
+        assert self.run_rec is not None
+        meta: dict[str, Any] = {
+            "confirms": cand.id,
+            "z_before": ev.z if math.isfinite(ev.z) else None,
+        }
+        if tier:
+            meta["tier"] = tier
+        if promoted:
+            meta["promoted"] = True
+            what = f"validate #{cand.id} on {tier}"
+            if not any(c.meta.get("promoted") for c in self._confirmations(cand)):
+                meta["screening"] = ev.as_meta()  # the evidence that earned the promotion
+        else:
+            what = f"confirm #{cand.id}"
         row = self.ledger.add_experiment(
             run_id=self.run_rec.id,
             kind=Kind.CONFIRM,
             status=Status.QUEUED,
             parent=cand.parent,
             commit=cand.commit,
-            description=f"confirm #{cand.id} (seed {seed}): {cand.description}",
+            description=f"{what} (seed {seed}): {cand.description}",
             proposer=cand.proposer,
             seed=seed,
             now=self.clock.now(),
-            meta={"confirms": cand.id, "z_before": ev.z if math.isfinite(ev.z) else None},
+            meta=meta,
         )
         with self._lock:
             self._all[row.id] = row
         self._queue.appendleft(row.id)  # confirmations gate decisions: they go first
+
+    # -- tiers -----------------------------------------------------------------------
+
+    def _tier(self, e: Experiment) -> str:
+        """Tier key of an experiment: where it ran, else where it is pinned ("" without tiers)."""
+        return tier_key(self.cfg.pool, e.tier, e.meta.get("tier"))
+
+    def _refresh_baselines(self) -> None:
+        """Each tier's own baseline; ``self.baseline`` is the deciding tier's."""
+        exps = list(self._all.values())
+        rows: dict[str, list[Experiment]] = {t: [] for t in self.tiers.used}
+        for e in exps:
+            if e.kind is Kind.BASELINE:
+                rows.setdefault(self._tier(e), []).append(e)
+        n = self.cfg.run.baseline_repeats
+        self._baselines = {t: baseline_of(r, self.metric, n) for t, r in rows.items()}
+        self.baseline = self._baselines.get(self.tiers.deciding)
+
+    def _best_on(self, tier: str) -> Best:
+        """The best as measured on ``tier``: the current best's runs there, else the last kept
+        commit that ran there (a lagging reference: results then only screen), else the
+        tier's baseline."""
+        base = self._baselines[tier]
+        assert base is not None and base.values
+        values: dict[str, list[float]] = {}
+        kept: list[Experiment] = []
+        with self._lock:
+            exps = list(self._all.values())
+        for e in exps:
+            if e.kind is Kind.CANDIDATE and e.status is Status.KEEP:
+                kept.append(e)
+            if (
+                e.kind is not Kind.BASELINE
+                and e.status is Status.KEEP
+                and self._tier(e) == tier
+                and (v := e.value(self.metric)) is not None
+            ):
+                values.setdefault(e.commit, []).append(v)
+        kept.sort(key=lambda e: (float(e.meta.get("kept_at", e.finished_at or 0.0)), e.id))
+        order = [self.best] if self.best else []
+        for k in reversed(kept):
+            order.append(Best(value=0.0, commit=k.commit, experiment_id=k.id))
+        for b in order:
+            if b.commit in values:
+                vs = values[b.commit]
+                return Best(statistics.fmean(vs), b.commit, b.experiment_id, runs=len(vs))
+        first = min(
+            (e for e in exps if e.kind is Kind.BASELINE and self._tier(e) == tier),
+            key=lambda e: e.id,
+        )
+        return Best(base.mean, base.commit, first.id, runs=len(base.values))
+
+    def _promotion_tier(self, current: str) -> str | None:
+        """Where a promoted candidate is re-run: the validation tier, else a tier on which
+        the current best was measured (cheapest first)."""
+        if self.tiers.validation is not None:
+            return self.tiers.validation
+        for t in self.tiers.screening:
+            base = self._baselines.get(t)
+            if base and base.complete and self._best_on(t).commit == current:
+                return t
+        return None
+
+    def _reject_unplaceable(self) -> None:
+        """Queued rows pinned to a tier the pool no longer has can never run: reject them."""
+        if not self.cfg.pool.tiers:
+            return
+        for e in list(self._all.values()):
+            pin = e.meta.get("tier")
+            if e.status is Status.QUEUED and pin and pin not in self.tiers.used:
+                self._all[e.id] = self.ledger.finish(
+                    e.id,
+                    status=Status.REJECTED,
+                    metrics={},
+                    metric=None,
+                    finished_at=self.clock.now(),
+                    reason=f"its tier {pin!r} is no longer in [pool]; it cannot run",
+                )
 
     def _conclude(
         self, cand: Experiment, decision: Decision, ev: Evidence | None, reason: str
@@ -699,6 +948,10 @@ class Scheduler:
         meta: dict[str, Any] = dict(cand.meta)
         if ev is not None:
             meta["evidence"] = ev.as_meta()
+        promoted = [c for c in self._confirmations(cand) if c.meta.get("promoted")]
+        if promoted:
+            meta["screening"] = promoted[0].meta.get("screening")
+            meta["validated_on"] = promoted[0].meta.get("tier", "")
         if status is Status.KEEP:
             meta["kept_at"] = self.clock.now()
         done = self.ledger.finish(

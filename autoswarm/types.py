@@ -155,6 +155,7 @@ class Experiment:
     log_path: str = ""
     reason: str = ""
     meta: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    tier: str = ""  # the hardware tier it ran on ([[pool.tiers]] name); "" = implicit local tier
 
     def value(self, metric: str) -> float | None:
         """The metric's value, or None when missing or not finite."""

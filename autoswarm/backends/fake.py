@@ -111,4 +111,40 @@ class FakeBackend:
         )
 
 
-__all__ = ["FakeBackend", "Outcome"]
+class ReattachableFakeBackend(FakeBackend):
+    """A :class:`FakeBackend` whose jobs outlive the orchestrator (see ``Reattachable``).
+
+    ``survivors`` maps an experiment id to ``(end_time, outcome)`` of a job an earlier
+    process started and that still runs "remotely"; :meth:`reattach` adopts exactly those
+    (with a handle this backend could have issued) and reports them through :meth:`poll`.
+    """
+
+    def __init__(
+        self,
+        slots: int,
+        clock: FakeClock,
+        outcome: Callable[[Job], Outcome],
+        survivors: dict[int, tuple[float, Outcome]] | None = None,
+    ) -> None:
+        super().__init__(slots, clock, outcome)
+        self.survivors = dict(survivors or {})
+        self.reattached: list[Job] = []
+
+    def reattach(self, job: Job, handle: str) -> bool:
+        try:
+            ours = json.loads(handle).get("fake") == job.experiment_id
+        except (ValueError, AttributeError):
+            ours = False
+        if not ours or job.experiment_id not in self.survivors:
+            return False
+        if job.slot in {j.slot for _, _, j, _, _ in self._heap}:
+            raise AssertionError(f"slot {job.slot} is busy")
+        end, out = self.survivors.pop(job.experiment_id)
+        self._seq += 1
+        start = min(self.clock.now(), end - out.duration)
+        heapq.heappush(self._heap, (end, self._seq, job, out, start))
+        self.reattached.append(job)
+        return True
+
+
+__all__ = ["FakeBackend", "Outcome", "ReattachableFakeBackend"]

@@ -160,12 +160,16 @@ class FactorialProposer:
         seed: int = 0,
         max_factors: int = 6,
         alpha: float = 0.05,
+        random_fill: bool = True,
     ) -> None:
         self.exclude = exclude
         self.overrides = dict(overrides or {})
         self.rng = random.Random(seed)
         self.max_factors = max(1, max_factors)
         self.alpha = alpha
+        # Random multi-knob moves when no design point is left (False: leave the slot to
+        # the caller, e.g. ``auto``'s swarm fallback).
+        self.random_fill = random_fill
         self.waves: dict[int, _Wave] = {}
         self._next_id = 1
         self._width = 0  # the largest n asked for: the wave size follows the free slots
@@ -400,6 +404,8 @@ class FactorialProposer:
         seen: set[str],
     ) -> Proposal | None:
         """A random move of one to three knobs (the last resort, so no slot idles)."""
+        if not self.random_fill:
+            return None
         names = sorted(spaces)
         for _ in range(64):
             chosen = self.rng.sample(names, self.rng.randint(1, min(3, len(names))))

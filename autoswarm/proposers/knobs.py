@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from autoswarm.knobs import (
     Knob,
@@ -222,7 +222,8 @@ class RandomProposer:
     """Random knob perturbations around the current best (the control for smarter search).
 
     Each proposal moves one or two random knobs by one or two steps in a random
-    direction, skipping variants already tried or running.
+    direction, skipping variants already tried or running. When that neighbourhood
+    is used up (few knobs, many slots) it widens: up to three knobs, up to four steps.
     """
 
     name = "random"
@@ -254,17 +255,19 @@ class RandomProposer:
         names = sorted(spaces)
         seen = set(ctx.seen)
         out: list[Proposal] = []
-        for _ in range(50 * max(1, n)):
+        for attempt in range(50 * max(1, n)):
             if len(out) >= n or not names:
                 break
-            chosen = self.rng.sample(names, min(len(names), self.rng.choice((1, 1, 2))))
+            wide = attempt >= 10 * max(1, n)  # the close neighbourhood is used up
+            counts, sizes = ((1, 2, 3), (1, 2, 3, 4)) if wide else ((1, 1, 2), (1, 2))
+            chosen = self.rng.sample(names, min(len(names), self.rng.choice(counts)))
             values: list[tuple[str, Literal]] = []
             for name in chosen:
                 new = step(
                     spaces[name],
                     knobs[name].value,
                     self.rng.choice((1, -1)),
-                    self.rng.choice((1, 2)),
+                    self.rng.choice(sizes),
                 )
                 if new is not None:
                     values.append((name, new))
@@ -280,4 +283,86 @@ class RandomProposer:
         return out
 
 
-__all__ = ["KnobProposer", "Move", "RandomProposer", "step"]
+
+
+class SwarmProposer(KnobProposer):
+    """Greedy made for many slots: one-knob moves in parallel, good moves carried forward.
+
+    With N slots, N one-knob moves around the same best run at once. The first to be
+    kept moves the best; the others finish against a best they were not built on, so
+    plain greedy throws away every other improvement of the wave. This proposer
+    remembers the value of the best each move was built on (``meta.parent_value``);
+    a move that measured better than that by more than ``carry_sigmas`` noise σ is
+    *carried*: its knob changes are re-applied on top of the new best and run first.
+    So the improvements of one wave are combined one at a time, each still judged by
+    the scheduler's keep rule. A kept move is also extended in the same direction
+    with a larger step (a line search), before the ordinary one-knob moves.
+    """
+
+    name = "swarm"
+
+    def __init__(
+        self,
+        *,
+        exclude: tuple[str, ...] = ("TIME_BUDGET",),
+        overrides: Mapping[str, Mapping[str, object]] | None = None,
+        seed: int = 0,
+        carry_sigmas: float = 1.0,
+    ) -> None:
+        super().__init__(exclude=exclude, overrides=overrides, seed=seed)
+        self.carry_sigmas = carry_sigmas
+        # (value of the parent best, mean measured, knob -> new value) of discarded moves
+        self._carry: list[tuple[float, float, dict[str, Literal]]] = []
+
+    def observe(self, experiment: Experiment) -> None:
+        super().observe(experiment)
+        if experiment.proposer != self.name or experiment.status is not Status.DISCARD:
+            return
+        parent_value = experiment.meta.get("parent_value")
+        values = (experiment.meta.get("evidence") or {}).get("values") or []
+        if not isinstance(parent_value, int | float) or not values:
+            return
+        # Judged when proposing, once the direction and σ are known (a resume replays
+        # history before the first call).
+        changes = dict(experiment.meta.get("changes", {}))
+        mean = sum(values) / len(values)
+        self._carry.append((float(parent_value), mean, {k: v[1] for k, v in changes.items()}))
+
+    def propose(self, ctx: Context, n: int) -> list[Proposal]:
+        out: list[Proposal] = []
+        if self._carry and n > 0:
+            knobs = knobs_of(ctx.best_files, self.exclude)
+            seen = set(ctx.seen)
+            margin = max(0.0, self.carry_sigmas * (ctx.noise_sigma or 0.0))
+            carry = sorted(
+                (c for c in self._carry if ctx.direction.improvement(c[0], c[1]) > margin),
+                key=lambda c: ctx.direction.improvement(c[0], c[1]),
+            )
+            while carry and len(out) < n:
+                _, _, values = carry.pop()  # the largest gain first
+                move = Move(
+                    tuple((k, v) for k, v in values.items() if k in knobs and knobs[k].value != v)
+                )
+                if not move.values:
+                    continue
+                try:
+                    files = apply_values(ctx.best_files, dict(move.values))
+                except (KeyError, ValueError):
+                    continue
+                fp = fingerprint(files)
+                if fp in seen:
+                    continue
+                seen.add(fp)
+                p = move.proposal(ctx, knobs, files, self.name)
+                out.append(replace(p, meta={**p.meta, "carried": True}))
+            self._carry = carry  # the rest wait for free slots
+        if len(out) < n:
+            out.extend(super().propose(ctx, n - len(out)))
+            if out:
+                self._dry = False
+        if ctx.best_value is not None:
+            out = [replace(p, meta={**p.meta, "parent_value": ctx.best_value}) for p in out]
+        return out
+
+
+__all__ = ["KnobProposer", "Move", "RandomProposer", "SwarmProposer", "step"]

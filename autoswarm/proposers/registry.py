@@ -1,10 +1,15 @@
 """Strategy names → proposers (``--strategy`` and ``[run] strategy``).
 
 greedy         autoresearch's policy: one knob change at a time from the best (alias: knobs)
+swarm          greedy for many slots: parallel one-knob moves, good moves carried onto each new best
 random         random one- or two-knob perturbations around the best (a control)
 factorial      waves of 2-level factorial designs with effect analysis
 optuna         Optuna TPE (constant liar) over the knob space, batched ask/tell
 optuna-cmaes   Optuna CMA-ES over the knob space
+llm            a language model edits the code ([llm]: provider, model, key variable)
+hybrid         llm code edits and a knob search ([llm] hybrid_knobs) share the slots by [llm] hybrid_ratio
+agent          a coding-agent CLI edits a scratch copy ([agent]: command template, timeout)
+external       runs what an outside agent queues with `autoswarm submit`
 auto           the default: see ``AUTO`` below for what it picks and why
 """
 
@@ -17,24 +22,32 @@ from autoswarm.config import Config
 from autoswarm.errors import ConfigError
 from autoswarm.proposers.base import Proposer
 
-# What `auto` resolves to. Chosen from the benchmark in docs/benchmarks.md.
-AUTO = "greedy"
+# What `auto` is made of (see autoswarm/proposers/auto.py and docs/benchmarks.md).
+AUTO = "factorial, then swarm when the waves run dry"
 
 
 def make_proposer(cfg: Config, *, state_dir: Path | None = None) -> Proposer:
     """The proposer for ``cfg.run.strategy``; ``state_dir`` holds per-run state (Optuna's study)."""
     name = cfg.run.strategy
-    if name == "auto":
-        name = AUTO
     common: dict[str, Any] = {
         "exclude": cfg.knobs.exclude,
         "overrides": cfg.knobs.overrides,
         "seed": cfg.run.seed,
     }
+    if name == "auto":
+        from autoswarm.proposers.auto import AutoProposer
+        from autoswarm.proposers.factorial import FactorialProposer
+        from autoswarm.proposers.knobs import SwarmProposer
+
+        return AutoProposer(FactorialProposer(**common, random_fill=False), SwarmProposer(**common))
     if name in ("greedy", "knobs"):
         from autoswarm.proposers.knobs import KnobProposer
 
         return KnobProposer(**common)
+    if name == "swarm":
+        from autoswarm.proposers.knobs import SwarmProposer
+
+        return SwarmProposer(**common)
     if name == "random":
         from autoswarm.proposers.knobs import RandomProposer
 
@@ -48,6 +61,38 @@ def make_proposer(cfg: Config, *, state_dir: Path | None = None) -> Proposer:
 
         sampler = "cmaes" if name == "optuna-cmaes" else "tpe"
         return OptunaProposer(**common, sampler=sampler, storage_dir=state_dir)
+    if name == "llm":
+        from autoswarm.proposers.llm import LLMProposer
+
+        # state_dir is <workspace>/.autoswarm: program.md sits in the workspace root.
+        return LLMProposer.from_config(cfg, workspace=state_dir.parent if state_dir else None)
+    if name == "hybrid":
+        import dataclasses
+
+        from autoswarm.proposers.hybrid import HybridProposer
+        from autoswarm.proposers.llm import LLMProposer
+
+        knob_cfg = dataclasses.replace(
+            cfg, run=dataclasses.replace(cfg.run, strategy=cfg.llm.hybrid_knobs)
+        )
+        return HybridProposer(
+            LLMProposer.from_config(cfg, workspace=state_dir.parent if state_dir else None),
+            make_proposer(knob_cfg, state_dir=state_dir),
+            ratio=cfg.llm.hybrid_ratio,
+        )
+    if name in ("agent", "external") and state_dir is None:
+        raise ConfigError(f"strategy {name!r} needs a workspace (its .autoswarm directory)")
+    if name == "agent":
+        from autoswarm.proposers.agent import agent_from_config
+
+        assert state_dir is not None
+        return agent_from_config(cfg, workspace=state_dir.parent)
+    if name == "external":
+        from autoswarm.proposers.external import ExternalProposer
+        from autoswarm.workspace import LEDGER_NAME
+
+        assert state_dir is not None
+        return ExternalProposer(state_dir / LEDGER_NAME)
     raise ConfigError(f"unknown strategy {name!r}")
 
 

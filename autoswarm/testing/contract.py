@@ -163,7 +163,10 @@ class ProposerContract:
                     assert prop.description and "\n" not in prop.description
                     assert set(prop.files) <= set(self.editable)
                     assert any(prop.files[f] != ctx.best_files.get(f) for f in prop.files)
-                    assert prop.proposer == p.name
+                    # A composite proposer (auto, hybrid) hands out its parts' proposals
+                    # under their own names, so the ledger says which part made what.
+                    parts = getattr(p, "parts", ())
+                    assert prop.proposer in {p.name, *(q.name for q in parts)}
             assert p.propose(ctx, 0) == []
         finally:
             p.close()

@@ -99,7 +99,7 @@ def test_failures_are_data_with_reasons(harness: Harness) -> None:
     dup = rows["WIDTH 64 -> 32 again"]
     assert (
         dup.status is Status.REJECTED
-        and dup.reason == f"duplicate of experiment {rows['WIDTH 64 -> 32'].id}"
+        and dup.reason == f"duplicate of #{rows['WIDTH 64 -> 32'].id}"
     )
     tsv = (harness.root / "results.tsv").read_text().splitlines()
     assert tsv[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"

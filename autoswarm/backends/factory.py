@@ -1,0 +1,87 @@
+"""Build the backend that ``[pool] backend`` names: local, ray or skypilot.
+
+The control plane must import without Ray or SkyPilot installed, so those backends are
+imported here, lazily, only when a config asks for them; a missing package becomes a
+:class:`~autoswarm.errors.ConfigError` that says which extra to install. Usage::
+
+    backend = make_backend(cfg, workspace_root=ws.root, state_dir=ws.state_dir)
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from autoswarm.backends.base import Backend
+from autoswarm.config import Config
+from autoswarm.errors import ConfigError
+
+# backend name -> (module, class, pip extra)
+_REMOTE = {
+    "ray": ("autoswarm.backends.ray", "RayBackend", "ray"),
+    "skypilot": ("autoswarm.backends.skypilot", "SkyPilotBackend", "skypilot"),
+}
+
+
+def local_workers(cfg: Config) -> int:
+    """Slots of the local backend: the tiers' slots when ``[[pool.tiers]]`` are given, else
+    ``[run] workers`` (0 = one per GPU or per core group)."""
+    if not cfg.pool.tiers:
+        return cfg.run.workers
+    slots = sum(t.slots for t in cfg.pool.tiers)
+    if cfg.run.workers and cfg.run.workers != slots:
+        raise ConfigError(
+            f"--workers/[run] workers is {cfg.run.workers} but the local [[pool.tiers]] have "
+            f"{slots} slot(s) in all: leave out workers (the tiers decide) or change the tiers' slots"
+        )
+    return slots
+
+
+def make_backend(
+    cfg: Config,
+    *,
+    workspace_root: Path,
+    state_dir: Path,
+    gpus: Sequence[str] | None = None,
+) -> Backend:
+    """The backend of ``cfg.pool`` (see the module docstring).
+
+    Args:
+        cfg: the run's configuration; ``cfg.pool.backend`` picks the backend.
+        workspace_root: the workspace (named in error messages).
+        state_dir: ``.autoswarm`` of the workspace, where remote backends keep their state.
+        gpus: local backend only: GPU ids to use instead of detecting them.
+
+    Raises:
+        ConfigError: unknown backend, or its package is not installed.
+    """
+    name = cfg.pool.backend
+    if name == "local":
+        from autoswarm.backends.local import LocalBackend
+
+        return LocalBackend(
+            local_workers(cfg),
+            threads_per_worker=cfg.run.threads_per_worker,
+            gpus=gpus,
+            log_max_bytes=cfg.run.log_max_bytes,
+        )
+    if name not in _REMOTE:
+        raise ConfigError(
+            f"{workspace_root}/autoswarm.toml: [pool] backend {name!r} is unknown; "
+            f"choose one of: local, {', '.join(_REMOTE)}"
+        )
+    module, cls_name, extra = _REMOTE[name]
+    try:
+        cls = getattr(importlib.import_module(module), cls_name)
+    except ImportError as e:
+        raise ConfigError(
+            f"{workspace_root}/autoswarm.toml asks for the {name} backend, which cannot be "
+            f"imported ({e}): install it with `pip install 'autoswarm[{extra}]'`, or set "
+            '[pool] backend = "local"'
+        ) from e
+    backend: Backend = cls.from_config(cfg, state_dir=state_dir)
+    return backend
+
+
+__all__ = ["local_workers", "make_backend"]
