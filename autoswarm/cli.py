@@ -688,7 +688,10 @@ def _csv(text: str) -> list[str]:
 @app.command()
 def bench(
     kind: Annotated[
-        str, typer.Argument(help="search (simulated training) or systems (real processes).")
+        str,
+        typer.Argument(
+            help="search (simulated training), systems (real processes) or real (real training)."
+        ),
     ],
     objectives: Annotated[
         str, typer.Option(help="Synthetic objectives (search).")
@@ -714,8 +717,18 @@ def bench(
     out: Annotated[
         Path | None, typer.Option(help="Write the tables (and plot) into this markdown file.")
     ] = None,
+    template: Annotated[str, typer.Option(help="Workspace template (real).")] = "cpu",
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir", help="Where the real runs' workspaces go (real; default bench-real)."
+        ),
+    ] = None,
 ) -> None:
-    """Benchmarks: strategies against sequential greedy, or busy fraction and dispatch overhead."""
+    """Benchmarks: strategies against sequential greedy (search, simulated), busy fraction and
+    dispatch overhead (systems), or strategies on a real template, one after the other (real:
+    --strategies auto,greedy --slots 2 --budget 60 --duration 1200; the last strategy is the
+    reference)."""
     from autoswarm.bench.objectives import OBJECTIVES
 
     if kind == "search":
@@ -778,8 +791,32 @@ def bench(
         print(table)
         if out is not None:
             _write_section(out, f"systems-{int(budget)}s", table)
+    elif kind == "real":
+        from autoswarm.bench.real import markdown as real_markdown
+        from autoswarm.bench.real import run_real
+
+        root = (workdir or Path("bench-real")).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        runs = []
+        for strat in _csv(strategies):
+            if strat not in STRATEGIES:
+                raise typer.BadParameter(f"unknown strategy {strat!r}")
+            rr = run_real(
+                strat,
+                root,
+                template=template,
+                workers=int(_csv(slots)[0]),
+                budget_s=budget,
+                time_limit=f"{duration:g}s",
+            )
+            err.print(f"{strat}: {rr.experiments} experiments, best {rr.best}")
+            runs.append(rr)
+        table = real_markdown(runs, reference=_csv(strategies)[-1])
+        print(table)
+        if out is not None:
+            _write_section(out, f"real-{template}", table)
     else:
-        raise typer.BadParameter("kind must be 'search' or 'systems'")
+        raise typer.BadParameter("kind must be 'search', 'systems' or 'real'")
 
 
 def _write_section(path: Path, name: str, body: str) -> None:

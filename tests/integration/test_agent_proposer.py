@@ -47,9 +47,7 @@ def agent_workspace(root: Path, mode: str, *, extra: str = "", budget: float = 0
 
 
 def run_agent(ws_dir: Path, **run: object) -> tuple[Ledger, list]:
-    cfg = with_overrides(
-        load_config(ws_dir), strategy="agent", timeout=30.0, confirm_runs=0, **run
-    )
+    cfg = with_overrides(load_config(ws_dir), strategy="agent", timeout=30.0, confirm_runs=0, **run)
     ws = Workspace(ws_dir, cfg)
     ledger = Ledger(ws.ledger_path)
     proposer = make_proposer(cfg, state_dir=ws.state_dir)

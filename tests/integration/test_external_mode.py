@@ -21,7 +21,7 @@ from autoswarm.config import load_config
 from autoswarm.errors import LockedFileError, PatchError, WorkspaceError
 from autoswarm.ledger import _MIGRATIONS, SCHEMA_VERSION, Ledger
 from autoswarm.proposers.base import Proposer
-from autoswarm.proposers.external import ExternalProposer, files_from_path, submit
+from autoswarm.proposers.external import ExternalProposer, files_from_path, run_active, submit
 from autoswarm.skill import render_skill
 from autoswarm.testing.contract import ProposerContract, contract_context
 from autoswarm.testing.synthetic import TRAIN_PY, make_workspace
@@ -31,7 +31,9 @@ from autoswarm.workspace import Workspace
 AUTOSWARM = [sys.executable, "-m", "autoswarm"]
 
 
-def cli(ws: Path, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+def cli(
+    ws: Path, *args: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [*AUTOSWARM, *args, "--workspace", str(ws)],
         capture_output=True,
@@ -46,9 +48,8 @@ def cli(ws: Path, *args: str, check: bool = True, stdin: str | None = None) -> s
 
 def lr_diff(old: str, new: str) -> str:
     return (
-        "--- a/train.py\n+++ b/train.py\n@@ -4,3 +4,3 @@\n"
-        f" LR = {old}\n".replace(f" LR = {old}", f"-LR = {old}\n+LR = {new}", 1)
-        + " WIDTH = 64\n DEPTH = 4\n"
+        "--- a/train.py\n+++ b/train.py\n@@ -3,3 +3,3 @@\n"
+        f" \n-LR = {old}\n+LR = {new}\n WIDTH = 64\n"
     )
 
 
@@ -64,21 +65,27 @@ def test_external_agent_drives_a_real_run(tmp_path: Path) -> None:
 
     # Queued before any run exists: the run picks it up when it starts.
     (variants / "v0").mkdir(parents=True)
-    (variants / "v0" / "train.py").write_text(TRAIN_PY.replace("WIDTH = 64", "WIDTH = 128"))
-    early = json.loads(cli(ws, "submit", str(variants / "v0"), "--desc", "WIDTH 64 -> 128", "--json").stdout)
+    (variants / "v0" / "train.py").write_text(
+        TRAIN_PY.replace("USE_BIAS = False", "USE_BIAS = True")
+    )
+    early = json.loads(
+        cli(ws, "submit", str(variants / "v0"), "--desc", "use a bias", "--json").stdout
+    )
     assert early["active"] is False and "waits in the queue" in early["notes"][0]
 
     run = subprocess.Popen(
-        [*AUTOSWARM, "run", "--workspace", str(ws), "--strategy", "external", "--workers", "2"]
-        + ["--baseline-repeats", "2"] * 0
-        + ["--max-experiments", "8", "--tag", "ext", "--skip-prepare", "--no-live"],
+        [
+            *AUTOSWARM,
+            *("run", "--workspace", str(ws), "--strategy", "external", "--workers", "2"),
+            *("--max-experiments", "9", "--tag", "ext", "--skip-prepare", "--no-live"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         deadline = time.monotonic() + 60
-        while not (ws / ".autoswarm" / "run.lock").exists() or not _active(ws):
+        while not _active(ws):
             assert run.poll() is None, run.communicate()
             assert time.monotonic() < deadline, "the run never started"
             time.sleep(0.2)
@@ -86,10 +93,13 @@ def test_external_agent_drives_a_real_run(tmp_path: Path) -> None:
         # A whole file, a diff, and a near-duplicate of the file (other comment, spacing).
         (variants / "v1").mkdir()
         (variants / "v1" / "train.py").write_text(TRAIN_PY.replace("LR = 0.01", "LR = 0.04"))
-        a = json.loads(cli(ws, "submit", str(variants / "v1"), "--desc", "LR 0.01 -> 0.04", "--json").stdout)
+        a = json.loads(
+            cli(ws, "submit", str(variants / "v1"), "--desc", "LR 0.01 -> 0.04", "--json").stdout
+        )
         assert a["active"] is True and a["notes"] == [] and a["run"] == "ext"
         (tmp_path / "depth.diff").write_text(
-            "--- a/train.py\n+++ b/train.py\n@@ -6,1 +6,1 @@\n-DEPTH = 4\n+DEPTH = 6\n"
+            "--- a/train.py\n+++ b/train.py\n@@ -5,3 +5,3 @@\n WIDTH = 64\n-DEPTH = 4\n+DEPTH = 6\n"
+            " WARMUP_RATIO = 0.1\n"
         )
         b = cli(ws, "submit", "--diff", str(tmp_path / "depth.diff"), "--desc", "DEPTH 4 -> 6")
         b_id = int(b.stdout.strip())
@@ -101,7 +111,9 @@ def test_external_agent_drives_a_real_run(tmp_path: Path) -> None:
 
         # Refused at once, exit code 2, with what to do: a diff that does not apply,
         # one that touches the locked prepare.py, a directory with a changed prepare.py.
-        bad = cli(ws, "submit", "--diff", "-", "--desc", "x", check=False, stdin=lr_diff("0.5", "0.6"))
+        bad = cli(
+            ws, "submit", "--diff", "-", "--desc", "x", check=False, stdin=lr_diff("0.5", "0.6")
+        )
         assert bad.returncode == 2 and "does not apply" in bad.stderr
         locked = (
             "--- a/prepare.py\n+++ b/prepare.py\n@@ -1 +1 @@\n"
@@ -126,17 +138,27 @@ def test_external_agent_drives_a_real_run(tmp_path: Path) -> None:
         assert got[c]["status"] == "rejected" and got[c]["reason"] == f"duplicate of #{a['id']}"
         assert got[c]["duplicate_of"] == a["id"]
 
-        # results --since: only what came after the early submission.
-        since = json.loads(cli(ws, "results", "--since", str(early["id"]), "--format", "json").stdout)
-        assert [r["id"] for r in since] == [i for i in ids if i > early["id"]]
+        # results --since: only what came after the early submission (baselines included:
+        # the run made them after the early submission had taken its id).
+        since = json.loads(
+            cli(ws, "results", "--since", str(early["id"]), "--format", "json").stdout
+        )
+        assert all(r["id"] > early["id"] for r in since) and set(ids[1:]) <= {
+            r["id"] for r in since
+        }
+        assert [r["id"] for r in since] == sorted(r["id"] for r in since)
         table = cli(ws, "wait", str(a["id"])).stdout
         assert "keep" in table and "LR 0.01 -> 0.04" in table
 
-        # 2 baselines + 4 variants so far; two more reach --max-experiments 8 and end the run.
+        # 3 baselines + 4 variants so far; two more reach --max-experiments 9 and end the run.
         more = []
         for v in ("0.02", "0.03"):
             (tmp_path / f"lr{v}.diff").write_text(lr_diff("0.04", v))
-            more.append(cli(ws, "submit", "--diff", str(tmp_path / f"lr{v}.diff"), "--desc", f"LR -> {v}").stdout.strip())
+            more.append(
+                cli(
+                    ws, "submit", "--diff", str(tmp_path / f"lr{v}.diff"), "--desc", f"LR -> {v}"
+                ).stdout.strip()
+            )
         cli(ws, "wait", *more, "--timeout", "90")
         stdout, stderr = run.communicate(timeout=60)
         assert run.returncode == 0, stderr
@@ -159,8 +181,12 @@ def test_external_agent_drives_a_real_run(tmp_path: Path) -> None:
 
 
 def _active(ws: Path) -> bool:
-    from autoswarm.proposers.external import run_active
-
+    """The run process holds the lock and has recorded its run (so submit bases on its best)."""
+    if not (ws / ".autoswarm" / "ledger.sqlite").exists():
+        return False
+    with Ledger(ws / ".autoswarm" / "ledger.sqlite") as led:
+        if led.get_run("ext") is None:
+            return False
     return run_active(Workspace(ws, load_config(ws)))
 
 
@@ -172,11 +198,11 @@ def test_submit_validates_against_the_current_best(tmp_path: Path) -> None:
     root = make_workspace(tmp_path / "ws")
     ws = Workspace(root, load_config(root))
     with Ledger(ws.ledger_path) as led:
-        with pytest.raises(PatchError, match="does not apply.*submit again"):
+        with pytest.raises(PatchError, match=r"does not apply.*submit again"):
             submit(ws, led, diff=lr_diff("0.9", "0.8"), description="x")
         with pytest.raises(PatchError, match="not a unified diff"):
             submit(ws, led, diff="make LR bigger", description="x")
-        with pytest.raises(LockedFileError, match="locked file prepare.py"):
+        with pytest.raises(LockedFileError, match=r"locked file prepare\.py"):
             submit(ws, led, files={"prepare.py": "x = 1\n"}, description="x")
         with pytest.raises(LockedFileError, match="not editable"):
             submit(ws, led, files={"notes.txt": "x\n"}, description="x")
@@ -196,8 +222,15 @@ def test_submission_ids_are_reserved_from_the_experiment_sequence(tmp_path: Path
     with Ledger(tmp_path / "ledger.sqlite") as led:
         run = led.create_run(tag="t", branch="b", base_commit="0" * 40, config={}, now=0.0)
         common = dict(
-            run_id=run.id, kind=Kind.CANDIDATE, status=Status.QUEUED, parent="p",
-            commit="c", description="d", proposer="x", seed=0, now=0.0,
+            run_id=run.id,
+            kind=Kind.CANDIDATE,
+            status=Status.QUEUED,
+            parent="p",
+            commit="c",
+            description="d",
+            proposer="x",
+            seed=0,
+            now=0.0,
         )
         first = led.add_experiment(**common)
         sid = led.add_submission(parent="p", files={"train.py": "x"}, description="s", now=0.0)

@@ -10,7 +10,7 @@ from autoswarm.testing.synthetic import TRAIN_PY
 from autoswarm.types import Kind, Status
 from tests.conftest import Harness
 
-BASE = 'LR = 0.01  # learning rate\nWIDTH = 64\n\ndef f(x):\n    return x * LR\n'
+BASE = "LR = 0.01  # learning rate\nWIDTH = 64\n\ndef f(x):\n    return x * LR\n"
 
 
 def key(text: str, path: str = "train.py") -> str:
