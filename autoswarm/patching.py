@@ -80,7 +80,9 @@ def apply_diff(
                 target.write_text(files[path], encoding="utf-8")
         (root / "change.diff").write_text(text, encoding="utf-8")
         errors = []
-        for extra in ((), ("-C1",)):
+        # Exact context first; then one line of context (models drift); then hunks
+        # without context, which models write too (``@@ -6,1 +6,1 @@``).
+        for extra in ((), ("-C1",), ("--unidiff-zero",)):
             proc = subprocess.run(
                 ["git", "apply", strip, "--recount", "--whitespace=nowarn", *extra, "change.diff"],
                 cwd=root,
