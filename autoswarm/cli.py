@@ -714,6 +714,10 @@ def bench(
     hours: Annotated[float, typer.Option(help="Simulated wall-clock per run (search).")] = 8.0,
     budget: Annotated[float, typer.Option(help="Training seconds per experiment.")] = 300.0,
     duration: Annotated[float, typer.Option(help="Seconds per run (systems).")] = 120.0,
+    backend: Annotated[
+        str,
+        typer.Option(help="Backends, comma-separated (systems): local, ray (a local Ray cluster)."),
+    ] = "local",
     out: Annotated[
         Path | None, typer.Option(help="Write the tables (and plot) into this markdown file.")
     ] = None,
@@ -782,11 +786,13 @@ def bench(
 
         res = []
         for count in _csv(slots):
-            sr = run_local(int(count), budget, duration)
-            err.print(
-                f"local ×{count}: {sr.experiments} experiments, busy {100 * sr.busy_fraction:.1f}%"
-            )
-            res.append(sr)
+            for which in _csv(backend):
+                sr = run_local(int(count), budget, duration, backend=which)
+                err.print(
+                    f"{which} ×{count}: {sr.experiments} experiments, "
+                    f"busy {100 * sr.busy_fraction:.1f}%"
+                )
+                res.append(sr)
         table = markdown(res)
         print(table)
         if out is not None:

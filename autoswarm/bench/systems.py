@@ -13,6 +13,7 @@ come out of the ledger:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import statistics
@@ -21,6 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoswarm.backends.base import Backend
 from autoswarm.backends.local import LocalBackend
 from autoswarm.bench.objectives import OBJECTIVES
 from autoswarm.config import load_config, with_overrides
@@ -58,10 +60,21 @@ def dispatch_gaps(rows: list[tuple[int, float, float]]) -> list[float]:
 
 
 def run_local(
-    slots: int, budget_s: float, duration_s: float, workdir: Path | None = None
+    slots: int,
+    budget_s: float,
+    duration_s: float,
+    workdir: Path | None = None,
+    *,
+    backend: str = "local",
 ) -> SystemsResult:
-    """``slots`` local slots of a sleeping train.py for ``duration_s`` seconds."""
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+    """``slots`` slots of a sleeping train.py for ``duration_s`` seconds.
+
+    ``backend`` is ``local`` (subprocesses) or ``ray`` (one slot actor per slot on a
+    throw-away local Ray cluster with ``slots`` logical CPUs, started and stopped here).
+    """
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp, contextlib.ExitStack() as stack:
         root = make_workspace(
             Path(tmp) / "ws", train_py=OBJECTIVES["bowl"].train_py(), budget=budget_s
         )
@@ -75,11 +88,22 @@ def run_local(
         )
         ws = Workspace(root, cfg)
         ledger = Ledger(ws.ledger_path)
-        backend = LocalBackend(slots, gpus=[], log_max_bytes=100_000)
+        runner: Backend
+        if backend == "ray":
+            from autoswarm.backends.ray import RayBackend
+            from autoswarm.testing.raycluster import LocalRayCluster
+
+            cluster = stack.enter_context(LocalRayCluster.start(num_cpus=slots))
+            runner = RayBackend(
+                cfg.pool.slot_tiers(slots), address=cluster.address, log_max_bytes=100_000
+            )
+            stack.callback(runner.close)
+        else:
+            runner = LocalBackend(slots, gpus=[], log_max_bytes=100_000)
         sched = Scheduler(
             workspace=ws,
             ledger=ledger,
-            backend=backend,
+            backend=runner,
             proposer=make_proposer(cfg),
             config=cfg,
             environ={k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")},
@@ -96,7 +120,7 @@ def run_local(
     gaps = sorted(dispatch_gaps(rows)) or [0.0]
     p95 = gaps[min(len(gaps) - 1, round(0.95 * (len(gaps) - 1)))]
     return SystemsResult(
-        backend="local",
+        backend=backend,
         slots=slots,
         budget_s=budget_s,
         duration_s=duration_s,
