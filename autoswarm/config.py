@@ -124,6 +124,7 @@ class LLMConfig:
     price_out_per_mtok: float | None = None
     hybrid_ratio: float = 0.5
     hybrid_knobs: str = "swarm"
+    hybrid_code: str = "llm"  # the code half of ``hybrid``: "llm" ([llm]) or "agent" ([agent])
 
     @property
     def key_env(self) -> str:
@@ -427,7 +428,10 @@ def _validate_llm(llm: LLMConfig, strategy: str, where: str) -> None:
             f"{w} provider {llm.provider!r} is unknown; choose one of: {', '.join(LLM_PROVIDERS)} "
             "(use openai with base_url for vLLM, Ollama or llama.cpp)"
         )
-    if strategy in ("llm", "hybrid") and not llm.model:
+    if llm.hybrid_code not in ("llm", "agent"):
+        raise ConfigError(f"{w} hybrid_code must be 'llm' or 'agent', got {llm.hybrid_code!r}")
+    code_is_llm = strategy == "llm" or (strategy == "hybrid" and llm.hybrid_code == "llm")
+    if code_is_llm and not llm.model:
         raise ConfigError(
             f'{w} model is required by strategy {strategy!r}: set e.g. model = "claude-sonnet-4-5" in [llm]'
         )
@@ -603,7 +607,10 @@ def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
         raise ConfigError(f"{where}: [workspace] command must not be empty")
     _validate_pool(cfg.pool, where)
     _validate_llm(cfg.llm, r.strategy, where)
-    _validate_agent(cfg.agent, r.strategy, where)
+    agent_strategy = (
+        "agent" if r.strategy == "hybrid" and cfg.llm.hybrid_code == "agent" else r.strategy
+    )
+    _validate_agent(cfg.agent, agent_strategy, where)
 
 
 def with_overrides(cfg: Config, **run_fields: Any) -> Config:

@@ -7,7 +7,7 @@ factorial      waves of 2-level factorial designs with effect analysis
 optuna         Optuna TPE (constant liar) over the knob space, batched ask/tell
 optuna-cmaes   Optuna CMA-ES over the knob space
 llm            a language model edits the code ([llm]: provider, model, key variable)
-hybrid         llm code edits and a knob search ([llm] hybrid_knobs) share the slots by [llm] hybrid_ratio
+hybrid         llm (or [llm] hybrid_code = "agent": agent) code edits and a knob search ([llm] hybrid_knobs) share the slots by [llm] hybrid_ratio
 agent          a coding-agent CLI edits a scratch copy ([agent]: command template, timeout)
 external       runs what an outside agent queues with `autoswarm submit`
 auto           the default: see ``AUTO`` below for what it picks and why
@@ -75,8 +75,17 @@ def make_proposer(cfg: Config, *, state_dir: Path | None = None) -> Proposer:
         knob_cfg = dataclasses.replace(
             cfg, run=dataclasses.replace(cfg.run, strategy=cfg.llm.hybrid_knobs)
         )
+        code: Proposer
+        if cfg.llm.hybrid_code == "agent":
+            from autoswarm.proposers.agent import agent_from_config
+
+            if state_dir is None:
+                raise ConfigError("strategy 'hybrid' with an agent needs a workspace")
+            code = agent_from_config(cfg, workspace=state_dir.parent)
+        else:
+            code = LLMProposer.from_config(cfg, workspace=state_dir.parent if state_dir else None)
         return HybridProposer(
-            LLMProposer.from_config(cfg, workspace=state_dir.parent if state_dir else None),
+            code,
             make_proposer(knob_cfg, state_dir=state_dir),
             ratio=cfg.llm.hybrid_ratio,
         )

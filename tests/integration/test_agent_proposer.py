@@ -240,3 +240,40 @@ class TestAgentProposerContract(ProposerContract):
             assert "\n" not in prop.description
         finally:
             p.close()
+
+
+def test_hybrid_with_an_agent_shares_the_slots_with_knob_search(tmp_path: Path) -> None:
+    ws_dir = agent_workspace(
+        tmp_path,
+        "lr",
+        extra='\n[llm]\nhybrid_code = "agent"\nhybrid_ratio = 0.5\nhybrid_knobs = "greedy"\n',
+    )
+    cfg = with_overrides(
+        load_config(ws_dir),
+        strategy="hybrid",
+        timeout=30.0,
+        confirm_runs=0,
+        workers=2,
+        baseline_repeats=2,
+        max_experiments=8,
+    )
+    ws = Workspace(ws_dir, cfg)
+    ledger = Ledger(ws.ledger_path)
+    proposer = make_proposer(cfg, state_dir=ws.state_dir)
+    backend = LocalBackend(cfg.run.workers, gpus=[], kill_grace_s=0.5)
+    out = Scheduler(
+        workspace=ws, ledger=ledger, backend=backend, proposer=proposer, config=cfg
+    ).run(tag="hybrid")
+    cands = [e for e in ledger.experiments(out.run.id) if e.kind is Kind.CANDIDATE]
+    assert out.reason == "max experiments" and len(cands) == 6
+    via = {e.meta.get("via") for e in cands}
+    assert via == {"agent", "knobs"}, via  # both halves got slots (greedy is named knobs)
+    assert all(e.proposer == "hybrid" for e in cands)
+
+
+def test_hybrid_with_an_agent_needs_its_command(tmp_path: Path) -> None:
+    ws_dir = make_workspace(tmp_path / "ws")
+    with (ws_dir / "autoswarm.toml").open("a") as f:
+        f.write('\n[llm]\nhybrid_code = "agent"\n')
+    with pytest.raises(ConfigError, match=r"\[agent\] command is required"):
+        with_overrides(load_config(ws_dir), strategy="hybrid")
