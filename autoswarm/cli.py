@@ -796,7 +796,8 @@ def bench(
         table = markdown(res)
         print(table)
         if out is not None:
-            _write_section(out, f"systems-{int(budget)}s", table)
+            key = f"systems-{'+'.join(_csv(backend))}-{'+'.join(_csv(slots))}x{budget:g}s"
+            _write_section(out, key, table)
     elif kind == "real":
         from autoswarm.bench.real import markdown as real_markdown
         from autoswarm.bench.real import run_real
