@@ -28,6 +28,7 @@ runs against a fake backend in milliseconds in unit tests.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import difflib
 import fcntl
@@ -187,6 +188,12 @@ class Scheduler:
         self._seen: dict[str, int] = {}
         self._twins: dict[str, int] = {}  # normalised key (autoswarm.dedup) -> first experiment
         self._files_cache: dict[str, dict[str, str]] = {}
+        # Indexes that keep per-result work independent of the run's length.
+        self._confirm_ids: dict[int, list[int]] = collections.defaultdict(list)
+        self._best_cache: dict[str, tuple[tuple[Any, ...], Best]] = {}
+        self._keeps = 0  # bumped on every keep: invalidates _best_cache
+        # Finished experiments' work directories are removed off the dispatch path (run()).
+        self._cleanup = concurrent.futures.ThreadPoolExecutor(1, "autoswarm-cleanup")
         self._durations: collections.deque[float] = collections.deque(maxlen=50)
         self._outputs_written = 0.0
         self._outputs_dirty = False
@@ -209,6 +216,7 @@ class Scheduler:
     def run(self, *, tag: str | None = None, resume: bool = False) -> RunOutcome:
         lock = RunLock(self.ws.state_dir)
         lock.acquire()
+        self._cleanup = concurrent.futures.ThreadPoolExecutor(1, "autoswarm-cleanup")
         reason = "error"
         try:
             run = self._open_run(tag, resume)
@@ -352,6 +360,11 @@ class Scheduler:
         assert self.run_rec is not None
         exps = self.ledger.experiments(self.run_rec.id)
         self._all = {e.id: e for e in exps}
+        self._confirm_ids.clear()
+        for e in sorted(exps, key=lambda e: e.id):
+            if e.kind is Kind.CONFIRM:
+                self._confirm_ids[int(e.meta["confirms"])].append(e.id)
+        self._keeps += 1
         self._running = {i: (slot, self._all[i]) for i, slot in self._reattached.items()}
         self._reject_unplaceable()
         exps = list(self._all.values())
@@ -763,14 +776,8 @@ class Scheduler:
             self._verdict(e)
 
     def _confirmations(self, cand: Experiment) -> list[Experiment]:
-        return sorted(
-            (
-                e
-                for e in self._all.values()
-                if e.kind is Kind.CONFIRM and e.meta.get("confirms") == cand.id
-            ),
-            key=lambda e: e.id,
-        )
+        """``cand``'s confirmation and validation runs, oldest first."""
+        return [self._all[i] for i in self._confirm_ids.get(cand.id, ())]
 
     def _verdict(self, cand: Experiment) -> None:
         """Keep, discard, promote, or re-run ``cand`` (the rule: :mod:`autoswarm.policy`).
@@ -859,6 +866,7 @@ class Scheduler:
         )
         with self._lock:
             self._all[row.id] = row
+            self._confirm_ids[cand.id].append(row.id)
         self._queue.appendleft(row.id)  # confirmations gate decisions: they go first
 
     # -- tiers -----------------------------------------------------------------------
@@ -884,6 +892,15 @@ class Scheduler:
         tier's baseline."""
         base = self._baselines[tier]
         assert base is not None and base.values
+        key = (self._keeps, self.best, base)
+        cached = self._best_cache.get(tier)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        found = self._scan_best_on(tier, base)
+        self._best_cache[tier] = (key, found)
+        return found
+
+    def _scan_best_on(self, tier: str, base: Baseline) -> Best:
         values: dict[str, list[float]] = {}
         kept: list[Experiment] = []
         with self._lock:
@@ -954,6 +971,7 @@ class Scheduler:
             meta["validated_on"] = promoted[0].meta.get("tier", "")
         if status is Status.KEEP:
             meta["kept_at"] = self.clock.now()
+            self._keeps += 1
         done = self.ledger.finish(
             cand.id,
             status=status,
@@ -1009,7 +1027,9 @@ class Scheduler:
         )
         with self._lock:
             self._all[exp.id] = done
-        shutil.rmtree(self.ws.run_dir(exp.id), ignore_errors=True)
+        if status is Status.KEEP:
+            self._keeps += 1
+        self._cleanup.submit(shutil.rmtree, self.ws.run_dir(exp.id), ignore_errors=True)
         if status is not Status.PENDING:
             self._write_outputs()
         return done
@@ -1048,6 +1068,7 @@ class Scheduler:
         finally:
             self.backend.close()
             self.proposer.close()
+            self._cleanup.shutdown(wait=True)
             if self._session:
                 self.ledger.end_session(self._session, now=self.clock.now(), reason=reason)
             self._write_outputs(force=True)

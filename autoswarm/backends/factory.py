@@ -38,6 +38,17 @@ def local_workers(cfg: Config) -> int:
     return slots
 
 
+def local_nice(cfg: Config, workspace_root: Path) -> int:
+    """``[pool.options] nice`` of the local backend: experiments' priority below ours."""
+    nice = cfg.pool.options.get("nice", 10)
+    if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
+        raise ConfigError(
+            f"{workspace_root}/autoswarm.toml: [pool.options] nice must be a whole number "
+            f"from 0 (experiments at the orchestrator's priority) to 19, got {nice!r}"
+        )
+    return nice
+
+
 def make_backend(
     cfg: Config,
     *,
@@ -65,6 +76,7 @@ def make_backend(
             threads_per_worker=cfg.run.threads_per_worker,
             gpus=gpus,
             log_max_bytes=cfg.run.log_max_bytes,
+            nice=local_nice(cfg, workspace_root),
         )
     if name not in _REMOTE:
         raise ConfigError(
@@ -84,4 +96,4 @@ def make_backend(
     return backend
 
 
-__all__ = ["local_workers", "make_backend"]
+__all__ = ["local_nice", "local_workers", "make_backend"]

@@ -1,8 +1,10 @@
 """The systems benchmark: busy fraction and dispatch overhead with real processes.
 
 A synthetic train.py that sleeps for the budget runs on N local slots for a fixed
-time with the real scheduler, ledger, git snapshots and local backend. Two figures
-come out of the ledger:
+time with the real scheduler, ledger, git snapshots and local backend, proposals
+from ``random`` on the eight-knob ``wide`` objective (its neighbourhoods are large
+enough that the proposer never runs dry and leaves slots idle, which would measure
+the search space rather than the orchestrator). Two figures come out of the ledger:
 
 * busy fraction: training-slot seconds used ÷ slot seconds available;
 * dispatch overhead: for each slot, the gap between one experiment's process exit
@@ -76,7 +78,7 @@ def run_local(
         raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp, contextlib.ExitStack() as stack:
         root = make_workspace(
-            Path(tmp) / "ws", train_py=OBJECTIVES["bowl"].train_py(), budget=budget_s
+            Path(tmp) / "ws", train_py=OBJECTIVES["wide"].train_py(), budget=budget_s
         )
         cfg = with_overrides(
             load_config(root),

@@ -224,6 +224,8 @@ class RandomProposer:
     Each proposal moves one or two random knobs by one or two steps in a random
     direction, skipping variants already tried or running. When that neighbourhood
     is used up (few knobs, many slots) it widens: up to three knobs, up to four steps.
+    A call that finds nothing new at all marks it exhausted (until one finds something
+    again), so a run whose slots have drained ends instead of idling to its time limit.
     """
 
     name = "random"
@@ -238,10 +240,11 @@ class RandomProposer:
         self.exclude = exclude
         self.overrides = dict(overrides or {})
         self.rng = random.Random(seed)
+        self._dry = False
 
     @property
     def exhausted(self) -> bool:
-        return False
+        return self._dry
 
     def close(self) -> None:
         pass
@@ -280,9 +283,8 @@ class RandomProposer:
                 continue
             seen.add(fp)
             out.append(move.proposal(ctx, knobs, files, self.name))
+        self._dry = n > 0 and not out
         return out
-
-
 
 
 class SwarmProposer(KnobProposer):

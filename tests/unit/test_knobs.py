@@ -482,3 +482,18 @@ def test_knob_dataclass_is_frozen() -> None:
     assert isinstance(k, Knob)
     with pytest.raises(AttributeError):
         k.value = 2  # type: ignore[misc]
+
+
+def test_random_runs_dry_on_a_used_up_space_and_says_so() -> None:
+    from dataclasses import replace
+
+    from autoswarm.proposers.knobs import RandomProposer
+
+    files = {"train.py": "USE_BIAS = False\nx = 1\n"}  # one boolean knob: one neighbour
+    p = RandomProposer(seed=0)
+    first = p.propose(contract_context(files), 4)
+    assert len(first) == 1 and not p.exhausted
+    seen = frozenset({fingerprint(files), fingerprint({**files, **first[0].files})})
+    assert p.propose(replace(contract_context(files), seen=seen), 4) == []
+    assert p.exhausted  # the scheduler ends the run once nothing is running either
+    assert len(p.propose(contract_context(files), 1)) == 1 and not p.exhausted
