@@ -340,3 +340,41 @@ def test_cancel_leaves_a_reused_pid_alone(tmp_path: Path) -> None:
         b.close()
     finally:
         kill_quietly(pid)
+
+
+# ---------------------------------------------------------------------------
+# Priority: the scheduler keeps the CPU it needs when experiments saturate the cores
+
+
+@pytest.mark.parametrize("nice", [0, 10])
+def test_experiments_run_nice_levels_below_the_orchestrator(tmp_path: Path, nice: int) -> None:
+    backend = LocalBackend(1, gpus=[], nice=nice)
+    try:
+        job = make_job(tmp_path, 1, "import os\nprint('nice', os.nice(0))\n")
+        backend.submit(job)
+        wait_results(backend, 1)
+    finally:
+        backend.close()
+    assert f"nice {min(19, os.nice(0) + nice)}" in job.log_path.read_text()
+
+
+def test_nice_out_of_range_is_refused() -> None:
+    with pytest.raises(BackendError, match="nice"):
+        LocalBackend(1, gpus=[], nice=20)
+
+
+def test_many_jobs_with_timeouts_finish_on_time(tmp_path: Path) -> None:
+    """One deadline thread serves every job: each is killed at its own timeout, no later."""
+    backend = LocalBackend(8, gpus=[])
+    try:
+        for i in range(8):
+            timeout = 1.0 + 0.5 * (i % 2)
+            backend.submit(
+                make_job(tmp_path, i, "import time\ntime.sleep(60)\n", slot=i, timeout=timeout)
+            )
+        got = wait_results(backend, 8, limit=15)
+    finally:
+        backend.close()
+    for i, r in got.items():
+        assert r.timed_out
+        assert r.duration_s == pytest.approx(1.0 + 0.5 * (i % 2), abs=0.8)

@@ -188,3 +188,24 @@ def test_factory_hands_remote_backends_the_config_and_state_dir(
     cfg = Config(pool=PoolConfig(backend="skypilot"))
     b = make_backend(cfg, workspace_root=tmp_path, state_dir=tmp_path / "s")
     assert isinstance(b, Remote) and seen == {"cfg": cfg, "state_dir": tmp_path / "s"}
+
+
+@pytest.mark.parametrize("bad", ["-1", "20", '"low"', "true", "2.5"])
+def test_local_nice_option_must_be_0_to_19(tmp_path: Path, bad: str) -> None:
+    from autoswarm.backends.factory import local_nice
+    from autoswarm.config import load_config
+
+    (tmp_path / "autoswarm.toml").write_text(f"[pool.options]\nnice = {bad}\n")
+    cfg = load_config(tmp_path)
+    with pytest.raises(ConfigError, match=r"\[pool.options\] nice must be a whole number"):
+        local_nice(cfg, tmp_path)
+
+
+def test_local_nice_option_default_and_set(tmp_path: Path) -> None:
+    from autoswarm.backends.factory import local_nice
+    from autoswarm.config import load_config
+
+    (tmp_path / "autoswarm.toml").write_text("[pool]\nbackend = \"local\"\n")
+    assert local_nice(load_config(tmp_path), tmp_path) == 10
+    (tmp_path / "autoswarm.toml").write_text("[pool.options]\nnice = 0\n")
+    assert local_nice(load_config(tmp_path), tmp_path) == 0
