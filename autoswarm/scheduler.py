@@ -191,9 +191,10 @@ class Scheduler:
         # Indexes that keep per-result work independent of the run's length.
         self._confirm_ids: dict[int, list[int]] = collections.defaultdict(list)
         self._best_cache: dict[str, tuple[tuple[Any, ...], Best]] = {}
-        self._keeps = 0  # bumped on every keep: invalidates _best_cache
-        # Finished experiments' work directories are removed off the dispatch path (run()).
-        self._cleanup = concurrent.futures.ThreadPoolExecutor(1, "autoswarm-cleanup")
+        self._keeps = 0  # bumped on every candidate keep (and rebuild): invalidates _best_cache
+        # Finished experiments' work directories are removed off the dispatch path; one
+        # executor per run() (it is shut down, and waited for, when the run ends).
+        self._cleanup: concurrent.futures.ThreadPoolExecutor
         self._durations: collections.deque[float] = collections.deque(maxlen=50)
         self._outputs_written = 0.0
         self._outputs_dirty = False
@@ -1027,8 +1028,6 @@ class Scheduler:
         )
         with self._lock:
             self._all[exp.id] = done
-        if status is Status.KEEP:
-            self._keeps += 1
         self._cleanup.submit(shutil.rmtree, self.ws.run_dir(exp.id), ignore_errors=True)
         if status is not Status.PENDING:
             self._write_outputs()

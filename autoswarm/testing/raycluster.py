@@ -3,8 +3,8 @@
 ``ray start --head`` runs as a subprocess in its own session, with its own temporary
 directory, so every daemon it starts (GCS, raylet, workers) is either in its process
 group or names that directory on its command line. :meth:`LocalRayCluster.stop` kills
-exactly those processes, by id. It never runs ``ray stop``, which kills every Ray
-process on the machine, other people's clusters included. Usage::
+exactly those processes, by id. It never uses the Ray CLI's machine-wide stop
+command, which kills every Ray process on the machine, other people's clusters included. Usage::
 
     with LocalRayCluster.start(num_cpus=32, num_gpus=16, resources={"h100": 12, "h200": 4}) as c:
         backend = RayBackend(tiers, address=c.address)

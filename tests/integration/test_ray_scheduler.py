@@ -11,7 +11,7 @@ factory from ``autoswarm.toml``):
   its original id, and nothing was lost.
 
 The Ray example of docs/pools.md is also checked against the backend's own options.
-The cluster is stopped by its process ids (never ``ray stop``).
+The cluster is stopped by its process ids only (never by the Ray CLI's machine-wide stop).
 
 Run: .venv/bin/pytest -q tests/integration/test_ray_scheduler.py
 """
