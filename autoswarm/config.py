@@ -29,7 +29,16 @@ from autoswarm.errors import ConfigError
 from autoswarm.types import Direction
 
 CONFIG_NAME = "autoswarm.toml"
-STRATEGIES: tuple[str, ...] = ("auto", "greedy", "knobs", "swarm", "random", "factorial", "optuna", "optuna-cmaes")
+STRATEGIES: tuple[str, ...] = (
+    "auto",
+    "greedy",
+    "knobs",
+    "swarm",
+    "random",
+    "factorial",
+    "optuna",
+    "optuna-cmaes",
+)
 STRATEGIES += ("llm", "hybrid")  # proposers that ask a language model for code edits ([llm])
 STRATEGIES += ("agent", "external")  # a coding-agent CLI ([agent]); `autoswarm submit` variants
 
@@ -68,6 +77,9 @@ class RunConfig:
     min_delta: float = 0.0  # ... and larger than this absolute floor
     confirm_sigmas: float = 1.0  # a gain above this many standard errors earns a re-run ...
     confirm_runs: int = 2  # ... up to this many extra runs (other seeds) before deciding
+    # A variant kept on fewer runs is re-run (other seeds) up to this many; 0 = automatic:
+    # 2 with several slots (a re-run costs a fraction of a round there), 1 on one slot.
+    best_runs: int = 0
     max_experiments: int = 0  # 0 = unlimited; counts the whole run, baseline included
     time_limit: float = 0.0  # seconds of run time; 0 = unlimited
     log_max_bytes: int = 2_000_000
@@ -580,6 +592,11 @@ def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
         raise ConfigError(f"{where}: keep_sigmas, confirm_sigmas and min_delta must be >= 0")
     if r.confirm_runs < 0:
         raise ConfigError(f"{where}: confirm_runs must be >= 0 (0 = never re-run before deciding)")
+    if r.best_runs < 0:
+        raise ConfigError(
+            f"{where}: best_runs must be >= 0 (0 = automatic, 1 = never re-measure a kept "
+            "variant; 2 or 3 keep later verdicts from being judged against one lucky run)"
+        )
     if r.max_experiments < 0:
         raise ConfigError(f"{where}: max_experiments must be >= 0 (0 = unlimited)")
     if r.max_cost < 0 or r.max_gpu_hours < 0:
@@ -677,6 +694,7 @@ keep_sigmas = 2.0                  # keep only gains > keep_sigmas standard erro
 min_delta = 0.0                    # ... and larger than this absolute amount
 confirm_sigmas = 1.0               # a gain above this many standard errors is re-run ...
 confirm_runs = 2                   # ... with up to this many more seeds before the verdict
+best_runs = 0                      # re-run a kept variant up to this many runs; 0 = 2 if several slots
 max_experiments = 0                # 0 = unlimited (baseline repeats count)
 time_limit = 0                     # e.g. "8h"; 0 = unlimited
 log_max_bytes = 2000000            # per-experiment log cap (head and tail are kept)

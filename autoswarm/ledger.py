@@ -456,11 +456,21 @@ class Ledger:
             if seq:
                 c.execute("UPDATE sqlite_sequence SET seq=? WHERE name='experiments'", (new_id,))
             else:
-                c.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('experiments', ?)", (new_id,))
+                c.execute(
+                    "INSERT INTO sqlite_sequence(name, seq) VALUES ('experiments', ?)", (new_id,)
+                )
             c.execute(
                 """INSERT INTO submissions(id, tag, parent, files, diff, description, created_at)
                    VALUES (?,?,?,?,?,?,?)""",
-                (new_id, tag, parent, json.dumps(dict(files), sort_keys=True), diff, description, now),
+                (
+                    new_id,
+                    tag,
+                    parent,
+                    json.dumps(dict(files), sort_keys=True),
+                    diff,
+                    description,
+                    now,
+                ),
             )
         return new_id
 

@@ -742,7 +742,9 @@ class Scheduler:
                     f"Read its log ({r.log_path}), fix the files so that `python train.py` prints the "
                     f"'---' summary block with '{self.metric}:', commit, and start a new run"
                 )
-            if exp.kind is Kind.CONFIRM:
+            if exp.kind is Kind.CONFIRM and exp.meta.get("replicates"):
+                self.proposer.observe(done)  # the kept variant stays kept on its evidence
+            elif exp.kind is Kind.CONFIRM:
                 parent = self._all[int(exp.meta["confirms"])]
                 what = "validation" if exp.meta.get("promoted") else "confirmation"
                 self._conclude(
@@ -759,6 +761,9 @@ class Scheduler:
             base = self._baselines.get(self._tier(exp))
             if base and base.complete:
                 self._judge_pending()
+            return
+        if exp.kind is Kind.CONFIRM and exp.meta.get("replicates"):
+            self._replicated(self._finish(exp, Status.KEEP, r, metrics, ""))
             return
         done = self._finish(exp, Status.PENDING, r, metrics, "")
         self._verdict(self._all[int(exp.meta["confirms"])] if exp.kind is Kind.CONFIRM else done)
@@ -834,6 +839,73 @@ class Scheduler:
             self._conclude(cand, decision, ev, "")
             return
         self._add_rerun(cand, tier, rows[0].seed + len(values), ev, promoted=bool(promoted))
+
+    def _replicate(self, cand: Experiment, ev: Evidence) -> None:
+        """Queue re-runs of a just-kept ``cand`` until its evidence has ``best_runs`` runs.
+
+        The winner's curse: of many candidates compared with the best, the one kept is
+        likely to have been measured lucky, and a single lucky run would then be the bar
+        every later candidate must clear (real improvements get discarded until one is
+        lucky too). More runs of the best make the bar its true level. The re-runs go to
+        the tier its evidence came from, with the next seeds.
+        """
+        assert self.run_rec is not None
+        want = self.cfg.run.best_runs or (2 if self.backend.capacity() > 1 else 1)
+        missing = want - len(ev.values)
+        if missing <= 0 or self._count_limit() or self._limit_reason(self.clock.now()):
+            return
+        confirms = self._confirmations(cand)
+        promoted = [c for c in confirms if c.meta.get("promoted")]
+        rows = promoted if promoted else [cand, *confirms]
+        meta: dict[str, Any] = {"confirms": cand.id, "replicates": True}
+        if pin := (rows[0].tier or rows[0].meta.get("tier")):
+            meta["tier"] = pin
+        seed = max(e.seed for e in rows) + 1
+        for i in range(missing):
+            row = self.ledger.add_experiment(
+                run_id=self.run_rec.id,
+                kind=Kind.CONFIRM,
+                status=Status.QUEUED,
+                parent=cand.parent,
+                commit=cand.commit,
+                description=f"re-measure kept #{cand.id} (seed {seed + i}): {cand.description}",
+                proposer=cand.proposer,
+                seed=seed + i,
+                now=self.clock.now(),
+                meta=meta,
+            )
+            with self._lock:
+                self._all[row.id] = row
+                self._confirm_ids[cand.id].append(row.id)
+            self._queue.appendleft(row.id)
+
+    def _replicated(self, rep: Experiment) -> None:
+        """A re-run of a kept variant is in: its value joins the variant's evidence."""
+        cand = self._all[int(rep.meta["confirms"])]
+        value = rep.value(self.metric)
+        evidence = dict(cand.meta.get("evidence") or {})
+        values = [float(v) for v in evidence.get("values") or []]
+        if value is not None and values:
+            values.append(value)
+            evidence.update(values=values, runs=len(values), mean=statistics.fmean(values))
+            meta = {**cand.meta, "evidence": evidence}
+            updated = self.ledger.finish(
+                cand.id,
+                status=cand.status,
+                metrics=cand.metrics,
+                metric=cand.value(self.metric),
+                finished_at=cand.finished_at or self.clock.now(),
+                reason=cand.reason,
+                meta=meta,
+            )
+            with self._lock:
+                self._all[cand.id] = updated
+                if self.best is not None and self.best.experiment_id == cand.id:
+                    self.best = dataclasses.replace(
+                        self.best, value=float(evidence["mean"]), runs=len(values)
+                    )
+        self.proposer.observe(rep)
+        self._write_outputs()
 
     def _add_rerun(
         self, cand: Experiment, tier: str, seed: int, ev: Evidence, *, promoted: bool
@@ -1003,6 +1075,8 @@ class Scheduler:
             self.ws.advance_branch(
                 self.run_rec.branch, cand.commit, f"autoswarm keep #{cand.id}: {cand.description}"
             )
+            if ev is not None:
+                self._replicate(done, ev)
         # Observed in the order a resume replays them: the candidate, then its confirmations.
         for e in (done, *finished_confirms):
             self.proposer.observe(e)

@@ -107,7 +107,9 @@ class Job:
     slot: int
     log_path: Path
     budget_s: float
-    tier: str = ""  # name of the slot's hardware tier ([[pool.tiers]]); "" = the implicit local tier
+    tier: str = (
+        ""  # name of the slot's hardware tier ([[pool.tiers]]); "" = the implicit local tier
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

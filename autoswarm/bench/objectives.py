@@ -132,6 +132,36 @@ OBJECTIVES: dict[str, Objective] = {
             ),
             crash="MODEL_DIM * DEPTH > 12000",
         ),
+        Objective(
+            name="far",
+            notes=(
+                "ten knobs, all far from their optimum (a long climb, as in a recipe nobody"
+                " tuned yet); the best LR depends on batch size and width; DROPOUT does nothing"
+            ),
+            start={
+                "MATRIX_LR": 0.002,
+                "EMBEDDING_LR": 0.02,
+                "UNEMBEDDING_LR": 0.0005,
+                "MODEL_DIM": 64,
+                "DEPTH": 2,
+                "N_HEAD": 1,
+                "WARMDOWN_RATIO": 0.0,
+                "BATCH_SIZE": 8,
+                "SEQ_LEN": 128,
+                "DROPOUT": 0.1,
+            },
+            formula=(
+                "0.96 + 0.01 * math.log2(MATRIX_LR / (0.04 * math.sqrt(BATCH_SIZE / 64)"
+                " * math.sqrt(512 / MODEL_DIM))) ** 2"
+                " + 0.006 * math.log2(EMBEDDING_LR / 0.6) ** 2"
+                " + 0.004 * math.log2(UNEMBEDDING_LR / 0.004) ** 2"
+                " + 0.012 * math.log2(MODEL_DIM / 1024) ** 2 + 0.003 * (DEPTH - 12) ** 2 / 4"
+                " + 0.004 * math.log2(N_HEAD / 8) ** 2 + 0.04 * (WARMDOWN_RATIO - 0.6) ** 2"
+                " + 0.006 * math.log2(BATCH_SIZE / 64) ** 2 + 0.005 * math.log2(SEQ_LEN / 1024) ** 2"
+                " + 0.0 * DROPOUT"
+            ),
+            crash="MODEL_DIM * DEPTH > 20000 or MATRIX_LR > 0.3",
+        ),
     )
 }
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from autoswarm.proposers.base import Context, Proposer, fingerprint
-from autoswarm.types import Experiment, Proposal
+from autoswarm.types import Experiment, Kind, Proposal, Status
 
 
 class AutoProposer:
@@ -28,9 +28,12 @@ class AutoProposer:
 
     name = "auto"
 
-    def __init__(self, primary: Proposer, fallback: Proposer) -> None:
+    def __init__(self, primary: Proposer, fallback: Proposer, *, patience: float = 2.0) -> None:
         self.primary = primary
         self.fallback = fallback
+        self.patience = patience
+        self._width = 1  # the most slots asked for at once
+        self._dry_runs = 0  # the primary's finished proposals since its last keep
 
     @property
     def parts(self) -> tuple[Proposer, ...]:
@@ -41,12 +44,27 @@ class AutoProposer:
     def exhausted(self) -> bool:
         return self.primary.exhausted and self.fallback.exhausted
 
+    @property
+    def stalled(self) -> bool:
+        """The primary's last ``patience`` × slots finished proposals found nothing."""
+        return self._dry_runs >= self.patience * max(4, self._width)
+
     def observe(self, experiment: Experiment) -> None:
         self.primary.observe(experiment)
         self.fallback.observe(experiment)
+        e = experiment
+        if e.kind is Kind.CANDIDATE and e.proposer == self.primary.name:
+            if e.status is Status.KEEP:
+                self._dry_runs = 0
+            elif e.status in (Status.DISCARD, Status.CRASH):
+                self._dry_runs += 1
 
     def propose(self, ctx: Context, n: int) -> list[Proposal]:
-        out = self.primary.propose(ctx, n) if n > 0 else []
+        self._width = max(self._width, n)
+        # A stalled primary keeps a quarter of the slots (so it notices when its
+        # designs work again); the fallback gets the rest first.
+        share = n if not self.stalled else n // 4
+        out = self.primary.propose(ctx, share) if share > 0 else []
         if len(out) < n:
             # The fallback must not repeat what the primary just handed out.
             taken = {

@@ -34,6 +34,7 @@ from ``meta["evidence"]["values"]``, which the scheduler writes when it conclude
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -45,7 +46,7 @@ from typing import Any
 import numpy as np
 from pyDOE3 import ff2n, fracfact
 
-from autoswarm.analysis.effects import EffectsTable, Row, estimate_effects
+from autoswarm.analysis.effects import Effect, EffectsTable, Row, estimate_effects
 from autoswarm.knobs import (
     Knob,
     Literal,
@@ -134,6 +135,7 @@ class _Wave:
     factors: tuple[str, ...]
     levels: dict[str, list[Literal | None]]  # factor -> [value at -1, value at +1]
     step: int = 1
+    origin: dict[str, Literal] = field(default_factory=dict)  # the centre's knob values
     queue: list[dict[str, int]] = field(default_factory=list)  # design points not handed out
     handed: int = 0
     results: dict[int, Experiment] = field(default_factory=dict)  # final experiments
@@ -177,6 +179,7 @@ class FactorialProposer:
         self._ctx: Context | None = None
         self._combos: list[tuple[int, dict[str, int], str]] = []  # (wave, {factor: sign}, kind)
         self._issued: set[str] = set()
+        self._ahead: dict[str, Literal] = {}  # centre of the next wave, if not the best
         self._dry = False
 
     # -- protocol ------------------------------------------------------------
@@ -338,13 +341,29 @@ class FactorialProposer:
         wave = self.waves.get(w)
         if wave is None or not signs:
             return None
+        label = {"full": "combine", "single": "winner", "path": "path"}.get(
+            kind, "combine (interim)"
+        )
         values: dict[str, Literal] = {}
-        for f, s in signs.items():
-            v = wave.levels.get(f, [None, None])[0 if s < 0 else 1]
-            if v is not None and f in knobs:
-                values[f] = v
+        if kind == "path":
+            values = self._path_values(knobs, spaces, wave, signs)
+            files = self._files(ctx, values, seen) if values else None
+            if files is None:
+                return None
+            steps = max(abs(n) for n in signs.values())
+            meta: dict[str, Any] = {"combine": w, "settings": values, "path": steps}
+            return self._proposal(
+                ctx, files, f"path wave {w} ×{steps}: {_describe(knobs, values)}", meta
+            )
+        if wave.centre == ctx.best_commit:
+            # The winners' levels as measured; a wave around an older best moves each
+            # winner one step from the current best instead (its levels would undo
+            # whatever moved the best since).
+            for f, s in signs.items():
+                v = wave.levels.get(f, [None, None])[0 if s < 0 else 1]
+                if v is not None and f in knobs:
+                    values[f] = v
         files = self._files(ctx, values, seen) if values else None
-        label = {"full": "combine", "single": "winner"}.get(kind, "combine (interim)")
         if files is None:
             values = {}
             for f, s in signs.items():
@@ -363,7 +382,7 @@ class FactorialProposer:
             label += " (+1 step)"
             if files is None:
                 return None
-        meta: dict[str, Any] = {"combine": w, "settings": values}
+        meta = {"combine": w, "settings": values}
         if kind != "full":
             meta[kind] = True
         return self._proposal(ctx, files, f"{label} wave {w}: {_describe(knobs, values)}", meta)
@@ -442,7 +461,37 @@ class FactorialProposer:
         spaces: Mapping[str, Space],
         seen: set[str],
     ) -> bool:
-        """Start the next wave around the current best; False if no design has new points."""
+        """Start the next wave around the current best; False if no design has new points.
+
+        After a path was handed out, the wave goes around the path point in
+        ``self._ahead`` instead (its moved knobs are factors, so every design point
+        carries them); if that has no fresh design, around the best as usual.
+        """
+        ahead, self._ahead = self._ahead, {}
+        if ahead:
+            try:
+                files = apply_values(ctx.best_files, ahead)
+            except (KeyError, ValueError):
+                files = None
+            if files is not None and self._new_wave_at(
+                ctx,
+                knobs_of(files, self.exclude),
+                knob_spaces(files, self.exclude, self.overrides),
+                seen,
+                first=tuple(ahead),
+            ):
+                return True
+        return self._new_wave_at(ctx, knobs, spaces, seen)
+
+    def _new_wave_at(
+        self,
+        ctx: Context,
+        knobs: Mapping[str, Knob],
+        spaces: Mapping[str, Space],
+        seen: set[str],
+        first: tuple[str, ...] = (),
+    ) -> bool:
+        """A wave centred on ``knobs`` (factors in ``first`` before the ranked ones)."""
         runs = self._wave_size()
         # Factors varied by waves here whose results are not in yet go last ("other factors").
         busy = {
@@ -455,6 +504,7 @@ class FactorialProposer:
             levels = _levels(spaces, knobs, size)
             ranked = self._rank(list(levels))
             ranked = [f for f in ranked if f not in busy] + [f for f in ranked if f in busy]
+            ranked = [f for f in first if f in levels] + [f for f in ranked if f not in first]
             k = self._factor_count(runs, len(ranked))
             if k == 0:
                 continue
@@ -473,6 +523,7 @@ class FactorialProposer:
                         factors=factors,
                         levels={f: list(levels[f]) for f in factors},
                         step=size,
+                        origin={name: k.value for name, k in knobs.items()},
                         queue=fresh,
                     )
                     self.waves[wave.id] = wave
@@ -560,11 +611,93 @@ class FactorialProposer:
             if signs and not wave.combined:
                 wave.combined = True
                 self._combos.append((wave.id, signs, "full"))
+                path = self._path(ctx, wave, winners)
+                self._combos.extend((wave.id, steps, "path") for steps in path)
+                if path:
+                    # The next wave goes around a point of the path (the ×4 one, else the
+                    # furthest) instead of the best of now: by the time it reports, the
+                    # best is likely on the path, and its slopes are measured there.
+                    steps = path[1] if len(path) > 1 else path[0]
+                    knobs = knobs_of(ctx.best_files, self.exclude)
+                    spaces = knob_spaces(ctx.best_files, self.exclude, self.overrides)
+                    self._ahead = self._path_values(knobs, spaces, wave, steps)
                 # Each winner alone too, strongest first: a main effect measured one step
                 # away cannot see curvature, so a factor already at its optimum can look
-                # like a winner (through an interaction) and spoil the combination.
-                if len(signs) > 1:
+                # like a winner (through an interaction) and spoil the combination. With
+                # a path (a wide wave) the line search covers that, in fewer slots.
+                if len(signs) > 1 and not path:
                     self._combos.extend((wave.id, {f: s}, "single") for f, s in signs.items())
+
+    def _path(self, ctx: Context, wave: _Wave, winners: Sequence[Effect]) -> list[dict[str, int]]:
+        """Points further along the path of steepest descent, one per free slot to spare.
+
+        The fitted first-order model says which way each winner should move and how
+        steeply the metric falls per step; far from the optimum the best point on that
+        line is several steps away. So beside the one-step combination the wave also
+        tries the line at 2, 4, 8, 3, 6, 12 steps of the steepest factor (each other
+        winner moves in proportion to its slope, rounded to whole steps): a line search
+        done in parallel, as many points as a quarter of the wave size. The keep rule
+        picks among them; the next wave is centred on whichever won.
+        """
+        count = min(len(_PATH), self._wave_size() // 4)
+        if count < 1 or not winners or not wave.origin:
+            return []  # a wave adopted on --resume does not know its centre
+        best = knobs_of(ctx.best_files, self.exclude)
+        for name, k in best.items():
+            allowed = [wave.origin.get(name), *wave.levels.get(name, ())]
+            if k.value not in allowed:
+                return []  # the best moved away since: this wave's slopes are stale there
+        slopes: dict[str, float] = {}
+        for e in winners:
+            if isinstance(wave.origin.get(e.term), bool):
+                continue  # a flag has no further to go
+            low, high = wave.levels.get(e.term, [None, None])
+            span = 1.0 if wave.origin.get(e.term) in (low, high) else 2.0
+            slopes[e.term] = ctx.direction.improvement(0.0, e.estimate) / span
+        steepest = max((abs(v) for v in slopes.values()), default=0.0)
+        if steepest <= 0:
+            return []
+        out = []
+        for m in _PATH[:count]:
+            steps = {f: round(m * v / steepest) for f, v in slopes.items()}
+            steps = {f: n for f, n in steps.items() if n != 0}
+            if steps:
+                out.append(steps)
+        return out
+
+    def _path_values(
+        self,
+        knobs: Mapping[str, Knob],
+        spaces: Mapping[str, Space],
+        wave: _Wave,
+        steps: Mapping[str, int],
+    ) -> dict[str, Literal]:
+        """The knobs a path point changes: each factor ``steps[f]`` steps from the best."""
+        values: dict[str, Literal] = {}
+        for f, n in steps.items():
+            if f in spaces and f in knobs and spaces[f].kind != "bool":
+                space = self._path_space(spaces[f])
+                nxt = step(space, knobs[f].value, 1 if n > 0 else -1, abs(n) * wave.step)
+                if nxt is not None and nxt != knobs[f].value:
+                    values[f] = nxt
+        return values
+
+    def _path_space(self, space: Space) -> Space:
+        """Where a path point may go: 4× beyond the inferred range, never past set bounds.
+
+        An inferred range (a quarter to four times the current value) only says where
+        the next small step may land; steepest descent is meant to travel until the
+        metric stops falling. Bounds set in ``[knobs.NAME]`` hold, and so do the
+        natural ones of fractions and choices.
+        """
+        ov = self.overrides.get(space.name, {})
+        if space.kind not in ("float", "int", "pow2") or not space.log or space.high <= 0:
+            return space
+        low = space.low if "low" in ov else space.low / 4  # the space holds set bounds
+        high = space.high if "high" in ov else space.high * 4
+        if space.kind in ("int", "pow2"):
+            low = max(1.0, low)
+        return dataclasses.replace(space, low=low, high=high)
 
     def _interim_signs(self, ctx: Context, wave: _Wave) -> dict[str, int]:
         """The better level of each factor on the partial data (sign only, no significance)."""
@@ -609,11 +742,15 @@ class FactorialProposer:
 # ---------------------------------------------------------------------------
 # Small helpers
 
+# Multiples of the steepest factor's step tried along the path of steepest descent,
+# in the order they are added as the wave size allows (see FactorialProposer._path).
+_PATH = (2, 4, 8, 3, 6, 12)
+
 
 def _levels(
     spaces: Mapping[str, Space], knobs: Mapping[str, Knob], size: int
 ) -> dict[str, tuple[Literal, Literal]]:
-    """(level -1, level +1) of every knob that can move both ways by ``size`` steps."""
+    """(level -1, level +1) of every knob that can move by ``size`` steps (one way at least)."""
     out: dict[str, tuple[Literal, Literal]] = {}
     for name, space in spaces.items():
         if name not in knobs:
@@ -624,7 +761,11 @@ def _levels(
             continue
         value = knobs[name].value
         lo, hi = step(space, value, -1, size), step(space, value, 1, size)
-        if lo is not None and hi is not None and lo != hi:
+        # A knob at the edge of its range (a ratio at 0.0, one head) is varied one-sided:
+        # its current value and one step inwards.
+        lo = value if lo is None else lo
+        hi = value if hi is None else hi
+        if lo != hi:
             out[name] = (lo, hi)
     return out
 
@@ -650,9 +791,11 @@ def _better_level(direction: Direction, estimate: float) -> int:
 
 
 def _describe(knobs: Mapping[str, Knob], values: Mapping[str, Literal]) -> str:
+    """``"LR 0.01 -> 0.015, ..."`` for the knobs that change (a one-sided factor may not)."""
     return ", ".join(
         f"{f} {format_literal(knobs[f].value) if f in knobs else '?'} -> {format_literal(v)}"
         for f, v in values.items()
+        if f not in knobs or knobs[f].value != v
     )
 
 

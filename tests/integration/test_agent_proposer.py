@@ -47,7 +47,9 @@ def agent_workspace(root: Path, mode: str, *, extra: str = "", budget: float = 0
 
 
 def run_agent(ws_dir: Path, **run: object) -> tuple[Ledger, list]:
-    cfg = with_overrides(load_config(ws_dir), strategy="agent", timeout=30.0, confirm_runs=0, **run)
+    cfg = with_overrides(
+        load_config(ws_dir), strategy="agent", timeout=30.0, confirm_runs=0, best_runs=1, **run
+    )
     ws = Workspace(ws_dir, cfg)
     ledger = Ledger(ws.ledger_path)
     proposer = make_proposer(cfg, state_dir=ws.state_dir)
@@ -253,6 +255,7 @@ def test_hybrid_with_an_agent_shares_the_slots_with_knob_search(tmp_path: Path) 
         strategy="hybrid",
         timeout=30.0,
         confirm_runs=0,
+        best_runs=1,
         workers=2,
         baseline_repeats=2,
         max_experiments=8,

@@ -425,7 +425,9 @@ def test_scheduler_runs_llm_proposals_without_leaking_the_key(tmp_path: Path) ->
             + f'\n[llm]\nmodel = "claude-haiku-4-5"\nbase_url = "{srv.base_url}"\n'
             f'api_key_env = "{KEY_ENV}"\ntimeout = 10\nconcurrency = 2\n'
         )
-        cfg = with_overrides(load_config(ws_dir), baseline_repeats=2, workers=2, max_experiments=6)
+        cfg = with_overrides(
+            load_config(ws_dir), baseline_repeats=2, workers=2, max_experiments=6, best_runs=1
+        )
         environ = {**os.environ, KEY_ENV: KEY, "ANTHROPIC_API_KEY": KEY}
         ws = Workspace(ws_dir, cfg)
         ledger = Ledger(ws.ledger_path)

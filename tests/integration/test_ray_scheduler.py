@@ -160,11 +160,14 @@ options = {{ resources = {{ h200 = 1 }} }}
 
     # LR is promoted: re-run on h200 with its commit and seed, and kept only after that.
     lr, width = cands[LR[0]], cands[WIDTH[0]]
-    promos = [e for e in rows if e.kind is Kind.CONFIRM]
+    promos = [e for e in rows if e.kind is Kind.CONFIRM and not e.meta.get("replicates")]
     assert promos and all(p.meta.get("confirms") == lr.id for p in promos)
     assert all(p.meta.get("promoted") is True and p.tier == "h200" for p in promos)
     assert all(p.commit == lr.commit and p.status is Status.KEEP for p in promos)
     assert promos[0].seed == lr.seed
+    # Kept on one validation run, LR is re-measured there once more (the best's bar).
+    again = [e for e in rows if e.meta.get("replicates")]
+    assert [(a.meta["confirms"], a.tier) for a in again] == [(lr.id, "h200")]
     assert lr.status is Status.KEEP and lr.meta["validated_on"] == "h200"
     assert lr.finished_at is not None and all(
         p.started_at is not None and p.started_at >= lr.finished_at for p in promos

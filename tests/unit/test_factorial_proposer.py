@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -143,9 +144,46 @@ def test_results_of_a_wave_lead_to_the_combination_of_winners() -> None:
     assert table is not None
     width = table.get("WIDTH")
     assert width is not None and width.estimate == pytest.approx(-0.06, abs=1e-3)
-    # Then each winner on its own, strongest first.
+    # Then the path of steepest descent, one point per quarter of the wave: WIDTH (the
+    # steeper) 2 and 4 steps up, LR in proportion (0.04/0.06 of that, rounded).
+    assert [pr.meta.get("path") for pr in nxt[1:]] == [2, 4]
+    assert nxt[1].meta["settings"] == {"WIDTH": 256, "LR": 0.015}
+    assert nxt[2].meta["settings"] == {"WIDTH": 1024, "LR": 0.0338}
+    assert nxt[2].description.startswith("path wave 1 ×4: ")
+    # The next wave is centred on the ×4 point: its design carries that point's values.
+    wave2 = p.propose(ctx, 8)
+    centre = {f: sorted(p.waves[2].levels[f]) for f in ("WIDTH", "LR")}
+    assert centre["WIDTH"] == [512, 2048] and centre["LR"][0] < 0.0338 < centre["LR"][1]
+    assert all(pr.meta["wave"] == 2 for pr in wave2)
+
+
+def test_without_a_path_each_winner_is_also_tried_alone() -> None:
+    """A wave adopted on resume does not know its centre: no path, but the singles."""
+    first = FactorialProposer(seed=2)
+    ctx = contract_context(FILES)
+    props = first.propose(ctx, 8)
+    second = FactorialProposer(seed=2)
+    for i, pr in enumerate(props, start=1):
+        d = pr.meta["design"]
+        y = 1.0 - 0.02 * d["LR"] - 0.03 * d["WIDTH"] + 0.0001 * (i % 2)
+        second.observe(_finished(i, dict(pr.meta), y))
+    nxt = second.propose(ctx, 3)
+    assert nxt[0].meta["combine"] == 1 and "path" not in nxt[0].meta
+    # Each winner on its own, strongest first.
     assert [pr.meta.get("single") for pr in nxt[1:]] == [True, True]
     assert nxt[1].meta["settings"] == {"WIDTH": 128}
+
+
+def test_a_knob_at_the_edge_of_its_range_is_varied_one_sided() -> None:
+    files = {"train.py": "LR = 0.01\nWARMDOWN_RATIO = 0.0\nN_HEAD = 1\n"}
+    p = FactorialProposer(seed=0)
+    props = p.propose(contract_context(files), 4)
+    wave = p.waves[1]
+    assert set(wave.factors) == {"LR", "WARMDOWN_RATIO", "N_HEAD"}
+    assert wave.levels["WARMDOWN_RATIO"] == [0.0, 0.05] and wave.levels["N_HEAD"] == [1, 2]
+    # The description names only the knobs a point changes.
+    assert not any(re.search(r"WARMDOWN_RATIO 0\.0 -> 0\.0(?!\d)", pr.description) for pr in props)
+    assert any("WARMDOWN_RATIO 0.0 -> 0.05" in pr.description for pr in props)
 
 
 def test_observe_replays_rebuild_waves_and_ids_stay_unique() -> None:
@@ -191,7 +229,9 @@ def test_factorial_run_improves_and_finds_the_effects(synthetic_run: dict[str, A
     waves = {e.meta["wave"] for e in exps if "design" in e.meta}
     assert len(waves) >= 3
     assert any("combine" in e.meta for e in exps)
-    table = effects_from_experiments(exps, "val_bpb", synthetic_run["sigma"])
+    # Later waves sit around better points (paths may overshoot), so the first wave is
+    # the one that measures the slopes at the start.
+    table = effects_from_experiments(exps, "val_bpb", synthetic_run["sigma"], wave=1)
     lr, width = table.get("LR"), table.get("WIDTH")
     # Up from the start (LR 0.01, WIDTH 64) towards the optimum (0.04, 256) lowers val_bpb.
     assert lr is not None and lr.estimate < 0 and lr.significant(0.01)

@@ -188,7 +188,7 @@ def test_bad_settings_are_proposer_errors() -> None:
 def test_resume_continues_the_study(harness: Harness) -> None:
     state = harness.root / ".autoswarm"
     sched, _, ledger = harness.scheduler(
-        OptunaProposer(seed=4, storage_dir=state), slots=2, max_experiments=10
+        OptunaProposer(seed=4, storage_dir=state), slots=2, max_experiments=10, best_runs=1
     )
     out = sched.run(tag="t")
     first = optuna.load_study(study_name="t", storage=f"sqlite:///{state / 'optuna.db'}")
@@ -196,7 +196,7 @@ def test_resume_continues_the_study(harness: Harness) -> None:
     assert n_before >= 7 + 3  # 7 candidates and the 3 baseline runs
 
     p2 = OptunaProposer(seed=4, storage_dir=state)
-    sched2, _, ledger2 = harness.scheduler(p2, slots=2, max_experiments=16)
+    sched2, _, ledger2 = harness.scheduler(p2, slots=2, max_experiments=16, best_runs=1)
     out2 = sched2.run(tag="t", resume=True)
     assert out2.run.id == out.run.id
     study = p2.study
@@ -223,7 +223,7 @@ def test_resume_continues_the_study(harness: Harness) -> None:
 def test_trials_of_interrupted_experiments_are_told_after_resume(harness: Harness) -> None:
     state = harness.root / ".autoswarm"
     sched, backend, ledger = harness.scheduler(
-        OptunaProposer(seed=8, storage_dir=state), slots=2, max_experiments=9
+        OptunaProposer(seed=8, storage_dir=state), slots=2, max_experiments=9, best_runs=1
     )
     original = backend.poll
     stopped: list[bool] = []
@@ -245,7 +245,7 @@ def test_trials_of_interrupted_experiments_are_told_after_resume(harness: Harnes
     ]
     assert len(cut) == 2
     p2 = OptunaProposer(seed=8, storage_dir=state)
-    sched2, _, ledger2 = harness.scheduler(p2, slots=2, max_experiments=9)
+    sched2, _, ledger2 = harness.scheduler(p2, slots=2, max_experiments=9, best_runs=1)
     sched2.run(tag="t", resume=True)
     trials = {t.number: t for t in p2.study.trials}
     for e in cut:

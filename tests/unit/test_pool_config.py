@@ -205,7 +205,7 @@ def test_local_nice_option_default_and_set(tmp_path: Path) -> None:
     from autoswarm.backends.factory import local_nice
     from autoswarm.config import load_config
 
-    (tmp_path / "autoswarm.toml").write_text("[pool]\nbackend = \"local\"\n")
+    (tmp_path / "autoswarm.toml").write_text('[pool]\nbackend = "local"\n')
     assert local_nice(load_config(tmp_path), tmp_path) == 10
     (tmp_path / "autoswarm.toml").write_text("[pool.options]\nnice = 0\n")
     assert local_nice(load_config(tmp_path), tmp_path) == 0

@@ -125,3 +125,38 @@ def test_auto_fallback_skips_what_the_primary_just_proposed() -> None:
     ctx2 = dataclasses.replace(ctx, seen=frozenset(fps))
     again = auto.propose(ctx2, 5)
     assert not {fingerprint({**FILES, **p.files}) for p in again} & set(fps)
+
+
+def _verdict(i: int, proposer: str, status: Status) -> Experiment:
+    return Experiment(
+        id=i,
+        run_id=1,
+        kind=Kind.CANDIDATE,
+        status=status,
+        parent="0" * 40,
+        commit=f"{i:040d}",
+        description="x",
+        proposer=proposer,
+        metrics={"val_bpb": 1.0},
+    )
+
+
+def test_a_stalled_primary_hands_most_slots_to_the_fallback_until_it_keeps_again() -> None:
+    auto = AutoProposer(FactorialProposer(seed=4, random_fill=False), SwarmProposer(seed=4))
+    ctx = contract_context(FILES)
+    assert {p.proposer for p in auto.propose(ctx, 8)} == {"factorial"}
+    # patience 2 × 8 slots: fifteen fruitless factorial results are not yet a stall ...
+    for i in range(15):
+        auto.observe(_verdict(100 + i, "factorial", Status.DISCARD if i % 3 else Status.CRASH))
+    assert not auto.stalled
+    # ... the sixteenth is; the fallback's results do not count either way.
+    auto.observe(_verdict(200, "swarm", Status.KEEP))
+    auto.observe(_verdict(201, "factorial", Status.DISCARD))
+    assert auto.stalled
+    props = auto.propose(ctx, 8)
+    assert [p.proposer for p in props].count("factorial") == 2  # a quarter of the slots
+    assert [p.proposer for p in props].count("swarm") == 6
+    # A keep of the primary ends the stall.
+    auto.observe(_verdict(202, "factorial", Status.KEEP))
+    assert not auto.stalled
+    assert {p.proposer for p in auto.propose(ctx, 8)} == {"factorial"}

@@ -143,7 +143,7 @@ def test_strong_candidate_is_promoted_validated_and_only_then_kept(harness: Harn
     rows = ledger.experiments(out.run.id)
     lr = next(e for e in rows if e.description == LR[0])
     width = next(e for e in rows if e.description == WIDTH[0])
-    promos = [e for e in rows if e.kind is Kind.CONFIRM]
+    promos = [e for e in rows if e.kind is Kind.CONFIRM and not e.meta.get("replicates")]
     assert lr.tier == "h100" and lr.status is Status.KEEP
     # One promotion, of LR only, run on the validation tier with the candidate's seed.
     assert len(promos) == 1
@@ -151,9 +151,13 @@ def test_strong_candidate_is_promoted_validated_and_only_then_kept(harness: Harn
     assert p.meta["confirms"] == lr.id and p.meta["promoted"] is True
     assert p.tier == "h200" and p.seed == lr.seed and p.commit == lr.commit
     assert p.status is Status.KEEP
+    # Kept on one run, it is re-measured (two slots: best_runs is 2) where its evidence
+    # came from, the validation tier, with the next seed; the run joins its evidence.
+    (again,) = [e for e in rows if e.meta.get("replicates")]
+    assert again.meta["confirms"] == lr.id and again.tier == "h200" and again.seed == lr.seed + 1
     # The verdict compares the h200 run with the h200 baseline, in h200's σ.
     ev = lr.meta["evidence"]
-    assert ev["values"] == [0.90] and ev["best_before"] == pytest.approx(0.95)
+    assert ev["values"] == [0.90, 0.90] and ev["best_before"] == pytest.approx(0.95)
     assert ev["sigma"] == pytest.approx(0.01)
     assert lr.meta["screening"]["best_before"] == pytest.approx(1.00)
     assert lr.meta["validated_on"] == "h200"
