@@ -11,6 +11,13 @@ with :class:`~autoswarm.proposers.knobs.SwarmProposer` moves (one-knob moves of
 every size, improvements carried onto each new best), and the next new best
 re-centres the factorial waves.
 
+Near an optimum two-level designs stall without running dry: every design point
+moves several knobs a full step, so each is worse than the best, while single small
+moves would still find gains. So when the factorial half's last ``patience`` × slots
+finished proposals brought no keep, ``auto`` gives it only a quarter of the slots
+(enough to notice when its waves work again) and the swarm the rest; the factorial
+half's next keep ends the stall.
+
 Each proposal keeps the name of the proposer that made it (``factorial`` or
 ``swarm``) in the ledger, so the history says which half found what.
 """

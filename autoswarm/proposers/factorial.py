@@ -10,13 +10,22 @@ strategy (``--strategy factorial``)::
     its results arrive:  fit effects (autoswarm.analysis.effects) with the measured σ
     next proposal:       "combine wave w" = every significantly beneficial factor set
                          to its better level at once, on the current best
-    the keep rule (with confirmation) decides; a new best recentres the next wave
+    and beside it:       "path wave w ×m" = the winners moved further along the path of
+                         steepest descent (m steps of the steepest, the others in
+                         proportion to their slopes), one point per four runs of the
+                         wave: a line search done in parallel, since far from the
+                         optimum the best point on that line is several steps away
+    the keep rule (with confirmation) decides; a new best recentres the next wave,
+    which after a path is centred *ahead*, on the path's ×4 point (by the time it
+    reports, the best is likely there, and its slopes are measured where they matter)
 
 No slot waits for a wave's stragglers: when every point of the current wave is out
 and its results are not in yet, the proposer hands out an interim combination (the
 best-looking levels so far, once per wave) or starts the next wave on other factors.
-Factors are ranked by evidence: knobs with a significant effect in their last wave
-first, then knobs never tested, then the rest (least tested first, so they rotate);
+A knob at the edge of its range (a ratio at 0.0, one head) is a factor too, varied
+one-sided (its value and one step inwards). Factors are ranked by evidence: knobs with
+a significant effect in their last wave first, then knobs never tested, then the rest
+(least tested first, so they rotate);
 ties go to learning rates and sizes (``proposers.knobs._priority``), then to a seeded
 random order. When a design's points were all tried already (same centre, same
 factors), the other fractions of the design come next, then wider steps, then
@@ -27,7 +36,8 @@ All state lives in memory keyed by wave id and is rebuilt from ``observe`` repla
 design, settings).
 
 Meta of a design point: ``{"wave": w, "design": {knob: ±1}, "settings": {knob: value},
-"step": s}``; of a combination: ``{"combine": w, "settings": {knob: value}}``. The
+"step": s}``; of a combination: ``{"combine": w, "settings": {knob: value}}`` (a path
+point adds ``"path": m``). The
 keep rule's evidence (every measurement of the point, confirmations included) is read
 from ``meta["evidence"]["values"]``, which the scheduler writes when it concludes.
 """

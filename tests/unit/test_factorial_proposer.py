@@ -240,3 +240,20 @@ def test_factorial_run_improves_and_finds_the_effects(synthetic_run: dict[str, A
 
 def test_no_slot_waits_for_a_wave(synthetic_run: dict[str, Any]) -> None:
     assert synthetic_run["status"]["busy_fraction"] > 0.9
+
+
+def test_paths_go_past_the_inferred_range_but_never_past_set_bounds() -> None:
+    def path_settings(overrides: dict[str, dict[str, object]]) -> list[dict[str, object]]:
+        p = FactorialProposer(seed=2, overrides=overrides)
+        ctx = contract_context(FILES)
+        for i, pr in enumerate(p.propose(ctx, 16), start=1):
+            d = pr.meta["design"]
+            y = 1.0 - 0.02 * d["LR"] - 0.03 * d["WIDTH"] + 0.0001 * (i % 2)
+            p.observe(_finished(i, dict(pr.meta), y))
+        return [pr.meta["settings"] for pr in p.propose(ctx, 6) if "path" in pr.meta]
+
+    free = path_settings({})
+    # WIDTH 64: the inferred range stops at 256 (4×); a path may go 4× beyond that.
+    assert max(int(s["WIDTH"]) for s in free) == 1024  # type: ignore[call-overload]
+    capped = path_settings({"WIDTH": {"high": 256}})
+    assert capped and max(int(s["WIDTH"]) for s in capped) == 256  # type: ignore[call-overload]
