@@ -8,6 +8,8 @@ One :meth:`Scheduler.run` call owns a workspace until the run ends::
     loop:
         fill every free slot: queued experiments first, then the proposer's
         wait for results; judge each (crash | keep | discard), record it, advance the branch
+        (a keep measured fewer than [run] best_runs times is re-run with the next seeds,
+        and the best's bar becomes the mean of its runs)
     stop at a limit, when the proposer is exhausted, or on request (Ctrl-C)
 
 With hardware tiers ([[pool.tiers]], see docs/pools.md) every slot belongs to a tier,
@@ -862,6 +864,8 @@ class Scheduler:
             meta["tier"] = pin
         seed = max(e.seed for e in rows) + 1
         for i in range(missing):
+            if i and self._count_limit():
+                break  # --max-experiments counts these too
             row = self.ledger.add_experiment(
                 run_id=self.run_rec.id,
                 kind=Kind.CONFIRM,
