@@ -851,7 +851,6 @@ class Scheduler:
         lucky too). More runs of the best make the bar its true level. The re-runs go to
         the tier its evidence came from, with the next seeds.
         """
-        assert self.run_rec is not None
         want = self.cfg.run.best_runs or (2 if self.backend.capacity() > 1 else 1)
         missing = want - len(ev.values)
         if missing <= 0 or self._count_limit() or self._limit_reason(self.clock.now()):
@@ -860,28 +859,13 @@ class Scheduler:
         promoted = [c for c in confirms if c.meta.get("promoted")]
         rows = promoted if promoted else [cand, *confirms]
         meta: dict[str, Any] = {"confirms": cand.id, "replicates": True}
-        if pin := (rows[0].tier or rows[0].meta.get("tier")):
-            meta["tier"] = pin
+        if tier := self._tier(rows[0]):
+            meta["tier"] = tier
         seed = max(e.seed for e in rows) + 1
         for i in range(missing):
             if i and self._count_limit():
                 break  # --max-experiments counts these too
-            row = self.ledger.add_experiment(
-                run_id=self.run_rec.id,
-                kind=Kind.CONFIRM,
-                status=Status.QUEUED,
-                parent=cand.parent,
-                commit=cand.commit,
-                description=f"re-measure kept #{cand.id} (seed {seed + i}): {cand.description}",
-                proposer=cand.proposer,
-                seed=seed + i,
-                now=self.clock.now(),
-                meta=meta,
-            )
-            with self._lock:
-                self._all[row.id] = row
-                self._confirm_ids[cand.id].append(row.id)
-            self._queue.appendleft(row.id)
+            self._queue_rerun(cand, f"re-measure kept #{cand.id}", seed + i, meta)
 
     def _replicated(self, rep: Experiment) -> None:
         """A re-run of a kept variant is in: its value joins the variant's evidence."""
@@ -915,7 +899,6 @@ class Scheduler:
         self, cand: Experiment, tier: str, seed: int, ev: Evidence, *, promoted: bool
     ) -> None:
         """Queue a confirmation (same tier) or promotion (validation tier) run of ``cand``."""
-        assert self.run_rec is not None
         meta: dict[str, Any] = {
             "confirms": cand.id,
             "z_before": ev.z if math.isfinite(ev.z) else None,
@@ -929,6 +912,11 @@ class Scheduler:
                 meta["screening"] = ev.as_meta()  # the evidence that earned the promotion
         else:
             what = f"confirm #{cand.id}"
+        self._queue_rerun(cand, what, seed, meta)
+
+    def _queue_rerun(self, cand: Experiment, what: str, seed: int, meta: dict[str, Any]) -> None:
+        """Record a CONFIRM row re-running ``cand``'s commit with ``seed``, first in the queue."""
+        assert self.run_rec is not None
         row = self.ledger.add_experiment(
             run_id=self.run_rec.id,
             kind=Kind.CONFIRM,
@@ -944,7 +932,7 @@ class Scheduler:
         with self._lock:
             self._all[row.id] = row
             self._confirm_ids[cand.id].append(row.id)
-        self._queue.appendleft(row.id)  # confirmations gate decisions: they go first
+        self._queue.appendleft(row.id)  # re-runs gate decisions and the bar: they go first
 
     # -- tiers -----------------------------------------------------------------------
 

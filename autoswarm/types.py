@@ -107,9 +107,8 @@ class Job:
     slot: int
     log_path: Path
     budget_s: float
-    tier: str = (
-        ""  # name of the slot's hardware tier ([[pool.tiers]]); "" = the implicit local tier
-    )
+    # Name of the slot's hardware tier ([[pool.tiers]]); "" = the implicit local tier.
+    tier: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

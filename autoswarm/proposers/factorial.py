@@ -639,7 +639,7 @@ class FactorialProposer:
                     self._combos.extend((wave.id, {f: s}, "single") for f, s in signs.items())
 
     def _path(self, ctx: Context, wave: _Wave, winners: Sequence[Effect]) -> list[dict[str, int]]:
-        """Points further along the path of steepest descent, one per free slot to spare.
+        """Points further along the path of steepest descent, one per four runs of the wave.
 
         The fitted first-order model says which way each winner should move and how
         steeply the metric falls per step; far from the optimum the best point on that
