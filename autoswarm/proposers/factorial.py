@@ -170,7 +170,7 @@ class FactorialProposer:
         exclude: tuple[str, ...] = ("TIME_BUDGET",),
         overrides: Mapping[str, Mapping[str, object]] | None = None,
         seed: int = 0,
-        max_factors: int = 6,
+        max_factors: int = 16,
         alpha: float = 0.05,
         random_fill: bool = True,
     ) -> None:
@@ -191,6 +191,10 @@ class FactorialProposer:
         self._issued: set[str] = set()
         self._ahead: dict[str, Literal] = {}  # centre of the next wave, if not the best
         self._dry = False
+        # Runs and crashes per value of each numeric knob (every candidate of the run,
+        # whoever proposed it): where crashes gather, a wall (see _walls).
+        self._crashes: dict[str, dict[float, list[int]]] = {}
+        self._wall_cache: tuple[int, dict[str, tuple[float, float]]] | None = None
 
     # -- protocol ------------------------------------------------------------
 
@@ -204,6 +208,8 @@ class FactorialProposer:
 
     def observe(self, experiment: Experiment) -> None:
         e = experiment
+        if e.kind is Kind.CANDIDATE and e.status in (Status.KEEP, Status.DISCARD, Status.CRASH):
+            self._count_crash(e)
         if e.proposer != self.name or e.kind is not Kind.CANDIDATE:
             return  # confirmation runs are read from the candidate's evidence
         meta = e.meta
@@ -386,7 +392,7 @@ class FactorialProposer:
                         values[f] = better
                     continue
                 nxt = step(space, current, s, wave.step)
-                if nxt is not None:
+                if nxt is not None and not _walled(self._walls(knobs).get(f), nxt):
                     values[f] = nxt
             files = self._files(ctx, values, seen) if values else None
             label += " (+1 step)"
@@ -460,8 +466,16 @@ class FactorialProposer:
         return int(min(64, 2 ** round(math.log2(target))))
 
     def _factor_count(self, runs: int, available: int) -> int:
-        # Resolution IV needs runs >= 2k; four runs screen three factors at resolution III.
-        cap = runs // 2 if runs >= 8 else runs - 1
+        """How many factors a wave of ``runs`` points varies.
+
+        Every knob there is, up to three quarters of the runs (a quarter of the points
+        may crash or straggle and the main effects stay estimable). With few knobs that
+        is a resolution IV or V design (main effects clear of two-way interactions);
+        with many it is a resolution III screen, as a Plackett-Burman design is used
+        far from an optimum: every knob's slope from one wave, so the path of steepest
+        descent moves them all. Four runs screen three factors.
+        """
+        cap = runs - 1 if runs < 8 else 3 * runs // 4 - 1
         return max(0, min(self.max_factors, available, cap))
 
     def _new_wave(
@@ -510,8 +524,9 @@ class FactorialProposer:
             if w.centre == ctx.best_commit and not self._analysable(w)
             for f in w.factors
         }
+        walls = self._walls(knobs)
         for size in (1, 2, 3):
-            levels = _levels(spaces, knobs, size)
+            levels = _levels(spaces, knobs, size, walls)
             ranked = self._rank(list(levels))
             ranked = [f for f in ranked if f not in busy] + [f for f in ranked if f in busy]
             ranked = [f for f in first if f in levels] + [f for f in ranked if f not in first]
@@ -684,10 +699,17 @@ class FactorialProposer:
     ) -> dict[str, Literal]:
         """The knobs a path point changes: each factor ``steps[f]`` steps from the best."""
         values: dict[str, Literal] = {}
+        walls = self._walls(knobs)
         for f, n in steps.items():
             if f in spaces and f in knobs and spaces[f].kind != "bool":
                 space = self._path_space(spaces[f])
-                nxt = step(space, knobs[f].value, 1 if n > 0 else -1, abs(n) * wave.step)
+                # As far as asked, but short of a crash wall (the last step before it).
+                for m in range(abs(n), 0, -1):
+                    nxt = step(space, knobs[f].value, 1 if n > 0 else -1, m * wave.step)
+                    if nxt is None or f not in walls or not _walled(walls[f], nxt):
+                        break
+                else:
+                    continue
                 if nxt is not None and nxt != knobs[f].value:
                     values[f] = nxt
         return values
@@ -720,6 +742,69 @@ class FactorialProposer:
             for e in table.main_effects
             if math.isfinite(e.estimate) and e.estimate != 0
         }
+
+    # -- crash walls ---------------------------------------------------------------
+
+    def _count_crash(self, e: Experiment) -> None:
+        for name, v in dict(e.meta.get("knobs") or {}).items():
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+                runs = self._crashes.setdefault(str(name), {}).setdefault(float(v), [0, 0])
+                runs[0] += 1
+                runs[1] += e.status is Status.CRASH
+        self._wall_cache = None
+
+    def _walls(self, knobs: Mapping[str, Knob]) -> dict[str, tuple[float, float]]:
+        """Per knob, the values below/above the best's at or past which runs crash.
+
+        Out of memory above some width, divergence above some learning rate: crashes
+        gather past a value of one knob. The wall up (down) is the nearest value past the
+        best's where, counting every finished candidate of the run at or past it, at least
+        two crashed and at least half did, while at most half that rate crashed on the
+        near side. Designs, paths and one-step moves stop short of it; the swarm half of
+        ``auto`` still moves single knobs there, so a wall drawn from crashes that were
+        another knob's doing comes down as those runs succeed.
+        """
+        key = hash(tuple(sorted((n, repr(k.value)) for n, k in knobs.items())))
+        if self._wall_cache is not None and self._wall_cache[0] == key:
+            return self._wall_cache[1]
+        walls: dict[str, tuple[float, float]] = {}
+        for name, k in knobs.items():
+            stats = self._crashes.get(name)
+            value = k.value
+            if not stats or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            total = [sum(r[0] for r in stats.values()), sum(r[1] for r in stats.values())]
+            lo, hi = -math.inf, math.inf
+            for sign in (1, -1):
+                past = [v for v in stats if sign * (v - value) > 0]
+                runs = crashes = 0
+                # From the far end inwards, so each candidate value sees the runs past it.
+                candidates: list[tuple[float, int, int]] = []
+                for v in sorted(past, key=lambda x: -sign * x):
+                    runs += stats[v][0]
+                    crashes += stats[v][1]
+                    candidates.append((v, runs, crashes))
+                for v, runs, crashes in reversed(candidates):  # nearest first
+                    near_runs, near_crashes = total[0] - runs, total[1] - crashes
+                    rate = crashes / runs
+                    near = near_crashes / near_runs if near_runs else 0.0
+                    own_runs, own_crashes = stats[v]
+                    if (
+                        crashes >= 3
+                        and rate >= 0.5
+                        and 2 * own_crashes >= own_runs
+                        and near <= rate / 3
+                        and 2 * crashes >= total[1]
+                    ):
+                        if sign > 0:
+                            hi = v
+                        else:
+                            lo = v
+                        break
+            if lo > -math.inf or hi < math.inf:
+                walls[name] = (lo, hi)
+        self._wall_cache = (key, walls)
+        return walls
 
     # -- resume -------------------------------------------------------------------
 
@@ -758,9 +843,16 @@ _PATH = (2, 4, 8, 3, 6, 12)
 
 
 def _levels(
-    spaces: Mapping[str, Space], knobs: Mapping[str, Knob], size: int
+    spaces: Mapping[str, Space],
+    knobs: Mapping[str, Knob],
+    size: int,
+    walls: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, tuple[Literal, Literal]]:
-    """(level -1, level +1) of every knob that can move by ``size`` steps (one way at least)."""
+    """(level -1, level +1) of every knob that can move by ``size`` steps (one way at least).
+
+    A level at or past a crash wall (see ``FactorialProposer._walls``) is not used.
+    """
+    walls = walls or {}
     out: dict[str, tuple[Literal, Literal]] = {}
     for name, space in spaces.items():
         if name not in knobs:
@@ -771,6 +863,9 @@ def _levels(
             continue
         value = knobs[name].value
         lo, hi = step(space, value, -1, size), step(space, value, 1, size)
+        if name in walls:
+            lo = None if lo is not None and _walled(walls[name], lo) else lo
+            hi = None if hi is not None and _walled(walls[name], hi) else hi
         # A knob at the edge of its range (a ratio at 0.0, one head) is varied one-sided:
         # its current value and one step inwards.
         lo = value if lo is None else lo
@@ -778,6 +873,13 @@ def _levels(
         if lo != hi:
             out[name] = (lo, hi)
     return out
+
+
+def _walled(wall: tuple[float, float] | None, value: Literal) -> bool:
+    """True if ``value`` is at or past either side of ``wall`` (low, high)."""
+    if wall is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return value <= wall[0] or value >= wall[1]
 
 
 def _replicates(e: Experiment, metric: str) -> list[float]:

@@ -60,8 +60,19 @@ def test_other_fractions_give_new_points() -> None:
 # One wave
 
 
+def test_a_wave_screens_every_knob_up_to_three_quarters_of_its_runs() -> None:
+    # Five knobs: eight runs hold five factors (resolution III, a screen), four runs three.
+    assert len(knobs_of(FILES)) == 5
+    for n, k in ((8, 5), (4, 3), (16, 5)):
+        props = FactorialProposer(seed=0).propose(contract_context(FILES), n)
+        assert len(props[0].meta["design"]) == k
+    # Fewer when asked: max_factors caps the design.
+    props = FactorialProposer(seed=0, max_factors=2).propose(contract_context(FILES), 8)
+    assert len(props[0].meta["design"]) == 2
+
+
 def test_a_wave_of_eight_is_a_two_level_design_one_step_from_the_centre() -> None:
-    p = FactorialProposer(seed=0)
+    p = FactorialProposer(seed=0, max_factors=4)
     ctx = contract_context(FILES)
     props = p.propose(ctx, 8)
     assert len(props) == 8
@@ -257,3 +268,45 @@ def test_paths_go_past_the_inferred_range_but_never_past_set_bounds() -> None:
     assert max(int(s["WIDTH"]) for s in free) == 1024  # type: ignore[call-overload]
     capped = path_settings({"WIDTH": {"high": 256}})
     assert capped and max(int(s["WIDTH"]) for s in capped) == 256  # type: ignore[call-overload]
+
+
+def _other(i: int, status: Status, **knobs: object) -> Experiment:
+    """A finished candidate of another proposer (the swarm half of auto), at ``knobs``."""
+    metrics = {} if status is Status.CRASH else {"val_bpb": 1.0}
+    values = {"LR": 0.01, "WIDTH": 64, "DEPTH": 4, "WARMUP_RATIO": 0.1, "USE_BIAS": False}
+    return _finished(
+        i, {"knobs": {**values, **knobs}}, 1.0, proposer="swarm", status=status, metrics=metrics
+    )
+
+
+def test_paths_and_waves_stop_short_of_a_crash_wall() -> None:
+    def run(history: list[Experiment]) -> tuple[list[dict[str, object]], FactorialProposer]:
+        p = FactorialProposer(seed=2)
+        for e in history:
+            p.observe(e)
+        ctx = contract_context(FILES)
+        for i, pr in enumerate(p.propose(ctx, 16), start=1):
+            d = pr.meta["design"]
+            y = 1.0 - 0.02 * d["LR"] - 0.03 * d["WIDTH"] + 0.0001 * (i % 2)
+            p.observe(_finished(100 + i, dict(pr.meta), y))
+        return [pr.meta["settings"] for pr in p.propose(ctx, 6) if "path" in pr.meta], p
+
+    free, _ = run([])
+    assert max(int(s["WIDTH"]) for s in free) == 1024  # type: ignore[call-overload]
+    # Width 512 ran out of memory three times out of three; smaller widths ran fine.
+    oom = [_other(i, Status.CRASH, WIDTH=512) for i in range(1, 4)]
+    fine = [_other(i, Status.DISCARD, WIDTH=w) for i, w in enumerate((32, 128, 128, 256), 10)]
+    walled, p = run(oom + fine)
+    assert walled and max(int(s["WIDTH"]) for s in walled) == 256  # type: ignore[call-overload]
+    assert p._walls(knobs_of(FILES)) == {"WIDTH": (-float("inf"), 512.0)}
+    # The next wave centred on the path's ×4 point (WIDTH 256) has no level at 512.
+    p.propose(contract_context(FILES), 16)
+    assert all(v is None or int(v) < 512 for v in p.waves[2].levels.get("WIDTH", []))  # type: ignore[call-overload]
+    # Two crashes are not yet a wall, and crashes that successes at the same width
+    # outnumber are another knob's doing: neither stops the path.
+    for history in (
+        oom[:2] + fine,
+        oom + fine + [_other(i, Status.KEEP, WIDTH=512) for i in (20, 21, 22, 23)],
+    ):
+        settings, _ = run(history)
+        assert max(int(s["WIDTH"]) for s in settings) == 1024  # type: ignore[call-overload]
