@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,26 @@ class SessionRecord:
         return max(0.0, end - self.started_at)
 
 
+def _retry_locked(op: Callable[[], object], patience_s: float = 30.0) -> None:
+    """Run ``op``, retrying while another connection holds the lock it needs.
+
+    Switching a new file to WAL takes an exclusive lock, and SQLite reports a busy
+    file at once instead of waiting (its busy timeout does not apply there), so two
+    processes creating the ledger together would fail without this.
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            op()
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class Ledger:
     """Thread-safe access to ``.autoswarm/ledger.sqlite``.
 
@@ -136,7 +157,7 @@ class Ledger:
         try:
             self._conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
             self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            _retry_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"))
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as e:
@@ -169,29 +190,48 @@ class Ledger:
                 raise LedgerError(f"ledger write failed ({self.path}): {e}") from e
 
     def _migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION, safely when processes open the file at once.
+
+        The version is read again under SQLite's write lock (BEGIN IMMEDIATE), so of two
+        processes that both saw an old schema only the first migrates; the other finds
+        the new version and does nothing.
+        """
         with self._lock:
-            has_meta = self._conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
-            ).fetchone()
-            version = 0
-            if has_meta:
-                row = self._conn.execute(
-                    "SELECT value FROM meta WHERE key='schema_version'"
-                ).fetchone()
-                version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise LedgerError(
-                    f"{self.path} has schema version {version}, newer than this autoswarm "
-                    f"understands ({SCHEMA_VERSION}): upgrade autoswarm (pip install -U autoswarm)"
-                )
-            for v in range(version + 1, SCHEMA_VERSION + 1):
-                with self._tx() as c:
-                    for stmt in _MIGRATIONS[v]:
-                        c.execute(stmt)
-                    c.execute(
-                        "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
-                        (str(v),),
-                    )
+            if self._read_version() == SCHEMA_VERSION:
+                return
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    version = self._read_version()
+                    if version > SCHEMA_VERSION:
+                        raise LedgerError(
+                            f"{self.path} has schema version {version}, newer than this "
+                            f"autoswarm understands ({SCHEMA_VERSION}): upgrade autoswarm "
+                            "(pip install -U autoswarm)"
+                        )
+                    for v in range(version + 1, SCHEMA_VERSION + 1):
+                        for stmt in _MIGRATIONS[v]:
+                            self._conn.execute(stmt)
+                        self._conn.execute(
+                            "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                            (str(v),),
+                        )
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            except sqlite3.DatabaseError as e:
+                raise LedgerError(f"cannot upgrade the ledger {self.path}: {e}") from e
+
+    def _read_version(self) -> int:
+        """The schema version recorded in the file (0 for a new, empty file)."""
+        has_meta = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        if not has_meta:
+            return 0
+        row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else 0
 
     @property
     def schema_version(self) -> int:

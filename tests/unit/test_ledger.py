@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -76,6 +77,34 @@ def test_reopen_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
     with Ledger(path) as b:
         assert b.schema_version == SCHEMA_VERSION
         assert len(b.experiments(run.id)) == 1
+
+
+def test_processes_opening_a_new_ledger_at_once_migrate_it_once(tmp_path: Path) -> None:
+    """A scheduler and a worker (or two CLI commands) may create the ledger together."""
+    for attempt in range(10):
+        path = tmp_path / f"l{attempt}.sqlite"
+        barrier = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def open_it(
+            path: Path = path,
+            barrier: threading.Barrier = barrier,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            barrier.wait()
+            try:
+                Ledger(path).close()  # its own connection, as another process has
+            except BaseException as e:  # collected for the assertion below
+                errors.append(e)
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        with Ledger(path) as ledger:
+            assert ledger.schema_version == SCHEMA_VERSION
 
 
 def test_newer_schema_is_refused_with_an_upgrade_hint(tmp_path: Path) -> None:
