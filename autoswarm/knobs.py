@@ -14,6 +14,7 @@ import ast
 import functools
 import math
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,23 @@ Literal = bool | int | float | str
 
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _ALTERNATIVES = re.compile(r"#.*?\b(?:one of|choices|options)\s*:?\s*(.+)$", re.IGNORECASE)
+
+# CPython 3.11's ast.parse is not safe to call from two threads at once (its AST
+# conversion shares a recursion counter: "SystemError: AST constructor recursion depth
+# mismatch"); an LLM proposer's worker thread parses replies while the scheduler's
+# thread parses the best files, so every parse here takes this lock.
+_AST_LOCK = threading.Lock()
+
+
+def parse_module(source: str, filename: str = "<unknown>") -> ast.Module:
+    """``ast.parse(source)``, one thread at a time (see ``_AST_LOCK``)."""
+    with _AST_LOCK:
+        return ast.parse(source, filename=filename)
+
+
+def _parse_expression(text: str) -> ast.Expression:
+    with _AST_LOCK:
+        return ast.parse(text, mode="eval")
 
 
 @dataclass(frozen=True)
@@ -47,7 +65,7 @@ def find_knobs(source: str, path: str = "train.py") -> list[Knob]:
 @functools.lru_cache(maxsize=512)
 def _find_knobs(source: str, path: str) -> tuple[Knob, ...]:
     # Proposers look at the same best files many times per second: parse each text once.
-    tree = ast.parse(source)
+    tree = parse_module(source)
     lines = source.splitlines()
     knobs: list[Knob] = []
     for node in tree.body:
@@ -99,7 +117,7 @@ def _literal(node: ast.expr) -> Literal | None:
 def _literal_text(text: str) -> Literal | None:
     """The value of a literal's source text (cached: the same few texts recur)."""
     try:
-        return _literal(ast.parse(text, mode="eval").body)
+        return _literal(_parse_expression(text).body)
     except SyntaxError:
         return None
 
@@ -289,5 +307,6 @@ __all__ = [
     "infer_space",
     "knob_spaces",
     "knobs_of",
+    "parse_module",
     "set_knob",
 ]

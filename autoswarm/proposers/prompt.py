@@ -26,12 +26,12 @@ or, instead of the diff, the whole new file in a block that names its path::
 
 from __future__ import annotations
 
-import ast
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from autoswarm.errors import LockedFileError, PatchError
+from autoswarm.knobs import parse_module
 from autoswarm.patching import apply_diff
 from autoswarm.types import Direction, Experiment, Kind, Status
 
@@ -307,7 +307,7 @@ def check_python(path: str, text: str) -> None:
     if not path.endswith(".py"):
         return
     try:
-        ast.parse(text, filename=path)
+        parse_module(text, filename=path)
     except SyntaxError as e:
         line = (e.text or "").strip()
         raise PatchError(
