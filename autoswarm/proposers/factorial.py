@@ -6,7 +6,8 @@ strategy (``--strategy factorial``)::
 
     wave w, centred on the best:  k knobs ("factors"), each at level -1 (one step
         down) or +1 (one step up), in a 2^k or 2^(k-p) design from pyDOE3 sized to
-        the free slots (resolution IV or better when the run count allows, else III)
+        the free slots; every knob up to three quarters of the runs (resolution IV
+        or V with few knobs, a resolution III screen of all of them with many)
     its results arrive:  fit effects (autoswarm.analysis.effects) with the measured σ
     next proposal:       "combine wave w" = every significantly beneficial factor set
                          to its better level at once, on the current best
@@ -29,7 +30,9 @@ a significant effect in their last wave first, then knobs never tested, then the
 ties go to learning rates and sizes (``proposers.knobs._priority``), then to a seeded
 random order. When a design's points were all tried already (same centre, same
 factors), the other fractions of the design come next, then wider steps, then
-random multi-knob moves, so it never runs dry.
+random multi-knob moves, so it never runs dry. Where crashes gather past a value of
+one knob (out of memory above a width), that value is a wall: no level, path point
+or step goes there (see ``_walls``).
 
 All state lives in memory keyed by wave id and is rebuilt from ``observe`` replays on
 ``--resume``: an experiment of an unknown wave is re-adopted from its meta (wave,
