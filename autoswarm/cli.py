@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -721,6 +722,13 @@ def bench(
     out: Annotated[
         Path | None, typer.Option(help="Write the tables (and plot) into this markdown file.")
     ] = None,
+    section: Annotated[
+        str,
+        typer.Option(
+            help="Name of the block the search table replaces in --out (search; e.g. "
+            "search-64 for a second table beside the main one)."
+        ),
+    ] = "search",
     template: Annotated[str, typer.Option(help="Workspace template (real).")] = "cpu",
     workdir: Annotated[
         Path | None,
@@ -741,6 +749,8 @@ def bench(
         from autoswarm.bench.report import markdown_table, plot, summarize
         from autoswarm.bench.simulate import simulate
 
+        if not re.fullmatch(r"[a-z0-9-]+", section):
+            raise typer.BadParameter(f"--section {section!r}: use lower-case letters, digits, '-'")
         plan = [("greedy", 1)] + [(st, int(n)) for n in _csv(slots) for st in _csv(strategies)]
         for item in _csv(extra):
             strat, _, count = item.partition("@")
@@ -777,10 +787,8 @@ def bench(
         table = markdown_table(rows)
         print(table)
         if out is not None:
-            png = plot(results, out.with_name(out.stem + "-search.png"))
-            _write_section(
-                out, "search", table + f"\n![true best against wall-clock]({png.name})\n"
-            )
+            png = plot(results, out.with_name(f"{out.stem}-{section}.png"))
+            _write_section(out, section, table + f"\n![true best against wall-clock]({png.name})\n")
     elif kind == "systems":
         from autoswarm.bench.systems import markdown, run_local
 

@@ -82,3 +82,24 @@ def test_speedup_and_gpu_hours_are_measured_against_sequential_greedy() -> None:
 def test_dispatch_gaps_are_per_slot() -> None:
     rows = [(0, 0.0, 2.0), (0, 2.01, 4.0), (1, 0.0, 2.5), (1, 2.52, 5.0)]
     assert dispatch_gaps(rows) == pytest.approx([0.01, 0.02])
+
+
+def test_bench_search_writes_its_table_into_a_named_section(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from autoswarm.cli import app
+
+    out = tmp_path / "b.md"
+    out.write_text("# B\n\n<!-- bench:search -->\nmain table\n<!-- /bench:search -->\n")
+    args = ["bench", "search", "--objectives", "bowl", "--strategies", "random", "--slots", "4"]
+    args += ["--reps", "1", "--hours", "0.5", "--out", str(out), "--section", "search-64"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    # The main table stays; the new one goes into its own block, with its own plot.
+    assert "<!-- bench:search -->\nmain table\n<!-- /bench:search -->" in text
+    block = text[text.index("<!-- bench:search-64 -->") : text.index("<!-- /bench:search-64 -->")]
+    assert "| bowl | random | 4 | 1 |" in block and "| bowl | greedy | 1 | 1 |" in block
+    assert "(b-search-64.png)" in block and (tmp_path / "b-search-64.png").exists()
+    bad = CliRunner().invoke(app, [*args[:-1], "Search 64"])
+    assert bad.exit_code != 0 and "--section" in bad.output
