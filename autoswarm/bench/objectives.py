@@ -38,6 +38,10 @@ class Objective:
     notes: str = ""
     _code: dict[str, CodeType] = field(default_factory=dict, compare=False, repr=False)
 
+    def __getstate__(self) -> dict[str, object]:
+        # Compiled code does not pickle; a copy sent to a worker process compiles anew.
+        return {**self.__dict__, "_code": {}}
+
     def _eval(self, expr: str, values: Mapping[str, Literal]) -> object:
         code = self._code.get(expr)
         if code is None:

@@ -103,3 +103,12 @@ def test_bench_search_writes_its_table_into_a_named_section(tmp_path: Path) -> N
     assert "(b-search-64.png)" in block and (tmp_path / "b-search-64.png").exists()
     bad = CliRunner().invoke(app, [*args[:-1], "Search 64"])
     assert bad.exit_code != 0 and "--section" in bad.output
+
+
+def test_an_objective_that_was_evaluated_still_pickles() -> None:
+    import pickle
+
+    obj = OBJECTIVES["bowl"]
+    value = obj.true_value({})
+    copy = pickle.loads(pickle.dumps(obj))  # to a worker process of bench search --jobs
+    assert copy.true_value({}) == value and copy == obj
