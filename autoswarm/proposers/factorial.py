@@ -385,6 +385,7 @@ class FactorialProposer:
         files = self._files(ctx, values, seen) if values else None
         if files is None:
             values = {}
+            walls = self._walls(knobs)
             for f, s in signs.items():
                 if f not in spaces or f not in knobs:
                     continue
@@ -395,7 +396,7 @@ class FactorialProposer:
                         values[f] = better
                     continue
                 nxt = step(space, current, s, wave.step)
-                if nxt is not None and not _walled(self._walls(knobs).get(f), nxt):
+                if nxt is not None and not _walled(walls.get(f), nxt):
                     values[f] = nxt
             files = self._files(ctx, values, seen) if values else None
             label += " (+1 step)"
@@ -709,7 +710,7 @@ class FactorialProposer:
                 # As far as asked, but short of a crash wall (the last step before it).
                 for m in range(abs(n), 0, -1):
                     nxt = step(space, knobs[f].value, 1 if n > 0 else -1, m * wave.step)
-                    if nxt is None or f not in walls or not _walled(walls[f], nxt):
+                    if not _walled(walls.get(f), nxt):
                         break
                 else:
                     continue
@@ -762,8 +763,9 @@ class FactorialProposer:
         Out of memory above some width, divergence above some learning rate: crashes
         gather past a value of one knob. The wall up (down) is the nearest value past the
         best's where, counting every finished candidate of the run at or past it, at least
-        two crashed and at least half did, while at most half that rate crashed on the
-        near side. Designs, paths and one-step moves stop short of it; the swarm half of
+        three crashed, at least half did (and at least half at that value itself), they
+        are at least half of the run's crashes, and the rate on the near side is at most
+        a third of that. Designs, paths and one-step moves stop short of it; the swarm half of
         ``auto`` still moves single knobs there, so a wall drawn from crashes that were
         another knob's doing comes down as those runs succeed.
         """
@@ -866,9 +868,8 @@ def _levels(
             continue
         value = knobs[name].value
         lo, hi = step(space, value, -1, size), step(space, value, 1, size)
-        if name in walls:
-            lo = None if lo is not None and _walled(walls[name], lo) else lo
-            hi = None if hi is not None and _walled(walls[name], hi) else hi
+        lo = None if _walled(walls.get(name), lo) else lo
+        hi = None if _walled(walls.get(name), hi) else hi
         # A knob at the edge of its range (a ratio at 0.0, one head) is varied one-sided:
         # its current value and one step inwards.
         lo = value if lo is None else lo
@@ -878,7 +879,7 @@ def _levels(
     return out
 
 
-def _walled(wall: tuple[float, float] | None, value: Literal) -> bool:
+def _walled(wall: tuple[float, float] | None, value: Literal | None) -> bool:
     """True if ``value`` is at or past either side of ``wall`` (low, high)."""
     if wall is None or isinstance(value, bool) or not isinstance(value, int | float):
         return False
