@@ -34,6 +34,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from autoswarm.config import (
+    KNOB_STRATEGIES,
     STRATEGIES,
     Config,
     load_config,
@@ -696,10 +697,14 @@ def bench(
     ],
     objectives: Annotated[
         str, typer.Option(help="Synthetic objectives (search).")
-    ] = "bowl,ridge,wide",
+    ] = "bowl,ridge,wide,far",
     strategies: Annotated[
-        str, typer.Option(help="Strategies on N slots (search).")
-    ] = "greedy,random,factorial,optuna",
+        str,
+        typer.Option(
+            help="Strategies on N slots (search: knob strategies; real: any, the last is the "
+            "reference)."
+        ),
+    ] = "greedy,random,factorial,optuna,swarm,auto",
     slots: Annotated[str, typer.Option(help="Slot counts, comma-separated.")] = "1,4,16",
     extra: Annotated[
         str,
@@ -743,6 +748,27 @@ def bench(
     reference)."""
     from autoswarm.bench.objectives import OBJECTIVES
 
+    # Every option is checked before anything runs: a typo must not cost a 20-minute run.
+    if kind not in ("search", "systems", "real"):
+        raise typer.BadParameter(f"kind {kind!r}: use 'search', 'systems' or 'real'")
+    counts = _counts("--slots", slots)
+    names = _csv(strategies)
+    allowed = KNOB_STRATEGIES if kind == "search" else STRATEGIES
+    for strat in names:
+        if strat not in allowed:
+            raise typer.BadParameter(
+                f"--strategies: unknown {'knob ' if kind == 'search' else ''}strategy "
+                f"{strat!r}; choose from {', '.join(allowed)}"
+            )
+    if kind != "systems" and not names:
+        raise typer.BadParameter("--strategies: name at least one strategy, e.g. auto,greedy")
+    for opt, value in (("--hours", hours), ("--budget", budget), ("--duration", duration)):
+        if not value > 0:
+            raise typer.BadParameter(f"{opt} {value:g}: must be greater than 0")
+    for opt, number in (("--reps", reps), ("--jobs", jobs)):
+        if number < 1:
+            raise typer.BadParameter(f"{opt} {number}: must be at least 1")
+
     if kind == "search":
         from concurrent.futures import ProcessPoolExecutor
 
@@ -751,12 +777,15 @@ def bench(
 
         if not re.fullmatch(r"[a-z0-9-]+", section):
             raise typer.BadParameter(f"--section {section!r}: use lower-case letters, digits, '-'")
-        plan = [("greedy", 1)] + [(st, int(n)) for n in _csv(slots) for st in _csv(strategies)]
+        plan = [("greedy", 1)] + [(st, n) for n in counts for st in names]
         for item in _csv(extra):
-            strat, _, count = item.partition("@")
-            if not count.isdigit() or strat not in STRATEGIES:
-                raise typer.BadParameter(f"--extra {item!r}: write STRATEGY@SLOTS, e.g. auto@64")
-            plan.append((strat, int(count)))
+            strat, _, at = item.partition("@")
+            if strat not in KNOB_STRATEGIES or not at.isdigit() or int(at) < 1:
+                raise typer.BadParameter(
+                    f"--extra {item!r}: write STRATEGY@SLOTS with a knob strategy "
+                    f"({', '.join(KNOB_STRATEGIES)}) and at least one slot, e.g. auto@64"
+                )
+            plan.append((strat, int(at)))
         for obj_name in _csv(objectives):
             if obj_name not in OBJECTIVES:
                 raise typer.BadParameter(
@@ -793,9 +822,13 @@ def bench(
         from autoswarm.bench.systems import markdown, run_local
 
         res = []
-        for count in _csv(slots):
-            for which in _csv(backend):
-                sr = run_local(int(count), budget, duration, backend=which)
+        backends = _csv(backend)
+        for which in backends or [backend]:
+            if which not in ("local", "ray"):
+                raise typer.BadParameter(f"--backend {which!r}: use local, ray or local,ray")
+        for count in counts:
+            for which in backends:
+                sr = run_local(count, budget, duration, backend=which)
                 err.print(
                     f"{which} ×{count}: {sr.experiments} experiments, "
                     f"busy {100 * sr.busy_fraction:.1f}%"
@@ -813,25 +846,31 @@ def bench(
         root = (workdir or Path("bench-real")).resolve()
         root.mkdir(parents=True, exist_ok=True)
         runs = []
-        for strat in _csv(strategies):
-            if strat not in STRATEGIES:
-                raise typer.BadParameter(f"unknown strategy {strat!r}")
+        for strat in names:
             rr = run_real(
                 strat,
                 root,
                 template=template,
-                workers=int(_csv(slots)[0]),
+                workers=counts[0],
                 budget_s=budget,
                 time_limit=f"{duration:g}s",
             )
             err.print(f"{strat}: {rr.experiments} experiments, best {rr.best}")
             runs.append(rr)
-        table = real_markdown(runs, reference=_csv(strategies)[-1])
+        table = real_markdown(runs, reference=names[-1])
         print(table)
         if out is not None:
             _write_section(out, f"real-{template}", table)
-    else:
-        raise typer.BadParameter("kind must be 'search', 'systems' or 'real'")
+
+
+def _counts(option: str, text: str) -> list[int]:
+    """Comma-separated positive integers (slot counts), or a BadParameter naming ``option``."""
+    items = _csv(text)
+    if not items or not all(x.isdigit() and int(x) >= 1 for x in items):
+        raise typer.BadParameter(
+            f"{option} {text!r}: write positive whole numbers separated by commas, e.g. 1,4,16"
+        )
+    return [int(x) for x in items]
 
 
 def _write_section(path: Path, name: str, body: str) -> None:

@@ -29,7 +29,8 @@ from autoswarm.errors import ConfigError
 from autoswarm.types import Direction
 
 CONFIG_NAME = "autoswarm.toml"
-STRATEGIES: tuple[str, ...] = (
+# Strategies that search the knobs alone: no language model, no agent, no key.
+KNOB_STRATEGIES: tuple[str, ...] = (
     "auto",
     "greedy",
     "knobs",
@@ -39,6 +40,7 @@ STRATEGIES: tuple[str, ...] = (
     "optuna",
     "optuna-cmaes",
 )
+STRATEGIES: tuple[str, ...] = KNOB_STRATEGIES
 STRATEGIES += ("llm", "hybrid")  # proposers that ask a language model for code edits ([llm])
 STRATEGIES += ("agent", "external")  # a coding-agent CLI ([agent]); `autoswarm submit` variants
 
@@ -709,6 +711,7 @@ exclude = [{", ".join(f'"{x}"' for x in exclude)}]  # UPPER_CASE constants the k
 __all__ = [
     "BACKENDS",
     "CONFIG_NAME",
+    "KNOB_STRATEGIES",
     "STRATEGIES",
     "AgentConfig",
     "Config",

@@ -112,3 +112,49 @@ def test_an_objective_that_was_evaluated_still_pickles() -> None:
     value = obj.true_value({})
     copy = pickle.loads(pickle.dumps(obj))  # to a worker process of bench search --jobs
     assert copy.true_value({}) == value and copy == obj
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["search", "--strategies", "random,gready"], "unknown knob strategy 'gready'"),
+        (["search", "--strategies", "llm"], "unknown knob strategy 'llm'"),
+        (["search", "--slots", "4,x"], "--slots '4,x'"),
+        (["search", "--slots", "0"], "--slots '0'"),
+        (["search", "--extra", "auto@0"], "--extra 'auto@0'"),
+        (["search", "--reps", "0"], "--reps 0"),
+        (["search", "--hours", "-1"], "--hours -1"),
+        (["systems", "--backend", "dask"], "--backend 'dask'"),
+        (["real", "--strategies", "auto,gready"], "unknown strategy 'gready'"),
+        (["real", "--strategies", ","], "at least one strategy"),
+        (["sarch"], "kind 'sarch'"),
+    ],
+)
+def test_bad_bench_options_fail_before_anything_runs(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from autoswarm.cli import app
+
+    out, real_dir = tmp_path / "b.md", tmp_path / "real"
+    result = CliRunner().invoke(
+        app, ["bench", *args, "--out", str(out), "--dir", str(real_dir)], terminal_width=400
+    )
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    # Nothing ran: no greedy reference, no table, no workspaces.
+    assert "experiments" not in result.output
+    assert not out.exists() and not real_dir.exists()
+
+
+def test_bench_search_defaults_cover_every_objective_and_the_default_strategy() -> None:
+    import inspect
+
+    from autoswarm.cli import bench
+    from autoswarm.config import KNOB_STRATEGIES, RunConfig
+
+    params = inspect.signature(bench).parameters
+    assert params["objectives"].default.split(",") == list(OBJECTIVES)
+    strategies = params["strategies"].default.split(",")
+    assert RunConfig().strategy in strategies and set(strategies) <= set(KNOB_STRATEGIES)
