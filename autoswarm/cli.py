@@ -819,13 +819,12 @@ def bench(
             png = plot(results, out.with_name(f"{out.stem}-{section}.png"))
             _write_section(out, section, table + f"\n![true best against wall-clock]({png.name})\n")
     elif kind == "systems":
-        from autoswarm.bench.systems import markdown, run_local
+        from autoswarm.bench.systems import BACKENDS, markdown, run_local
 
         res = []
         backends = _csv(backend)
-        for which in backends or [backend]:
-            if which not in ("local", "ray"):
-                raise typer.BadParameter(f"--backend {which!r}: use local, ray or local,ray")
+        if not backends or not set(backends) <= set(BACKENDS):
+            raise typer.BadParameter(f"--backend {backend!r}: use local, ray or local,ray")
         for count in counts:
             for which in backends:
                 sr = run_local(count, budget, duration, backend=which)

@@ -61,6 +61,9 @@ def dispatch_gaps(rows: list[tuple[int, float, float]]) -> list[float]:
     return gaps
 
 
+BACKENDS = ("local", "ray")  # what the systems benchmark can run on
+
+
 def run_local(
     slots: int,
     budget_s: float,
@@ -74,8 +77,8 @@ def run_local(
     ``backend`` is ``local`` (subprocesses) or ``ray`` (one slot actor per slot on a
     throw-away local Ray cluster with ``slots`` logical CPUs, started and stopped here).
     """
-    if backend not in ("local", "ray"):
-        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp, contextlib.ExitStack() as stack:
         root = make_workspace(
             Path(tmp) / "ws", train_py=OBJECTIVES["wide"].train_py(), budget=budget_s
@@ -149,4 +152,4 @@ def markdown(results: list[SystemsResult]) -> str:
     )
 
 
-__all__ = ["SystemsResult", "dispatch_gaps", "markdown", "run_local"]
+__all__ = ["BACKENDS", "SystemsResult", "dispatch_gaps", "markdown", "run_local"]
