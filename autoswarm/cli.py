@@ -696,8 +696,12 @@ def bench(
         ),
     ],
     objectives: Annotated[
-        str, typer.Option(help="Synthetic objectives (search).")
-    ] = "bowl,ridge,wide,far",
+        str,
+        typer.Option(
+            help="Synthetic objectives (search; default bowl,ridge,wide,far with --table main, "
+            "null,lottery,edge with --table noise)."
+        ),
+    ] = "",
     strategies: Annotated[
         str,
         typer.Option(
@@ -734,6 +738,14 @@ def bench(
             "search-64 for a second table beside the main one)."
         ),
     ] = "search",
+    table: Annotated[
+        str,
+        typer.Option(
+            help="Which search table: main (speedup and GPU-hours to the first time the target "
+            "was reached) or noise (reported best against its true value, false keeps per 1000 "
+            "candidates, time to a target still held at the end; issue 13)."
+        ),
+    ] = "main",
     template: Annotated[str, typer.Option(help="Workspace template (real).")] = "cpu",
     workdir: Annotated[
         Path | None,
@@ -746,7 +758,7 @@ def bench(
     dispatch overhead (systems), or strategies on a real template, one after the other (real:
     --strategies auto,greedy --slots 2 --budget 60 --duration 1200; the last strategy is the
     reference)."""
-    from autoswarm.bench.objectives import OBJECTIVES
+    from autoswarm.bench.objectives import NOISE_OBJECTIVES, OBJECTIVES, SEARCH_OBJECTIVES
 
     # Every option is checked before anything runs: a typo must not cost a 20-minute run.
     if kind not in ("search", "systems", "real"):
@@ -772,11 +784,19 @@ def bench(
     if kind == "search":
         from concurrent.futures import ProcessPoolExecutor
 
-        from autoswarm.bench.report import markdown_table, plot, summarize
+        from autoswarm.bench.report import (
+            markdown_table,
+            noise_table,
+            plot,
+            summarize,
+            summarize_noise,
+        )
         from autoswarm.bench.simulate import simulate
 
         if not re.fullmatch(r"[a-z0-9-]+", section):
             raise typer.BadParameter(f"--section {section!r}: use lower-case letters, digits, '-'")
+        if table not in ("main", "noise"):
+            raise typer.BadParameter(f"--table {table!r}: use 'main' or 'noise'")
         plan = [("greedy", 1)] + [(st, n) for n in counts for st in names]
         for item in _csv(extra):
             strat, _, at = item.partition("@")
@@ -786,14 +806,17 @@ def bench(
                     f"({', '.join(KNOB_STRATEGIES)}) and at least one slot, e.g. auto@64"
                 )
             plan.append((strat, int(at)))
-        for obj_name in _csv(objectives):
+        chosen = _csv(objectives) or list(
+            NOISE_OBJECTIVES if table == "noise" else SEARCH_OBJECTIVES
+        )
+        for obj_name in chosen:
             if obj_name not in OBJECTIVES:
                 raise typer.BadParameter(
                     f"unknown objective {obj_name!r}; known: {', '.join(OBJECTIVES)}"
                 )
         tasks = [
             (OBJECTIVES[obj_name], strat, n, rep)
-            for obj_name in _csv(objectives)
+            for obj_name in chosen
             for rep in range(reps)
             for strat, n in dict.fromkeys(plan)
         ]
@@ -809,15 +832,19 @@ def bench(
                 r = fut.result()
                 results.append(r)
                 err.print(
-                    f"{r.objective:6} {r.strategy:10} ×{r.slots:<3} rep {r.rep}: {r.experiments:5} "
-                    f"experiments, true best {r.best_true:.4f} (simulated in {r.real_seconds:.1f}s)"
+                    f"{r.objective:7} {r.strategy:10} ×{r.slots:<3} rep {r.rep}: {r.experiments:5} "
+                    f"experiments, true best {r.best_true:.4f}, {r.false_keeps}/{r.keeps} keeps "
+                    f"false (simulated in {r.real_seconds:.1f}s)"
                 )
-        rows = summarize(results)
-        table = markdown_table(rows)
-        print(table)
+        text = (
+            noise_table(summarize_noise(results))
+            if table == "noise"
+            else markdown_table(summarize(results))
+        )
+        print(text)
         if out is not None:
             png = plot(results, out.with_name(f"{out.stem}-{section}.png"))
-            _write_section(out, section, table + f"\n![true best against wall-clock]({png.name})\n")
+            _write_section(out, section, text + f"\n![true best against wall-clock]({png.name})\n")
     elif kind == "systems":
         from autoswarm.bench.systems import BACKENDS, markdown, run_local
 
