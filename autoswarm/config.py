@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -75,13 +76,20 @@ class RunConfig:
     tag: str = ""  # branch autoswarm/<tag>; empty = a date-based tag
     baseline_repeats: int = 3
     seed: int = 42
-    keep_sigmas: float = 2.0  # keep only gains larger than keep_sigmas × noise σ ...
-    min_delta: float = 0.0  # ... and larger than this absolute floor
-    confirm_sigmas: float = 1.0  # a gain above this many standard errors earns a re-run ...
-    confirm_runs: int = 2  # ... up to this many extra runs (other seeds) before deciding
-    # A variant kept on fewer runs is re-run (other seeds) up to this many; 0 = automatic:
-    # 2 with several slots (a re-run costs a fraction of a round there), 1 on one slot.
+    # The keep rule (autoswarm.judge): a variant with no real effect is kept with at most
+    # this probability (0.001: 1000 such candidates keep at most 1 in expectation) ...
+    false_keep_rate: float = 0.001
+    keep_sigmas: float = 2.0  # ... and only gains of at least keep_sigmas standard errors
+    min_delta: float = 0.0  # ... larger than this absolute floor
+    confirm_sigmas: float = 1.0  # a first run this many standard errors better is re-run ...
+    confirm_runs: int = 2  # ... with this many fresh seeds before the verdict (never kept on one)
+    # A kept variant is re-measured (fresh seeds) until its bar rests on this many fresh
+    # runs; 0 = automatic (confirm_runs, at least 1).
     best_runs: int = 0
+    # At the end of the run the best is re-run this many times and reported as the
+    # validated mean ± se (a keep they contradict is revoked); -1 = automatic: 3 with
+    # several slots, 0 on one slot (where each costs a whole experiment).
+    final_runs: int = -1
     max_experiments: int = 0  # 0 = unlimited; counts the whole run, baseline included
     time_limit: float = 0.0  # seconds of run time; 0 = unlimited
     log_max_bytes: int = 2_000_000
@@ -588,10 +596,27 @@ def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
         raise ConfigError(f"{where}: workers must be >= 0 (0 = automatic), got {r.workers}")
     if r.threads_per_worker < 1:
         raise ConfigError(f"{where}: threads_per_worker must be >= 1")
-    if r.baseline_repeats < 1:
-        raise ConfigError(f"{where}: baseline_repeats must be >= 1 (3 or more to measure noise)")
-    if r.keep_sigmas < 0 or r.min_delta < 0 or r.confirm_sigmas < 0:
-        raise ConfigError(f"{where}: keep_sigmas, confirm_sigmas and min_delta must be >= 0")
+    if r.baseline_repeats < 2:
+        raise ConfigError(
+            f"{where}: baseline_repeats must be >= 2 (one run measures no noise, and the keep "
+            "rule needs it; 3 or more is better)"
+        )
+    for name in ("keep_sigmas", "min_delta", "confirm_sigmas", "false_keep_rate"):
+        value = getattr(r, name)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(
+                f"{where}: keep_sigmas, confirm_sigmas, min_delta and false_keep_rate must be "
+                f"finite numbers >= 0 ({name} = {value})"
+            )
+    if not 0 < r.false_keep_rate < 0.5:
+        raise ConfigError(
+            f"{where}: false_keep_rate must be between 0 and 0.5 (0.001 = at most one false "
+            f"keep per 1000 candidates with no effect), got {r.false_keep_rate}"
+        )
+    if r.final_runs < -1:
+        raise ConfigError(
+            f"{where}: final_runs must be >= 0, or -1 for automatic (3 with several slots)"
+        )
     if r.confirm_runs < 0:
         raise ConfigError(f"{where}: confirm_runs must be >= 0 (0 = never re-run before deciding)")
     if r.best_runs < 0:
@@ -692,11 +717,13 @@ threads_per_worker = 1             # CPU threads per run when there is no GPU
 strategy = "auto"
 baseline_repeats = 3               # runs of the unmodified train.py to measure noise
 seed = 42                          # AUTOSWARM_SEED of candidates; repeats use seed+1, seed+2, ...
-keep_sigmas = 2.0                  # keep only gains > keep_sigmas standard errors of the noise
-min_delta = 0.0                    # ... and larger than this absolute amount
-confirm_sigmas = 1.0               # a gain above this many standard errors is re-run ...
-confirm_runs = 2                   # ... with up to this many more seeds before the verdict
-best_runs = 0                      # re-run a kept variant up to this many runs; 0 = 2 if several slots
+false_keep_rate = 0.001            # chance a variant with no real effect is kept (1 per 1000)
+keep_sigmas = 2.0                  # ... and gains of at least this many standard errors
+min_delta = 0.0                    # ... larger than this absolute amount
+confirm_sigmas = 1.0               # a first run this many standard errors better is re-run ...
+confirm_runs = 2                   # ... with this many fresh seeds before the verdict
+best_runs = 0                      # fresh runs a kept variant's bar rests on; 0 = confirm_runs
+final_runs = -1                    # re-runs of the best at the end; -1 = 3 if several slots
 max_experiments = 0                # 0 = unlimited (baseline repeats count)
 time_limit = 0                     # e.g. "8h"; 0 = unlimited
 log_max_bytes = 2000000            # per-experiment log cap (head and tail are kept)

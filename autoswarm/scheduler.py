@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from autoswarm import judge
 from autoswarm.analysis.noise import Baseline, baseline_of
 from autoswarm.backends.base import Backend, Reattachable
 from autoswarm.clock import Clock, SystemClock
@@ -53,11 +54,12 @@ from autoswarm.config import Config
 from autoswarm.costs import Cost, cost_by_tier, prices_of, slot_cost, total_cost
 from autoswarm.dedup import dedup_key
 from autoswarm.errors import BaselineError, RunLockedError, RunStateError
+from autoswarm.judge import Action, Noise, Rule, Verdict
 from autoswarm.knobs import knobs_of
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.metrics import crash_reason, read_tail
 from autoswarm.outputs import write_results_tsv
-from autoswarm.policy import Best, Decision, Evidence, KeepRule, best_of
+from autoswarm.policy import Best, best_of, kept_chain
 from autoswarm.proposers.base import Context, Proposer, fingerprint
 from autoswarm.sandbox import scrubbed_env
 from autoswarm.tiers import TierPlan, plan_tiers, tier_key
@@ -169,12 +171,13 @@ class Scheduler:
         self.environ = dict(os.environ if environ is None else environ)
         self.on_change = on_change
         self.metric = config.metric.name
-        self.rule = KeepRule(
+        self.rule = Rule(
             direction=config.metric.direction,
+            false_keep_rate=config.run.false_keep_rate,
+            screen_sigmas=config.run.confirm_sigmas,
+            confirm_runs=config.run.confirm_runs,
             keep_sigmas=config.run.keep_sigmas,
             min_delta=config.run.min_delta,
-            confirm_sigmas=config.run.confirm_sigmas,
-            confirm_runs=config.run.confirm_runs,
         )
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -209,6 +212,15 @@ class Scheduler:
         self._baselines: dict[str, Baseline | None] = {}
         self._prices = prices_of(config.pool)
         self._reattached: dict[int, int] = {}  # experiment id -> slot, adopted on --resume
+        self._events: collections.deque[str] = collections.deque(maxlen=50)
+        # The noise model per tier, re-estimated whenever a commit gets another run.
+        self._groups: dict[str, dict[str, list[float]]] = collections.defaultdict(dict)
+        self._noise_cache: dict[str, tuple[int, Noise]] = {}
+        self._measured = 0
+        # End-of-run validation of the best ([run] final_runs) and `autoswarm reproduce`:
+        # once started, only rows of that purpose are dispatched.
+        self._final: str | None = None  # the reason the run ends, once validation started
+        self._final_ids: set[int] = set()
 
     # -- public ----------------------------------------------------------------
 
@@ -387,6 +399,9 @@ class Scheduler:
             if e.status in (Status.KEEP, Status.DISCARD, Status.PENDING)
             and (d := e.duration_s) is not None
         )
+        self._groups.clear()
+        for e in sorted(exps, key=lambda e: e.id):
+            self._measure(e)
         self._refresh_baselines()
         self.best = best_of(exps, self.metric, self.baseline)
         finished = sorted(
@@ -413,11 +428,15 @@ class Scheduler:
         base = self.run_rec.base_commit
         files = self._files(base)
         for tier in self.tiers.used:
-            have = sum(
-                1 for e in self._all.values() if e.kind is Kind.BASELINE and self._tier(e) == tier
-            )
+            rows = [
+                e for e in self._all.values() if e.kind is Kind.BASELINE and self._tier(e) == tier
+            ]
+            # A repeat left out as slowed by other load (DISCARD) is replaced, at most once each.
+            left_out = sum(1 for e in rows if e.status is Status.DISCARD)
+            have = len(rows) - min(left_out, self.cfg.run.baseline_repeats)
             on = f" on {tier}" if tier else ""
             for i in range(have, self.cfg.run.baseline_repeats):
+                i += len(rows) - have  # seeds and descriptions continue after left-out repeats
                 exp = self.ledger.add_experiment(
                     run_id=self.run_rec.id,
                     kind=Kind.BASELINE,
@@ -457,15 +476,20 @@ class Scheduler:
             self._heartbeat(now)
             if self._outputs_dirty:
                 self._write_outputs()
-            limit = self._limit_reason(now)
+            limit = None if self._final else self._limit_reason(now)
             proposed_any = self._fill_slots(can_dispatch=limit is None)
             if not self._running:
-                if limit is not None:
-                    return limit
-                if not self._queue and self._count_limit():
-                    return "max experiments"
-                if not self._queue and self.proposer.exhausted:
-                    return "proposer exhausted"
+                ending = self._final
+                if ending is None and limit is not None:
+                    ending = limit
+                if ending is None and not self._queue and self._count_limit():
+                    ending = "max experiments"
+                if ending is None and not self._queue and self.proposer.exhausted:
+                    ending = "proposer exhausted"
+                if ending is not None:
+                    if self._final is None and self._start_final(ending):
+                        continue
+                    return ending
                 if not proposed_any:
                     # Nothing to run now (an asynchronous proposer is thinking): wait, a
                     # little longer each time, so an idle proposer is not asked in a busy loop.
@@ -536,7 +560,7 @@ class Scheduler:
         acted = False
         while free:
             pick = self._pick(free)
-            if pick is None:
+            if pick is None and self._final is None:
                 # Nothing queued fits a free slot: ask for first runs for the free screening slots.
                 want = sum(1 for s in free if self.tiers.screens(s))
                 if self.cfg.run.max_experiments:
@@ -563,6 +587,8 @@ class Scheduler:
         """
         plan = self.tiers
         for exp_id in self._queue:
+            if self._final is not None and exp_id not in self._final_ids:
+                continue  # validating the best at the end: nothing else starts
             pin = self._all[exp_id].meta.get("tier")
             if pin is not None and plan.slot_tiers and pin not in plan.tiers:
                 pin = None  # pinned to a tier the pool no longer has (see _reject_unplaceable)
@@ -749,26 +775,59 @@ class Scheduler:
             elif exp.kind is Kind.CONFIRM:
                 parent = self._all[int(exp.meta["confirms"])]
                 what = "validation" if exp.meta.get("promoted") else "confirmation"
-                self._conclude(
-                    parent, Decision.DISCARD, None, f"{what} run #{exp.id} crashed: {reason}"
-                )
+                self._conclude_discard(parent, f"{what} run #{exp.id} crashed: {reason}")
             else:
                 self.proposer.observe(done)
             return
         self._durations.append(r.duration_s)
         if exp.kind is Kind.BASELINE:
             self.proposer.observe(self._finish(exp, Status.KEEP, r, metrics, ""))
-            self._refresh_baselines()
-            self.best = best_of(list(self._all.values()), self.metric, self.baseline)
-            base = self._baselines.get(self._tier(exp))
-            if base and base.complete:
-                self._judge_pending()
+            self._check_baseline(self._tier(exp))
             return
         if exp.kind is Kind.CONFIRM and exp.meta.get("replicates"):
             self._replicated(self._finish(exp, Status.KEEP, r, metrics, ""))
             return
         done = self._finish(exp, Status.PENDING, r, metrics, "")
         self._verdict(self._all[int(exp.meta["confirms"])] if exp.kind is Kind.CONFIRM else done)
+
+    def _check_baseline(self, tier: str) -> None:
+        """Once a tier's repeats are in: leave out a repeat slowed by other load, then judge."""
+        rows = sorted(
+            (
+                e
+                for e in self._all.values()
+                if e.kind is Kind.BASELINE and self._tier(e) == tier and e.status is Status.KEEP
+            ),
+            key=lambda e: e.id,
+        )
+        if len(rows) >= self.cfg.run.baseline_repeats:
+            steps = [e.metrics.get("num_steps") for e in rows]
+            for i in judge.slowed(steps):
+                e = rows[i]
+                others = statistics.median(
+                    s for j, s in enumerate(steps) if j != i and s is not None
+                )
+                why = (
+                    f"slowed by other load on the machine ({steps[i]:g} steps, the other repeats "
+                    f"a median of {others:g}): left out of the noise estimate and re-run"
+                )
+                self._all[e.id] = self.ledger.finish(
+                    e.id,
+                    status=Status.DISCARD,
+                    metrics=e.metrics,
+                    metric=e.value(self.metric),
+                    finished_at=e.finished_at or self.clock.now(),
+                    reason=why,
+                )
+                self._unmeasure(self._all[e.id])
+                self._event(f"baseline #{e.id} {why}")
+            if any(self._all[e.id].status is Status.DISCARD for e in rows):
+                self._ensure_baseline()
+        self._refresh_baselines()
+        self.best = best_of(list(self._all.values()), self.metric, self.baseline)
+        base = self._baselines.get(tier)
+        if base and base.complete:
+            self._judge_pending()
 
     def _judge_pending(self) -> None:
         """Decide every candidate that waits for a verdict (after a baseline, on resume)."""
@@ -784,21 +843,56 @@ class Scheduler:
             self._verdict(e)
 
     def _confirmations(self, cand: Experiment) -> list[Experiment]:
-        """``cand``'s confirmation and validation runs, oldest first."""
+        """``cand``'s re-runs (confirmation, validation, re-measurement), oldest first."""
         return [self._all[i] for i in self._confirm_ids.get(cand.id, ())]
 
-    def _verdict(self, cand: Experiment) -> None:
-        """Keep, discard, promote, or re-run ``cand`` (the rule: :mod:`autoswarm.policy`).
+    def _noise(self, tier: str) -> Noise:
+        """The noise model of ``tier`` now (:func:`autoswarm.judge.noise_model`), cached."""
+        cached = self._noise_cache.get(tier)
+        if cached is not None and cached[0] == self._measured:
+            return cached[1]
+        groups = self._groups.get(tier, {})
+        base = self._baselines.get(tier)
+        first = groups.get(base.commit, []) if base else []
+        others = [g for c, g in groups.items() if len(g) > 1 and (base is None or c != base.commit)]
+        noise = judge.noise_model([first, *others])
+        self._noise_cache[tier] = (self._measured, noise)
+        return noise
 
-        The evidence of a stage is the runs on one tier: the candidate and its
-        confirmations on the tier it was screened on, or its validation runs after a
-        promotion. It is compared with the best measured on that same tier, in that
-        tier's σ. A screening stage is final without a validation tier, unless the
-        current best was never measured on that tier (then it is a screen too, and the
-        candidate is promoted to a tier where the best was measured).
+    def _measure(self, e: Experiment) -> None:
+        """Add ``e``'s value to its commit's group (the noise model's input)."""
+        v = e.value(self.metric)
+        if v is None or not e.commit or e.status not in _MEASURED:
+            return
+        if e.kind is Kind.BASELINE and e.status is not Status.KEEP:
+            return  # a repeat left out (slowed by other load)
+        group = self._groups[self._tier(e)].setdefault(e.commit, [])
+        group.append(v)
+        if len(group) > 1:
+            self._measured += 1
+
+    def _unmeasure(self, e: Experiment) -> None:
+        v = e.metrics.get(self.metric)
+        group = self._groups[self._tier(e)].get(e.commit, [])
+        if v in group:
+            group.remove(v)
+            self._measured += 1
+
+    def _room(self) -> bool:
+        return not (self._count_limit() or self._limit_reason(self.clock.now()) is not None)
+
+    def _verdict(self, cand: Experiment) -> None:
+        """Screen, confirm, keep or discard ``cand`` (the rule: :mod:`autoswarm.judge`).
+
+        A first run is a screen; a promising one is re-run with fresh seeds (on its own
+        tier, or promoted to the tier where it counts), and the verdict is on all its runs
+        on the deciding tier, against the best measured on that same tier, with that
+        tier's noise model. A screening stage is final without a validation tier, unless
+        the current best was never measured on that tier (then the candidate is promoted
+        to a tier where the best was measured).
         """
         assert self.run_rec is not None
-        confirms = self._confirmations(cand)
+        confirms = [c for c in self._confirmations(cand) if not c.meta.get("replicates")]
         if any(c.status in (Status.QUEUED, Status.RUNNING, Status.INTERRUPTED) for c in confirms):
             return  # evidence still on its way
         promoted = [c for c in confirms if c.meta.get("promoted")]
@@ -809,112 +903,194 @@ class Scheduler:
             return  # judged once this tier's own baseline is complete
         values = [v for e in rows if (v := e.value(self.metric)) is not None]
         if not values:  # its runs were withdrawn (a tier left the pool)
-            self._conclude(cand, Decision.DISCARD, None, "no usable run left to decide on")
+            self._conclude_discard(cand, "no usable run left to decide on")
             return
         best = self._best_on(tier)
+        noise = self._noise(tier)
         current = self.best.commit if self.best else best.commit
         final = bool(promoted) or (self.tiers.validation is None and best.commit == current)
-        rule = self.rule
-        room = not (self._count_limit() or self._limit_reason(self.clock.now()) is not None)
-        if not room:
-            # No room left for another run: decide on the evidence there is.
-            rule = dataclasses.replace(rule, confirm_runs=0)
-        decision, ev = rule.decide(values, best, base.sigma)
-        if not final:
-            # A screen: strong enough (keep margin, or confirm margin) -> run it where it counts.
-            strong = decision is Decision.KEEP or (
-                ev.gain > self.rule.min_delta and ev.z > self.rule.confirm_sigmas
+        room = self._room()
+        if not promoted and not confirms:
+            sv = judge.screen(
+                self.rule, values[0], best.samples, best.experiment_id, noise, room=room
             )
-            target = self._promotion_tier(current)
-            if strong and room and target is not None:
-                self._add_rerun(cand, target, cand.seed, ev, promoted=True)
+            runs = max(1, self.rule.confirm_runs)
+            if not final and sv.action is not Action.DISCARD:
+                # A screen on a tier that does not decide: run it where it counts.
+                target = self._promotion_tier(current)
+                if room and target is not None:
+                    self._add_reruns(cand, target, runs, promoted=True, ev=sv.evidence)
+                    return
+                why = (
+                    f"promising on {tier} (z={sv.evidence.t:.2f}) but the run's limits leave "
+                    "no room to validate it"
+                )
+                self._conclude(cand, Verdict(Action.DISCARD, sv.evidence, reason=why))
                 return
-            why = (
-                f"promising on {tier} (z={ev.z:.2f}) but the run's limits leave no room "
-                "to validate it"
-                if strong
-                else ""
-            )
-            self._conclude(cand, Decision.DISCARD, ev, why)
+            if sv.action is Action.CONFIRM:
+                self._add_reruns(cand, tier, sv.runs, promoted=False, ev=sv.evidence)
+                return
+            self._conclude(cand, sv)
             return
-        if decision is not Decision.CONFIRM:
-            self._conclude(cand, decision, ev, "")
-            return
-        self._add_rerun(cand, tier, rows[0].seed + len(values), ev, promoted=bool(promoted))
+        selected = 0 if promoted else 1
+        self._conclude(
+            cand, judge.judge(self.rule, values, selected, best.samples, best.experiment_id, noise)
+        )
 
-    def _replicate(self, cand: Experiment, ev: Evidence) -> None:
-        """Queue re-runs of a just-kept ``cand`` until its evidence has ``best_runs`` runs.
+    def _best_runs(self) -> int:
+        """How many fresh runs a kept variant's bar should rest on ([run] best_runs)."""
+        return self.cfg.run.best_runs or max(1, self.rule.confirm_runs)
+
+    def _replicate(self, cand: Experiment, fresh: int) -> None:
+        """Queue re-runs of a just-kept ``cand`` until its bar rests on ``best_runs`` fresh runs.
 
         The winner's curse: of many candidates compared with the best, the one kept is
-        likely to have been measured lucky, and a single lucky run would then be the bar
-        every later candidate must clear (real improvements get discarded until one is
-        lucky too). More runs of the best make the bar its true level. The re-runs go to
-        the tier its evidence came from, with the next seeds.
+        likely to have been measured lucky; its bar is the mean of runs measured after it
+        was selected. The re-runs go to the tier its evidence came from, with the next seeds.
         """
-        want = self.cfg.run.best_runs or (2 if self.backend.capacity() > 1 else 1)
-        missing = want - len(ev.values)
-        if missing <= 0 or self._count_limit() or self._limit_reason(self.clock.now()):
+        missing = self._best_runs() - fresh
+        if missing <= 0 or not self._room():
             return
-        confirms = self._confirmations(cand)
+        self._queue_replicates(cand, missing, "re-measure kept")
+
+    def _queue_replicates(self, cand: Experiment, n: int, what: str, **flags: Any) -> list[int]:
+        confirms = [c for c in self._confirmations(cand) if c.kind is Kind.CONFIRM]
         promoted = [c for c in confirms if c.meta.get("promoted")]
         rows = promoted if promoted else [cand, *confirms]
-        meta: dict[str, Any] = {"confirms": cand.id, "replicates": True}
+        meta: dict[str, Any] = {"confirms": cand.id, "replicates": True, **flags}
         if tier := self._tier(rows[0]):
             meta["tier"] = tier
-        seed = max(e.seed for e in rows) + 1
-        for i in range(missing):
-            if i and self._count_limit():
-                break  # --max-experiments counts these too
-            self._queue_rerun(cand, f"re-measure kept #{cand.id}", seed + i, meta)
+        seed = max(e.seed for e in [cand, *confirms]) + 1
+        ids = []
+        for i in range(n):
+            if i and self._count_limit() and not flags:
+                break  # --max-experiments counts re-measurements too
+            ids.append(self._queue_rerun(cand, f"{what} #{cand.id}", seed + i, meta))
+        return ids
 
     def _replicated(self, rep: Experiment) -> None:
-        """A re-run of a kept variant is in: its value joins the variant's evidence."""
+        """A re-run of a kept variant is in: its value joins the variant's fresh runs, and
+        the keep is reviewed against the bar it replaced (and revoked if it no longer holds)."""
         cand = self._all[int(rep.meta["confirms"])]
         value = rep.value(self.metric)
         evidence = dict(cand.meta.get("evidence") or {})
+        fresh = [float(v) for v in evidence.get("fresh") or []]
         values = [float(v) for v in evidence.get("values") or []]
         if value is not None and values:
+            fresh.append(value)
             values.append(value)
-            evidence.update(values=values, runs=len(values), mean=statistics.fmean(values))
-            meta = {**cand.meta, "evidence": evidence}
-            updated = self.ledger.finish(
-                cand.id,
-                status=cand.status,
-                metrics=cand.metrics,
-                metric=cand.value(self.metric),
-                finished_at=cand.finished_at or self.clock.now(),
-                reason=cand.reason,
-                meta=meta,
+            evidence.update(
+                values=values,
+                runs=len(values),
+                mean=statistics.fmean(values),
+                fresh=fresh,
+                replicated_mean=statistics.fmean(fresh),
             )
-            with self._lock:
-                self._all[cand.id] = updated
-                if self.best is not None and self.best.experiment_id == cand.id:
-                    self.best = dataclasses.replace(
-                        self.best, value=float(evidence["mean"]), runs=len(values)
-                    )
+            updated = self._update_meta(cand, {"evidence": evidence})
+            standing = updated.status is Status.KEEP
+            if standing and self.best is not None and self.best.experiment_id == cand.id:
+                self.best = Best(
+                    statistics.fmean(fresh), cand.commit, cand.id, len(fresh), tuple(fresh)
+                )
+            bar = [float(v) for v in evidence.get("bar") or []]
+            noise = self._noise(self._tier(rep))
+            if standing and judge.review(self.rule, fresh, bar, noise) is Action.REVOKE:
+                self._revoke(
+                    updated,
+                    f"revoked: re-measured at {statistics.fmean(fresh):.6f} on {len(fresh)} fresh "
+                    f"run(s), no better than the bar it replaced (#{evidence.get('bar_id')} at "
+                    f"{statistics.fmean(bar):.6f})",
+                )
         self.proposer.observe(rep)
         self._write_outputs()
 
-    def _add_rerun(
-        self, cand: Experiment, tier: str, seed: int, ev: Evidence, *, promoted: bool
+    def _revoke(self, cand: Experiment, why: str) -> None:
+        """Withdraw a keep whose evidence no longer stands; the branch moves back.
+
+        Keeps made after it were judged against a bar that no longer stands: each is
+        judged again against the best standing before it, and revoked too unless its own
+        runs beat that one.
+        """
+        assert self.run_rec is not None
+        later = [
+            k
+            for k in kept_chain(list(self._all.values()), self.metric)
+            if k.id != cand.id
+            and float(k.meta.get("kept_at", 0.0)) >= float(cand.meta.get("kept_at", 0.0))
+        ]
+        self._set_status(cand, Status.REVOKED, why, {"revoked_at": self.clock.now()})
+        self._event(f"#{cand.id} {why}")
+        for k in later:
+            self._refresh_best()
+            tier = self._tier(k)
+            bar = self._best_on(tier) if self._baselines.get(tier) else self.best
+            ev = dict(k.meta.get("evidence") or {})
+            values = [float(v) for v in ev.get("values") or []]
+            selected = len(ev.get("selected") or [])
+            if bar is None or not values:
+                continue
+            v = judge.judge(
+                self.rule, values, selected, bar.samples, bar.experiment_id, self._noise(tier)
+            )
+            if v.action is not Action.KEEP:
+                self._set_status(
+                    k,
+                    Status.REVOKED,
+                    f"revoked: judged against #{cand.id}, which was revoked; against "
+                    f"#{bar.experiment_id} it does not hold (p={v.evidence.p:.3g})",
+                    {"revoked_at": self.clock.now()},
+                )
+        self._refresh_best()
+        target = self.best.commit if self.best else self.run_rec.base_commit
+        self.ws.advance_branch(
+            self.run_rec.branch, target, f"autoswarm revoke #{cand.id}: back to {target[:10]}"
+        )
+        self.proposer.observe(self._all[cand.id])
+        self._write_outputs()
+
+    def _refresh_best(self) -> None:
+        self._keeps += 1
+        self.best = best_of(list(self._all.values()), self.metric, self.baseline)
+
+    def _set_status(
+        self, e: Experiment, status: Status, reason: str, meta: Mapping[str, Any]
+    ) -> Experiment:
+        done = self.ledger.finish(
+            e.id,
+            status=status,
+            metrics=e.metrics,
+            metric=e.value(self.metric),
+            finished_at=e.finished_at or self.clock.now(),
+            reason=reason,
+            meta={**e.meta, **meta},
+        )
+        with self._lock:
+            self._all[e.id] = done
+        self._keeps += 1
+        return done
+
+    def _update_meta(self, e: Experiment, meta: Mapping[str, Any]) -> Experiment:
+        return self._set_status(e, e.status, e.reason, meta)
+
+    def _add_reruns(
+        self, cand: Experiment, tier: str, n: int, *, promoted: bool, ev: judge.Evidence
     ) -> None:
-        """Queue a confirmation (same tier) or promotion (validation tier) run of ``cand``."""
+        """Queue ``n`` confirmation (same tier) or validation (another tier) runs of ``cand``,
+        with fresh seeds: they are the evidence its verdict, and its bar, rest on."""
         meta: dict[str, Any] = {
             "confirms": cand.id,
-            "z_before": ev.z if math.isfinite(ev.z) else None,
+            "z_before": ev.t if math.isfinite(ev.t) else None,
         }
         if tier:
             meta["tier"] = tier
         if promoted:
             meta["promoted"] = True
-            what = f"validate #{cand.id} on {tier}"
-            if not any(c.meta.get("promoted") for c in self._confirmations(cand)):
-                meta["screening"] = ev.as_meta()  # the evidence that earned the promotion
-        else:
-            what = f"confirm #{cand.id}"
-        self._queue_rerun(cand, what, seed, meta)
+            meta["screening"] = ev.as_meta()  # the evidence that earned the promotion
+        for i in range(n):
+            what = f"validate #{cand.id} on {tier}" if promoted else f"confirm #{cand.id}"
+            self._queue_rerun(cand, what, cand.seed + 1 + i, meta)
 
-    def _queue_rerun(self, cand: Experiment, what: str, seed: int, meta: dict[str, Any]) -> None:
+    def _queue_rerun(self, cand: Experiment, what: str, seed: int, meta: dict[str, Any]) -> int:
         """Record a CONFIRM row re-running ``cand``'s commit with ``seed``, first in the queue."""
         assert self.run_rec is not None
         row = self.ledger.add_experiment(
@@ -933,6 +1109,37 @@ class Scheduler:
             self._all[row.id] = row
             self._confirm_ids[cand.id].append(row.id)
         self._queue.appendleft(row.id)  # re-runs gate decisions and the bar: they go first
+        return row.id
+
+    # -- the end of a run: validating the best ---------------------------------------
+
+    def _final_runs(self) -> int:
+        n = self.cfg.run.final_runs
+        return n if n >= 0 else (3 if self.backend.capacity() > 1 else 0)
+
+    def _start_final(self, reason: str) -> bool:
+        """Queue the end-of-run re-runs of the best ([run] final_runs); True if any were."""
+        best = self.best
+        self._final = reason
+        if best is None or self._final_runs() <= 0:
+            return False
+        if not (reason.startswith("time limit") or reason == "proposer exhausted"):
+            return False  # a count or money limit is a hard stop: no runs beyond it
+        cand = self._all.get(best.experiment_id)
+        if cand is None or cand.kind is not Kind.CANDIDATE:
+            return False  # the baseline is the best: its repeats already measure it
+        if cand.meta.get("validated"):
+            return False
+        self._update_meta(cand, {"validated": True})
+        self._event(f"validating the best #{cand.id}: {self._final_runs()} more runs, fresh seeds")
+        ids = self._queue_replicates(cand, self._final_runs(), "validate best", final=True)
+        self._final_ids.update(ids)
+        return bool(ids)
+
+    def _event(self, text: str) -> None:
+        """A line for the live view and the log of the orchestrator."""
+        self._events.append(text)
+        self._changed()
 
     # -- tiers -----------------------------------------------------------------------
 
@@ -966,7 +1173,9 @@ class Scheduler:
         return found
 
     def _scan_best_on(self, tier: str, base: Baseline) -> Best:
+        # A bar is the mean of fresh runs (re-runs after the selection) where there are any.
         values: dict[str, list[float]] = {}
+        fresh: dict[str, list[float]] = {}
         kept: list[Experiment] = []
         with self._lock:
             exps = list(self._all.values())
@@ -980,19 +1189,23 @@ class Scheduler:
                 and (v := e.value(self.metric)) is not None
             ):
                 values.setdefault(e.commit, []).append(v)
+                if e.kind is Kind.CONFIRM:
+                    fresh.setdefault(e.commit, []).append(v)
         kept.sort(key=lambda e: (float(e.meta.get("kept_at", e.finished_at or 0.0)), e.id))
         order = [self.best] if self.best else []
         for k in reversed(kept):
             order.append(Best(value=0.0, commit=k.commit, experiment_id=k.id))
         for b in order:
             if b.commit in values:
-                vs = values[b.commit]
-                return Best(statistics.fmean(vs), b.commit, b.experiment_id, runs=len(vs))
+                vs = fresh.get(b.commit) or values[b.commit]
+                return Best(
+                    statistics.fmean(vs), b.commit, b.experiment_id, runs=len(vs), values=tuple(vs)
+                )
         first = min(
             (e for e in exps if e.kind is Kind.BASELINE and self._tier(e) == tier),
             key=lambda e: e.id,
         )
-        return Best(base.mean, base.commit, first.id, runs=len(base.values))
+        return Best(base.mean, base.commit, first.id, runs=len(base.values), values=base.values)
 
     def _promotion_tier(self, current: str) -> str | None:
         """Where a promoted candidate is re-run: the validation tier, else a tier on which
@@ -1021,12 +1234,19 @@ class Scheduler:
                     reason=f"its tier {pin!r} is no longer in [pool]; it cannot run",
                 )
 
-    def _conclude(
-        self, cand: Experiment, decision: Decision, ev: Evidence | None, reason: str
-    ) -> None:
+    def _conclude_discard(self, cand: Experiment, reason: str) -> None:
+        """Discard ``cand`` without evidence to weigh (its re-run crashed, its runs are gone)."""
+        self._record_verdict(cand, Status.DISCARD, None, reason)
+
+    def _conclude(self, cand: Experiment, v: Verdict) -> None:
         """Record the final verdict of a candidate and of its confirmation runs."""
+        status = Status.KEEP if v.action is Action.KEEP else Status.DISCARD
+        self._record_verdict(cand, status, v.evidence, v.reason)
+
+    def _record_verdict(
+        self, cand: Experiment, status: Status, ev: judge.Evidence | None, reason: str
+    ) -> None:
         assert self.run_rec is not None
-        status = Status.KEEP if decision is Decision.KEEP else Status.DISCARD
         meta: dict[str, Any] = dict(cand.meta)
         if ev is not None:
             meta["evidence"] = ev.as_meta()
@@ -1060,15 +1280,20 @@ class Scheduler:
                     )
                     finished_confirms.append(self._all[c.id])
             if status is Status.KEEP and ev is not None:
+                bar = ev.fresh or ev.values
                 self.best = Best(
-                    value=ev.mean, commit=cand.commit, experiment_id=cand.id, runs=len(ev.values)
+                    value=statistics.fmean(bar),
+                    commit=cand.commit,
+                    experiment_id=cand.id,
+                    runs=len(bar),
+                    values=tuple(bar),
                 )
         if status is Status.KEEP:
             self.ws.advance_branch(
                 self.run_rec.branch, cand.commit, f"autoswarm keep #{cand.id}: {cand.description}"
             )
             if ev is not None:
-                self._replicate(done, ev)
+                self._replicate(done, len(ev.fresh))
         # Observed in the order a resume replays them: the candidate, then its confirmations.
         for e in (done, *finished_confirms):
             self.proposer.observe(e)
@@ -1094,6 +1319,7 @@ class Scheduler:
         )
         with self._lock:
             self._all[exp.id] = done
+        self._measure(done)
         self._cleanup.submit(shutil.rmtree, self.ws.run_dir(exp.id), ignore_errors=True)
         if status is not Status.PENDING:
             self._write_outputs()
@@ -1181,6 +1407,9 @@ class Scheduler:
 
 # ---------------------------------------------------------------------------
 # Small helpers
+
+# Statuses whose value is a measurement of its commit (the noise model's input).
+_MEASURED = (Status.KEEP, Status.DISCARD, Status.PENDING, Status.REVOKED)
 
 
 def _knob_values(files: Mapping[str, str]) -> dict[str, Any]:

@@ -34,16 +34,25 @@ class Status(enum.Enum):
     CRASH = "crash"  # finished without a usable metric (exit code, timeout, NaN, OOM, syntax)
     REJECTED = "rejected"  # never ran: edits a locked file, does not apply, duplicate
     INTERRUPTED = "interrupted"  # killed by Ctrl-C; re-queued by `autoswarm run --resume`
+    REVOKED = "revoked"  # was kept, but its re-measured evidence no longer supports the keep
 
     def is_finished(self) -> bool:
         """True for states a resumed run must never run again."""
-        return self in (Status.KEEP, Status.DISCARD, Status.CRASH, Status.REJECTED)
+        return self in (
+            Status.KEEP,
+            Status.DISCARD,
+            Status.CRASH,
+            Status.REJECTED,
+            Status.REVOKED,
+        )
 
     @property
     def tsv(self) -> str:
         """The status word autoresearch's results.tsv uses (keep|discard|crash)."""
         if self in (Status.KEEP, Status.DISCARD):
             return self.value
+        if self is Status.REVOKED:
+            return "discard"
         return "crash"
 
 

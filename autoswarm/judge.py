@@ -1,0 +1,461 @@
+"""Decisions on numbers: is a variant better than the best, given noise we only estimate?
+
+Pure functions over plain values (no ledger, no git, no clock), so that every rule
+below is tested on numbers (tests/unit/test_judge.py) and the scheduler only applies
+the answer.
+
+The problem, in the words of issue 13: a run compares hundreds or thousands of
+candidates with a few bests; some variants widen the metric's seed-to-seed spread
+(an unstable learning rate, a smaller evaluation); σ is estimated from a handful of
+runs; and the run that selected a variant is biased by the selection. The rule:
+
+1. **Noise model** (:func:`noise_model`). σ̂² is the pooled variance of every commit
+   measured more than once (baseline repeats, confirmations, re-measurements), with
+   ``df = Σ (n_i − 1)`` degrees of freedom; commits whose own spread is significantly
+   wider are left out of the pool (they are *unstable*, see 3). How much single
+   variants differ in spread is estimated from the same groups (the empirical-Bayes
+   prior degrees of freedom ``d0`` of limma: Smyth 2004), and caps how far a variant's
+   own few runs are pulled toward σ̂.
+2. **Screen** (:func:`screen`). A first run is compared with the bar in σ̂: a gain of
+   more than ``screen_sigmas`` standard errors earns ``confirm_runs`` runs with fresh
+   seeds; anything else is discarded. No variant is kept on one run.
+3. **Judge** (:func:`judge`). With its fresh runs in, the variant's own spread counts:
+   its variance is moderated toward σ̂ (``(d0·σ̂² + (n−1)·s²) / (d0 + n − 1)``); when it
+   is significantly wider than σ̂ (an F test at ``unstable_alpha``) it is *unstable* and
+   judged with its own variance alone. Candidate and bar are compared by Welch's t
+   test (unequal variances, Satterthwaite degrees of freedom, so an uncertain σ̂ costs
+   what it should). Keep iff the one-sided p-value is below ``false_keep_rate`` (and the
+   gain clears ``min_delta`` and ``keep_sigmas`` standard errors).
+4. **False keeps per run, not per candidate.** The test on all of a variant's runs has
+   level ``false_keep_rate`` whatever the screen did, so a candidate with no effect is
+   kept with probability at most ``false_keep_rate``: with the default 0.001, 1000
+   candidates that change nothing keep at most 1 in expectation, at any slot count
+   (this bounds the expected number of false keeps, E[V] ≤ m·α).
+5. **Selection apart from estimation.** The bar a keep sets is the mean of its fresh
+   runs only; the screening run that selected it is not averaged in (it is biased by
+   the selection: the winner's curse). Both are recorded.
+6. **Review** (:func:`review`). When a kept variant's fresh runs grow (re-measurements,
+   the end-of-run validation, ``autoswarm reproduce``) and their mean is no longer
+   better than the bar it replaced, the keep is *revoked*.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from autoswarm.types import Direction
+
+# A variant's spread is pulled toward σ̂ by at most this many degrees of freedom before
+# the run has measured how much variants' spreads differ (fewer than MIN_GROUPS groups).
+DEFAULT_PRIOR_DF = 4.0
+MIN_GROUPS = 4
+
+# ---------------------------------------------------------------------------
+# Records
+
+
+class Action(enum.Enum):
+    """What the scheduler should do with a variant."""
+
+    KEEP = "keep"
+    DISCARD = "discard"
+    CONFIRM = "confirm"  # run it again with fresh seeds before deciding
+    STAND = "stand"  # a kept variant's evidence still holds
+    REVOKE = "revoke"  # a kept variant's evidence no longer holds
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The run's noise model at one moment.
+
+    Attributes:
+        sigma: pooled seed-to-seed standard deviation σ̂ of the metric.
+        df: its degrees of freedom (Σ (n_i − 1) over the pooled commits).
+        prior_df: how many degrees of freedom σ̂ counts for when a variant's own spread
+            is estimated from its few runs (``d0``, at most ``df``; ``inf`` when the run
+            has seen no difference in spread between variants).
+        groups: commits measured more than once.
+        unstable: commits left out of the pool because their spread is wider.
+    """
+
+    sigma: float
+    df: float
+    prior_df: float
+    groups: int = 1
+    unstable: int = 0
+
+    @property
+    def known(self) -> bool:
+        """True once σ̂ rests on at least one degree of freedom."""
+        return self.df >= 1 and self.sigma > 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rule:
+    """Parameters of the rule (from [run] in autoswarm.toml)."""
+
+    direction: Direction = Direction.MINIMIZE
+    false_keep_rate: float = 0.001
+    screen_sigmas: float = 1.0
+    confirm_runs: int = 2
+    keep_sigmas: float = 2.0
+    min_delta: float = 0.0
+    unstable_alpha: float = 0.01
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a decision was based on (recorded with the experiment under ``evidence``)."""
+
+    values: tuple[float, ...]  # every run of the variant on the deciding tier
+    selected: tuple[float, ...]  # the runs that selected it (the screen)
+    fresh: tuple[float, ...]  # runs with seeds chosen after it was selected
+    bar: tuple[float, ...]  # the runs of the bar it was compared with
+    bar_id: int  # the experiment that set that bar
+    sigma: float  # pooled σ̂
+    sigma_df: float
+    own_sigma: float  # the variant's own sample σ (0 with one run)
+    gain: float  # bar mean − variant mean (positive = better)
+    se: float
+    t: float
+    df: float
+    p: float
+    alpha: float
+    unstable: bool = False
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def replicated(self) -> float | None:
+        """Mean of the fresh runs: the variant's value as a new bar (None without any)."""
+        return statistics.fmean(self.fresh) if self.fresh else None
+
+    def as_meta(self) -> dict[str, object]:
+        def num(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
+        return {
+            "runs": len(self.values),
+            "values": list(self.values),
+            "mean": self.mean,
+            "selected": list(self.selected),
+            "selected_mean": statistics.fmean(self.selected) if self.selected else None,
+            "fresh": list(self.fresh),
+            "replicated_mean": self.replicated,
+            "best_before": statistics.fmean(self.bar) if self.bar else None,
+            "best_runs": len(self.bar),
+            "bar": list(self.bar),
+            "bar_id": self.bar_id,
+            "sigma": self.sigma,
+            "sigma_df": num(self.sigma_df),
+            "own_sigma": self.own_sigma,
+            "gain": self.gain,
+            "se": self.se,
+            "z": num(self.t),
+            "df": num(self.df),
+            "p": self.p,
+            "alpha": self.alpha,
+            "unstable": self.unstable,
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer: an action, the evidence, and (for CONFIRM) how many more runs."""
+
+    action: Action
+    evidence: Evidence
+    runs: int = 0
+    reason: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------
+# The noise model
+
+
+def _var(values: Sequence[float]) -> float:
+    return statistics.variance(values) if len(values) > 1 else 0.0
+
+
+def _f_sf(ratio: float, df1: float, df2: float) -> float:
+    """P(F(df1, df2) > ratio): the chance equal spreads look this different."""
+    from scipy import stats
+
+    if not math.isfinite(df2):
+        return float(stats.chi2.sf(ratio * df1, df1))
+    return float(stats.f.sf(ratio, df1, df2))
+
+
+def _prior_df(groups: Sequence[Sequence[float]]) -> float:
+    """Empirical-Bayes prior degrees of freedom of the group variances (limma's fitFDist).
+
+    Small when groups differ in spread more than sampling explains (so a variant's own
+    runs count for more), infinite when they do not.
+    """
+    from scipy import special
+
+    rows = [(len(g) - 1, _var(g)) for g in groups if len(g) > 1 and _var(g) > 0]
+    if len(rows) < MIN_GROUPS:
+        return DEFAULT_PRIOR_DF
+    e = [math.log(s2) - special.digamma(d / 2) + math.log(d / 2) for d, s2 in rows]
+    evar = statistics.variance(e) - statistics.fmean(
+        float(special.polygamma(1, d / 2)) for d, _ in rows
+    )
+    if evar <= 0:
+        return math.inf
+    return float(2.0 * _trigamma_inverse(float(evar)))
+
+
+def _trigamma_inverse(y: float) -> float:
+    """x with trigamma(x) = y (Newton's method, as limma's trigammaInverse)."""
+    from scipy import special
+
+    if y > 1e7:
+        return 1.0 / math.sqrt(y)
+    if y < 1e-6:
+        return 1.0 / y
+    x = 0.5 + 1.0 / y
+    for _ in range(50):
+        tri = float(special.polygamma(1, x))
+        step = tri * (1 - tri / y) / float(special.polygamma(2, x))
+        x += step
+        if -step / x < 1e-8:
+            break
+    return x
+
+
+def noise_model(groups: Sequence[Sequence[float]]) -> Noise:
+    """σ̂ pooled over the commits measured more than once (the first group: the baseline).
+
+    A group whose spread is significantly wider than the pool of the others (F test at
+    1%) is *unstable* and left out, so one lottery-like variant does not blind the rule
+    to every real gain after it. The baseline group always counts.
+    """
+    import numpy as np
+    from scipy import stats
+
+    multi = [tuple(g) for g in groups if len(g) > 1]
+    if not multi:
+        return Noise(sigma=0.0, df=0.0, prior_df=0.0, groups=0)
+    dfs = np.array([len(g) - 1 for g in multi], dtype=float)
+    var = np.array([_var(g) for g in multi], dtype=float)
+    df_all, ss_all = dfs.sum(), (dfs * var).sum()
+    df_o = df_all - dfs  # the pool of the others, group by group
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s2_o = np.where(df_o > 0, (ss_all - dfs * var) / np.where(df_o > 0, df_o, 1), 0.0)
+        ratio = np.where(s2_o > 0, var / np.where(s2_o > 0, s2_o, 1), 0.0)
+    p = stats.f.sf(ratio, dfs, np.maximum(df_o, 1))
+    wide = (s2_o > 0) & (df_o > 0) & (p < 0.01)
+    wide[0] = False  # the baseline always counts
+    keep = ~wide
+    df = float(dfs[keep].sum())
+    sigma = math.sqrt(float((dfs[keep] * var[keep]).sum()) / df) if df else 0.0
+    prior = float(min(_prior_df(multi), df))
+    return Noise(sigma=sigma, df=df, prior_df=prior, groups=len(multi), unstable=int(wide.sum()))
+
+
+def _side(values: Sequence[float], noise: Noise, *, own: bool) -> tuple[float, float]:
+    """Variance of one run and its degrees of freedom for one side of the comparison.
+
+    ``own``: the variant's own spread alone (an unstable variant); otherwise its runs'
+    variance moderated toward σ̂ with the prior's degrees of freedom.
+    """
+    n = len(values)
+    s2 = _var(values)
+    if own and n > 1:
+        return s2, float(n - 1)
+    d0 = noise.prior_df
+    if not math.isfinite(d0):
+        return noise.sigma**2, noise.df
+    moderated = (d0 * noise.sigma**2 + (n - 1) * s2) / (d0 + n - 1) if d0 + n - 1 > 0 else s2
+    # Never narrower than the pool: a few runs that happen to agree prove little.
+    return max(moderated, noise.sigma**2), d0 + n - 1
+
+
+def _is_unstable(values: Sequence[float], noise: Noise, rule: Rule) -> bool:
+    if len(values) < 2 or not noise.known:
+        return False
+    return _f_sf(_var(values) / noise.sigma**2, len(values) - 1, noise.df) < rule.unstable_alpha
+
+
+def _welch(
+    rule: Rule, values: Sequence[float], bar: Sequence[float], noise: Noise, *, unstable: bool
+) -> tuple[float, float, float, float, float]:
+    """gain, se, t, df, one-sided p of ``values`` being better than ``bar``."""
+    from scipy import stats
+
+    gain = rule.direction.improvement(statistics.fmean(bar), statistics.fmean(values))
+    v_c, df_c = _side(values, noise, own=unstable)
+    v_b, df_b = _side(bar, noise, own=False)
+    a, b = v_c / len(values), v_b / len(bar)
+    se = math.sqrt(a + b)
+    if se <= 0:
+        return (
+            gain,
+            0.0,
+            (math.copysign(math.inf, gain) if gain else 0.0),
+            math.inf,
+            (0.0 if gain > 0 else 1.0),
+        )
+    t = gain / se
+    parts = (a * a / df_c if df_c > 0 else math.inf) + (b * b / df_b if df_b > 0 else math.inf)
+    df = (a + b) ** 2 / parts if parts > 0 and math.isfinite(parts) else 0.0
+    # Both sides lean on the same σ̂ (the bar's runs are in its pool): Satterthwaite would
+    # count its degrees of freedom twice, so no more than either side's own are used.
+    df = min(df, df_c, df_b)
+    if df <= 0:
+        return gain, se, t, 0.0, 1.0  # no degree of freedom: nothing can be concluded
+    p = float(stats.t.sf(t, df)) if math.isfinite(df) else float(stats.norm.sf(t))
+    return gain, se, t, df, p
+
+
+def _evidence(
+    rule: Rule,
+    values: Sequence[float],
+    selected: int,
+    bar: Sequence[float],
+    bar_id: int,
+    noise: Noise,
+    *,
+    unstable: bool,
+) -> Evidence:
+    gain, se, t, df, p = _welch(rule, values, bar, noise, unstable=unstable)
+    return Evidence(
+        values=tuple(values),
+        selected=tuple(values[:selected]),
+        fresh=tuple(values[selected:]),
+        bar=tuple(bar),
+        bar_id=bar_id,
+        sigma=noise.sigma,
+        sigma_df=noise.df,
+        own_sigma=math.sqrt(_var(values)),
+        gain=gain,
+        se=se,
+        t=t,
+        df=df,
+        p=p,
+        alpha=rule.false_keep_rate,
+        unstable=unstable,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Decisions
+
+
+def screen(
+    rule: Rule, first: float, bar: Sequence[float], bar_id: int, noise: Noise, *, room: bool
+) -> Verdict:
+    """A first run: CONFIRM (with ``rule.confirm_runs`` fresh seeds) or DISCARD.
+
+    ``room``: whether the run's limits leave room for more runs; without it a promising
+    variant is judged on its single run (and almost never kept).
+    """
+    ev = _evidence(rule, [first], 1, bar, bar_id, noise, unstable=False)
+    se1 = noise.sigma * math.sqrt(1 + 1 / len(bar))
+    z = ev.gain / se1 if se1 > 0 else (math.inf if ev.gain > 0 else 0.0)
+    promising = ev.gain > rule.min_delta and z > rule.screen_sigmas
+    if promising and rule.confirm_runs > 0 and room:
+        return Verdict(Action.CONFIRM, ev, runs=rule.confirm_runs)
+    if promising:
+        return judge(rule, [first], 1, bar, bar_id, noise)
+    return Verdict(Action.DISCARD, ev)
+
+
+def judge(
+    rule: Rule,
+    values: Sequence[float],
+    selected: int,
+    bar: Sequence[float],
+    bar_id: int,
+    noise: Noise,
+) -> Verdict:
+    """KEEP or DISCARD on all of a variant's runs (``values[:selected]`` selected it)."""
+    unstable = _is_unstable(values, noise, rule)
+    ev = _evidence(rule, values, selected, bar, bar_id, noise, unstable=unstable)
+    why = ""
+    if unstable:
+        why = (
+            f"unstable: its spread (σ {ev.own_sigma:.4g} over {len(values)} runs) is wider "
+            f"than the noise (σ {noise.sigma:.4g}); judged with its own σ"
+        )
+    keep = (
+        ev.p < rule.false_keep_rate
+        and ev.gain > rule.min_delta
+        and ev.t >= rule.keep_sigmas
+        and (len(values) > selected or rule.confirm_runs == 0)
+    )
+    return Verdict(Action.KEEP if keep else Action.DISCARD, ev, reason=why)
+
+
+def review(rule: Rule, fresh: Sequence[float], bar: Sequence[float], noise: Noise) -> Action:
+    """STAND or REVOKE a keep, from its fresh runs against the bar it replaced.
+
+    Revoked when the mean of the runs measured after the selection is no better than
+    that bar (by more than ``min_delta``): the selection was luck.
+    """
+    if not fresh or not bar:
+        return Action.STAND
+    gain = rule.direction.improvement(statistics.fmean(bar), statistics.fmean(fresh))
+    return Action.STAND if gain > rule.min_delta else Action.REVOKE
+
+
+def claim(
+    rule: Rule, recorded: float, runs: Sequence[float], noise: Noise
+) -> tuple[bool, float, float]:
+    """Whether fresh ``runs`` support a ``recorded`` value: (holds, mean, se).
+
+    It holds when the recorded value lies inside the two-sided 95% interval of the new
+    mean (with σ̂'s own uncertainty, t quantiles), or the new mean is better.
+    """
+    from scipy import stats
+
+    mean = statistics.fmean(runs)
+    v, df = _side(runs, noise, own=len(runs) > 2 and _is_unstable(runs, noise, rule))
+    se = math.sqrt(v / len(runs)) if v > 0 else 0.0
+    worse = rule.direction.improvement(mean, recorded)  # > 0: recorded better than now
+    if se == 0:
+        return worse <= 0, mean, se
+    q = float(stats.t.ppf(0.975, df)) if math.isfinite(df) and df > 0 else 1.96
+    return worse <= q * se, mean, se
+
+
+def slowed(steps: Sequence[float | None], *, ratio: float = 0.8) -> list[int]:
+    """Indexes of repeats that ran far fewer steps than the others (other load on the machine).
+
+    A repeat of the same files with the same budget that made fewer than ``ratio`` × the
+    median number of steps of the others was slowed by something else on the machine;
+    its value says more about that load than about the noise. Needs three repeats with
+    steps at least.
+    """
+    known = [(i, s) for i, s in enumerate(steps) if s is not None and s > 0]
+    if len(known) < 3:
+        return []
+    out = []
+    for i, s in known:
+        others = statistics.median(x for j, x in known if j != i)
+        if s < ratio * others:
+            out.append(i)
+    return out if len(out) < len(known) / 2 else []
+
+
+__all__ = [
+    "Action",
+    "Evidence",
+    "Noise",
+    "Rule",
+    "Verdict",
+    "claim",
+    "judge",
+    "noise_model",
+    "review",
+    "screen",
+    "slowed",
+]
