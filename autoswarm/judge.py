@@ -305,13 +305,13 @@ def _welch(
             (0.0 if gain > 0 else 1.0),
         )
     t = gain / se
-    parts = (a * a / df_c if df_c > 0 else math.inf) + (b * b / df_b if df_b > 0 else math.inf)
-    df = (a + b) ** 2 / parts if parts > 0 and math.isfinite(parts) else 0.0
+    if df_c <= 0 or df_b <= 0:
+        return gain, se, t, 0.0, 1.0  # a side without a degree of freedom: nothing concluded
+    parts = sum(x * x / d for x, d in ((a, df_c), (b, df_b)) if math.isfinite(d))
+    df = (a + b) ** 2 / parts if parts > 0 else math.inf
     # Both sides lean on the same σ̂ (the bar's runs are in its pool): Satterthwaite would
     # count its degrees of freedom twice, so no more than either side's own are used.
     df = min(df, df_c, df_b)
-    if df <= 0:
-        return gain, se, t, 0.0, 1.0  # no degree of freedom: nothing can be concluded
     p = float(stats.t.sf(t, df)) if math.isfinite(df) else float(stats.norm.sf(t))
     return gain, se, t, df, p
 

@@ -1,0 +1,210 @@
+"""The keep rule on plain numbers: no ledger, no git, no clock (autoswarm.judge)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from autoswarm.judge import (
+    Action,
+    Noise,
+    Rule,
+    claim,
+    judge,
+    noise_model,
+    review,
+    screen,
+    slowed,
+)
+from autoswarm.types import Direction
+
+RULE = Rule()
+BASE = [1.000, 1.010, 0.990]  # σ = 0.01
+WELL_KNOWN = Noise(sigma=0.01, df=60.0, prior_df=20.0, groups=30)
+
+
+def _two_stage(rule: Rule, noise: Noise, bar: list[float], draw, rng: random.Random) -> Action:
+    """Screen one run, then (if promising) judge it on its fresh runs too."""
+    first = draw(rng)
+    v = screen(rule, first, bar, 1, noise, room=True)
+    if v.action is not Action.CONFIRM:
+        return v.action
+    values = [first] + [draw(rng) for _ in range(v.runs)]
+    return judge(rule, values, 1, bar, 1, noise).action
+
+
+# ---------------------------------------------------------------------------
+# The noise model
+
+
+def test_noise_is_pooled_over_every_repeated_commit() -> None:
+    noise = noise_model([[1.0, 1.02], [2.0, 2.02], [3.0, 3.02, 3.04]])
+    assert noise.df == 4
+    assert noise.sigma == pytest.approx(math.sqrt((0.0002 + 0.0002 + 0.0008) / 4))
+    assert noise.groups == 3 and noise.unstable == 0
+
+
+def test_a_group_with_a_much_wider_spread_is_left_out_of_the_pool() -> None:
+    rng = random.Random(3)
+    groups = [[rng.gauss(0, 0.01) for _ in range(3)] for _ in range(20)]
+    lottery = [0.0, 0.5, -0.5]
+    noise = noise_model([*groups, lottery])
+    assert noise.unstable == 1
+    assert noise.sigma < 0.02  # the lottery would make σ̂ ≈ 0.08
+
+
+def test_the_prior_weight_shrinks_when_variants_differ_in_spread() -> None:
+    rng = random.Random(4)
+    same = [[rng.gauss(0, 1) for _ in range(3)] for _ in range(40)]
+    mixed = [[rng.gauss(0, rng.choice((0.3, 1, 3))) for _ in range(3)] for _ in range(40)]
+    assert noise_model(mixed).prior_df < noise_model(same).prior_df
+
+
+def test_no_repeated_commit_means_no_noise_known() -> None:
+    assert not noise_model([[1.0]]).known
+    assert not noise_model([]).known
+
+
+# ---------------------------------------------------------------------------
+# Decisions
+
+
+def test_no_keep_on_a_single_run_however_good() -> None:
+    noise = noise_model([BASE])
+    v = screen(RULE, 0.5, BASE, 1, noise, room=True)
+    assert v.action is Action.CONFIRM and v.runs == 2
+    # Without room for more runs, a single run is not enough.
+    assert screen(RULE, 0.5, BASE, 1, noise, room=False).action is Action.DISCARD
+
+
+def test_a_run_inside_the_noise_is_discarded_at_the_screen() -> None:
+    v = screen(RULE, 0.995, BASE, 1, noise_model([BASE]), room=True)
+    assert v.action is Action.DISCARD
+
+
+def test_a_real_gain_with_equal_noise_is_kept() -> None:
+    # 5σ better, three runs with the baseline's spread, noise well measured.
+    v = judge(RULE, [0.950, 0.955, 0.945], 1, BASE, 1, WELL_KNOWN)
+    assert v.action is Action.KEEP
+    assert v.evidence.p < RULE.false_keep_rate
+    assert not v.evidence.unstable
+    # Selection apart from estimation: the bar it sets is the mean of its fresh runs.
+    assert v.evidence.selected == (0.950,)
+    assert v.evidence.fresh == (0.955, 0.945)
+    assert v.evidence.replicated == pytest.approx(0.950)
+
+
+def test_a_high_spread_variant_with_one_lucky_run_is_not_kept() -> None:
+    # One run 10σ better, the fresh runs scattered: its own spread is 15× the baseline's.
+    values = [0.900, 1.200, 0.930]
+    v = judge(RULE, values, 1, BASE, 1, WELL_KNOWN)
+    assert v.action is Action.DISCARD
+    assert v.evidence.unstable and "unstable" in v.reason
+    # Its mean is worse than the baseline anyway; even a mean that wins is judged with its σ.
+    v = judge(RULE, [0.80, 1.05, 0.84], 1, BASE, 1, WELL_KNOWN)
+    assert v.evidence.gain > 0.09 and v.evidence.unstable and v.action is Action.DISCARD
+
+
+def test_an_unstable_variant_that_wins_by_far_is_still_kept() -> None:
+    v = judge(RULE, [0.50, 0.55, 0.45, 0.52, 0.48], 1, BASE, 1, WELL_KNOWN)
+    assert v.evidence.unstable and v.action is Action.KEEP
+
+
+def test_sigma_from_two_runs_is_treated_as_uncertain() -> None:
+    two = [1.000, 1.010]  # σ̂ = 0.0071 on one degree of freedom
+    values = [0.975, 0.978, 0.972]  # ~3.5σ̂ better: a keep if σ̂ were known ...
+    known = Noise(sigma=0.00707, df=math.inf, prior_df=math.inf)
+    assert judge(RULE, values, 1, two, 1, known).action is Action.KEEP
+    # ... not when σ̂ rests on two runs (t quantiles on one degree of freedom).
+    v = judge(RULE, values, 1, two, 1, noise_model([two]))
+    assert v.action is Action.DISCARD and v.evidence.df <= 2
+
+
+def test_more_runs_of_the_noise_make_the_same_gain_significant() -> None:
+    values = [0.975, 0.978, 0.972]
+    few = judge(RULE, values, 1, BASE, 1, noise_model([BASE]))
+    rng = random.Random(5)
+    many = noise_model([BASE] + [[rng.gauss(0, 0.01) for _ in range(3)] for _ in range(30)])
+    more = judge(RULE, values, 1, BASE, 1, many)
+    assert more.evidence.p < few.evidence.p
+
+
+def test_maximize_and_min_delta() -> None:
+    up = Rule(direction=Direction.MAXIMIZE)
+    assert judge(up, [1.05, 1.052, 1.048], 1, BASE, 1, WELL_KNOWN).action is Action.KEEP
+    assert judge(up, [0.95, 0.952, 0.948], 1, BASE, 1, WELL_KNOWN).action is Action.DISCARD
+    floor = Rule(min_delta=0.1)
+    assert judge(floor, [0.95, 0.955, 0.945], 1, BASE, 1, WELL_KNOWN).action is Action.DISCARD
+
+
+def test_confirm_runs_zero_decides_on_one_run() -> None:
+    rule = Rule(confirm_runs=0)
+    assert screen(rule, 0.90, BASE, 1, WELL_KNOWN, room=True).action is Action.KEEP
+    assert screen(rule, 0.995, BASE, 1, WELL_KNOWN, room=True).action is Action.DISCARD
+
+
+# ---------------------------------------------------------------------------
+# Review: revocation
+
+
+def test_a_keep_contradicted_by_replication_is_revoked() -> None:
+    # Kept on a lucky screen; its fresh runs say it is no better than the bar it replaced.
+    assert review(RULE, [1.004, 0.998, 1.006], BASE, WELL_KNOWN) is Action.REVOKE
+    assert review(RULE, [0.950, 0.955, 0.960], BASE, WELL_KNOWN) is Action.STAND
+
+
+def test_claim_holds_within_the_new_interval() -> None:
+    holds, mean, se = claim(RULE, 0.950, [0.951, 0.949, 0.953], WELL_KNOWN)
+    assert holds and mean == pytest.approx(0.951) and se > 0
+    holds, _, _ = claim(RULE, 0.900, [0.951, 0.949, 0.953], WELL_KNOWN)
+    assert not holds
+
+
+# ---------------------------------------------------------------------------
+# Many candidates: the false-keep bound
+
+
+@pytest.mark.parametrize("spreads", [(1.0,), (1.0, 1.0, 3.0), (1.0, 1.0, 1.0, 3.0, 10.0)])
+def test_many_null_candidates_keep_within_the_bound(spreads: tuple[float, ...]) -> None:
+    """20,000 candidates that change nothing: at most ~1 per 1000 kept, whatever their spread.
+
+    Some only widen the spread (3×, 10× the baseline's). The noise model is fitted, as in
+    a run, on earlier candidates' repeated runs from the same population, so it has seen
+    how much spreads differ. The bound holds per candidate, hence at any number of
+    candidates and slots.
+    """
+    rng = random.Random(7)
+    base = [rng.gauss(1.0, 0.01) for _ in range(3)]
+    earlier = [[rng.gauss(1.0, 0.01 * rng.choice(spreads)) for _ in range(3)] for _ in range(15)]
+    noise = noise_model([base, *earlier])
+    n = 20_000
+    kept = sum(
+        _two_stage(RULE, noise, base, lambda r: r.gauss(1.0, 0.01 * r.choice(spreads)), rng)
+        is Action.KEEP
+        for _ in range(n)
+    )
+    # Expected at most 20 (α = 0.001); 35 leaves room for Monte Carlo error (p < 0.001).
+    assert kept <= 35, f"{kept} false keeps of {n} (spreads {spreads})"
+
+
+def test_real_gains_are_still_found() -> None:
+    rng = random.Random(8)
+    noise = Noise(sigma=0.01, df=40.0, prior_df=20.0)
+    kept = sum(
+        _two_stage(RULE, noise, BASE, lambda r: r.gauss(0.96, 0.01), rng) is Action.KEEP
+        for _ in range(500)
+    )
+    assert kept > 250  # a 4σ gain is kept more often than not
+
+
+# ---------------------------------------------------------------------------
+# Repeats slowed by other load
+
+
+def test_a_repeat_that_made_far_fewer_steps_is_slowed() -> None:
+    assert slowed([953, 950, 610]) == [2]
+    assert slowed([953, 950, 940]) == []
+    assert slowed([953, None, 610]) == []  # too few repeats with steps to tell
+    assert slowed([None, None, None]) == []
