@@ -392,14 +392,33 @@ def status(
         _fmt(st["baseline"].get(m))
         + f"  ({st['baseline']['runs']} runs, {st['baseline']['commit'][:7]})",
     )
+    b = st["best"]
     t.add_row(
         "best",
-        _fmt(st["best"].get(m)) + f"  (#{st['best']['id']}, {str(st['best']['commit'] or '')[:7]}) "
-        f"{st['best']['description'] or ''}",
+        _fmt(b.get(m)) + f"  (#{b['id']}, {str(b['commit'] or '')[:7]}) {b['description'] or ''}",
     )
+    if b.get("selected") is not None:
+        se = f" ± {b['se']:.6f}" if b.get("se") is not None else ""
+        t.add_row(
+            "  evidence",
+            f"selected at {b['selected']:.6f}; {'validated' if b['validated'] else 'replicated'} "
+            f"mean {_fmt(b.get('replicated'))}{se} over {b['runs']} fresh run(s) "
+            f"(winner's curse {b['replicated'] - b['selected']:+.6f})",
+        )
     if st["improvement_pct"] is not None:
         t.add_row("improvement", f"{st['improvement_pct']:.2f}%")
-    t.add_row("noise σ", _fmt(st["noise_sigma"]))
+    n = st["noise"]
+    t.add_row(
+        "noise σ",
+        _fmt(n["sigma"])
+        + f"  ({n['df']:g} degrees of freedom over {n['groups']} repeated commit(s); "
+        f"baseline repeats alone {_fmt(n['baseline_sigma'])}"
+        + (f"; {n['unstable']} unstable left out" if n["unstable"] else "")
+        + (f"; {n['slowed_repeats']} slowed repeat(s) re-run" if n["slowed_repeats"] else "")
+        + ")",
+    )
+    if e.get("revoked"):
+        t.add_row("revoked", f"{e['revoked']} keep(s) whose re-measured evidence did not hold")
     t.add_row("elapsed", f"{st['elapsed_s'] / 60:.1f} min")
     t.add_row("throughput", f"{st['experiments_per_hour']:.1f} experiments/hour")
     t.add_row("busy fraction", f"{100 * st['busy_fraction']:.1f}%")
@@ -518,8 +537,17 @@ def _print_table(
         before = dict(e.meta.get("evidence") or {}).get("best_before")
         delta = f"{v - before:+.4f}" if v is not None and isinstance(before, int | float) else ""
         desc = e.description + (
-            f" — {e.reason}" if e.reason and e.status in (Status.CRASH, Status.REJECTED) else ""
+            f" — {e.reason}"
+            if e.reason and e.status in (Status.CRASH, Status.REJECTED, Status.REVOKED)
+            else ""
         )
+        ev = dict(e.meta.get("evidence") or {})
+        if (
+            e.status is Status.KEEP
+            and ev.get("replicated_mean") is not None
+            and ev.get("selected_mean") is not None
+        ):
+            desc += f" — selected {ev['selected_mean']:.6f}, replicated {ev['replicated_mean']:.6f}"
         t.add_row(
             str(e.id),
             (e.commit or "")[:7],

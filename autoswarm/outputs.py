@@ -10,14 +10,15 @@ finish, so a reader never sees half a file.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from autoswarm.analysis.noise import baseline_of
+from autoswarm.analysis.noise import Baseline, baseline_of, groups_of
 from autoswarm.config import PoolConfig
 from autoswarm.costs import cost_by_tier, experiment_cost, prices_of, total_cost
 from autoswarm.ledger import Ledger, RunRecord
@@ -48,6 +49,8 @@ def tsv_rows(experiments: Sequence[Experiment], metric: str = "val_bpb") -> list
             if e.reason:
                 desc = f"{desc} ({e.reason})"[:300]
         else:
+            if e.status is Status.REVOKED and e.reason:
+                desc = f"{desc} ({e.reason})"[:300]
             v = e.value(metric)
             value = f"{v:.6f}" if v is not None else "0.000000"
             mem = f"{e.metrics.get('peak_vram_mb', 0.0) / 1024:.1f}"
@@ -150,6 +153,12 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
     by_tier = cost_by_tier(exps, pool, now)
     spent = total_cost(by_tier)
     best = best_of(exps, metric, baseline)
+    noise = _noise_record(
+        [e for e in exps if tier_key(pool, e.tier, e.meta.get("tier")) == deciding],
+        metric,
+        run.base_commit,
+        baseline,
+    )
     active = [s for s in sessions if s.ended_at is None and now - s.heartbeat_at < 30]
     elapsed = sum(s.seconds for s in sessions)
     for s in active:  # a live session: count up to now, not to its last heartbeat
@@ -186,6 +195,7 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
             "queued": counts["queued"],
             "pending": counts["pending"],
             "interrupted": counts["interrupted"],
+            "revoked": counts["revoked"],
         },
         "baseline": {
             "val_bpb" if metric == "val_bpb" else metric: baseline.mean
@@ -199,13 +209,15 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
             "commit": best.commit if best else None,
             "id": best.experiment_id if best else None,
             "description": best_row.description if best_row else None,
+            **_best_evidence(best_row, best.values if best else (), noise),
         },
         "improvement_pct": (
             100.0 * abs(baseline.mean - best.value) / abs(baseline.mean)
             if best and baseline and baseline.values and baseline.mean
             else None
         ),
-        "noise_sigma": baseline.sigma if baseline and len(baseline.values) > 1 else None,
+        "noise_sigma": noise["sigma"],
+        "noise": noise,
         "elapsed_s": elapsed,
         "experiments_per_hour": (len(done) / (elapsed / 3600.0)) if elapsed > 0 else 0.0,
         "busy_fraction": min(1.0, used / slot_seconds) if slot_seconds > 0 else 0.0,
@@ -218,6 +230,41 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
         "cost_usd": spent.usd,
         "gpu_hours": spent.gpu_hours,
         "tiers": {name or "local": c.as_record() for name, c in by_tier.items()},
+    }
+
+
+def _noise_record(
+    exps: Sequence[Experiment], metric: str, base_commit: str, baseline: Baseline | None
+) -> dict[str, Any]:
+    """σ̂ as the keep rule uses it now (re-estimated from every repeated commit)."""
+    from autoswarm.judge import noise_model
+
+    noise = noise_model(groups_of(exps, metric, base_commit))
+    return {
+        "sigma": noise.sigma if noise.known else None,
+        "df": noise.df,
+        "groups": noise.groups,
+        "unstable": noise.unstable,
+        "baseline_sigma": baseline.sigma if baseline and len(baseline.values) > 1 else None,
+        "slowed_repeats": sum(
+            1 for e in exps if e.kind is Kind.BASELINE and e.status is Status.DISCARD
+        ),
+    }
+
+
+def _best_evidence(
+    row: Experiment | None, values: Sequence[float], noise: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The best's winner's curse (selected vs replicated) and its end-of-run validation."""
+    ev = dict(row.meta.get("evidence") or {}) if row is not None else {}
+    sigma = noise.get("sigma")
+    se = sigma / math.sqrt(len(values)) if sigma and values else None
+    return {
+        "runs": len(values),
+        "selected": ev.get("selected_mean"),
+        "replicated": statistics.fmean(values) if values else None,
+        "se": se,
+        "validated": bool(row is not None and row.meta.get("validated")),
     }
 
 

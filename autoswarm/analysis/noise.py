@@ -47,4 +47,28 @@ def baseline_of(experiments: Sequence[Experiment], metric: str, expected: int) -
     return Baseline(commit=rows[0].commit, values=values, expected=expected)
 
 
-__all__ = ["Baseline", "baseline_of"]
+# Statuses whose value is a measurement of its commit (the noise model's input).
+MEASURED = (Status.KEEP, Status.DISCARD, Status.PENDING, Status.REVOKED)
+
+
+def groups_of(
+    experiments: Sequence[Experiment], metric: str, base_commit: str
+) -> list[list[float]]:
+    """Every commit's measured values, the baseline's first (its repeats that count).
+
+    The input of :func:`autoswarm.judge.noise_model`: a baseline repeat left out as
+    slowed by other load (DISCARD) does not count; a candidate's screen, confirmations
+    and re-measurements do (all are measurements of the same files).
+    """
+    groups: dict[str, list[float]] = {base_commit: []}
+    for e in sorted(experiments, key=lambda e: e.id):
+        v = e.value(metric)
+        if v is None or not e.commit or e.status not in MEASURED:
+            continue
+        if e.kind is Kind.BASELINE and e.status is not Status.KEEP:
+            continue
+        groups.setdefault(e.commit, []).append(v)
+    return [groups.pop(base_commit), *groups.values()]
+
+
+__all__ = ["MEASURED", "Baseline", "baseline_of", "groups_of"]
