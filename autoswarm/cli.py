@@ -20,6 +20,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -430,6 +431,100 @@ def status(
         )
     t.add_row("branch", st["branch"])
     console.print(t)
+
+
+@app.command()
+def reproduce(
+    experiment: Annotated[int, typer.Argument(help="The experiment id (see `autoswarm results`).")],
+    workspace: WorkspaceOpt = Path("."),
+    runs: Annotated[int, typer.Option(help="Re-runs with fresh seeds.")] = 3,
+    tier: Annotated[
+        str, typer.Option(help="Run them on this tier of [pool] (default: its own).")
+    ] = "",
+    tag: TagOpt = None,
+    skip_prepare: Annotated[bool, typer.Option(help="Do not run prepare.py first.")] = False,
+) -> None:
+    """Re-run a recorded commit with fresh seeds: does its recorded value hold?
+
+    The runs join the run's ledger; for a kept variant they are re-measurements, so a
+    reproduction that contradicts the keep revokes it (the branch moves back).
+    """
+    from autoswarm import judge
+    from autoswarm.analysis.noise import groups_of
+    from autoswarm.backends.factory import make_backend
+    from autoswarm.proposers.registry import make_proposer
+    from autoswarm.scheduler import Reproduce, Scheduler
+    from autoswarm.types import Kind, Status
+
+    if runs < 1:
+        raise typer.BadParameter(f"--runs {runs}: must be at least 1")
+    ledger, run_rec = _open_run(workspace, tag)
+    with ledger:
+        found = [e for e in ledger.experiments(run_rec.id) if e.id == experiment]
+    before = found[0] if found else None
+    if before is None:
+        raise RunStateError(
+            f"no experiment #{experiment} in run {run_rec.tag!r}: pick an id from "
+            f"`autoswarm results --workspace {workspace}`"
+        )
+    cfg = with_overrides(
+        _recorded_config(workspace, load_config(workspace), run_rec.tag), strategy="greedy"
+    )
+    metric = cfg.metric.name
+    ev = dict(before.meta.get("evidence") or {})
+    recorded = ev.get("replicated_mean") or ev.get("mean") or before.value(metric)
+    if before.kind is Kind.BASELINE:
+        with Ledger(_load(workspace)[1].ledger_path) as led:
+            base = [
+                v
+                for e in led.experiments(run_rec.id)
+                if e.kind is Kind.BASELINE
+                and e.status is Status.KEEP
+                and (v := e.value(metric)) is not None
+            ]
+        recorded = statistics.fmean(base) if base else recorded
+    if recorded is None:
+        raise RunStateError(f"experiment #{experiment} has no recorded {metric} to reproduce")
+    ws = Workspace(workspace, cfg)
+    if not skip_prepare:
+        run_prepare(ws, cfg)
+    backend = make_backend(cfg, workspace_root=ws.root, state_dir=ws.state_dir)
+    ledger = Ledger(ws.ledger_path)
+    sched = Scheduler(
+        workspace=ws,
+        ledger=ledger,
+        backend=backend,
+        proposer=make_proposer(cfg, state_dir=None),
+        config=cfg,
+    )
+    try:
+        sched.run(tag=run_rec.tag, reproduce=Reproduce(experiment, runs, tier))
+        exps = ledger.experiments(run_rec.id)
+        after = ledger.get(experiment)
+    finally:
+        ledger.close()
+    rows = [e for e in exps if e.meta.get("reproduce") and e.meta.get("confirms") == experiment]
+    rows = rows[-runs:]
+    values = [v for e in rows if (v := e.value(metric)) is not None]
+    if not values:
+        err.print(f"[red]no re-run of #{experiment} produced {metric}[/]: see their logs")
+        raise typer.Exit(1)
+    noise = judge.noise_model(groups_of(exps, metric, run_rec.base_commit))
+    rule = judge.Rule(direction=cfg.metric.direction)
+    holds, mean, se = judge.claim(rule, float(recorded), values, noise)
+    console.print(
+        f"#{experiment} {before.description}: recorded {metric} {float(recorded):.6f}; "
+        f"re-run {len(values)}× with fresh seeds: {mean:.6f} ± {se:.6f} (se)"
+    )
+    verdict = "[green]holds[/]" if holds else "[red]does not hold[/]"
+    console.print(
+        f"the claim {verdict}: the recorded value is "
+        f"{'within' if holds else 'outside'} the 95% interval of the new mean"
+    )
+    if after is not None and before.status is Status.KEEP and after.status is Status.REVOKED:
+        console.print(f"[yellow]the keep was revoked:[/] {after.reason}")
+    if not holds:
+        raise typer.Exit(1)
 
 
 @app.command()

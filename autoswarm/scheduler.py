@@ -133,6 +133,15 @@ class Snapshot:
     ended: str = ""
 
 
+@dataclass(frozen=True)
+class Reproduce:
+    """``autoswarm reproduce``: re-run one recorded experiment's commit with fresh seeds."""
+
+    experiment_id: int
+    runs: int = 3
+    tier: str = ""
+
+
 @dataclass
 class RunOutcome:
     run: RunRecord
@@ -228,13 +237,16 @@ class Scheduler:
         """Stop soon: no new experiments; running ones are killed and marked interrupted."""
         self._stop.set()
 
-    def run(self, *, tag: str | None = None, resume: bool = False) -> RunOutcome:
+    def run(
+        self, *, tag: str | None = None, resume: bool = False, reproduce: Reproduce | None = None
+    ) -> RunOutcome:
+        """Run (or ``resume``) the loop; with ``reproduce``, only re-run one recorded commit."""
         lock = RunLock(self.ws.state_dir)
         lock.acquire()
         self._cleanup = concurrent.futures.ThreadPoolExecutor(1, "autoswarm-cleanup")
         reason = "error"
         try:
-            run = self._open_run(tag, resume)
+            run = self._open_run(tag, resume or reproduce is not None)
             self.run_rec = run
             now = self.clock.now()
             self._prior_seconds = sum(s.seconds for s in self.ledger.sessions(run.id))
@@ -246,7 +258,10 @@ class Scheduler:
             try:
                 self._recover()
                 self._rebuild()
-                self._ensure_baseline()
+                if reproduce is not None:
+                    self._start_reproduce(reproduce)
+                else:
+                    self._ensure_baseline()
                 self._write_outputs()
                 reason = self._loop()
             except KeyboardInterrupt:
@@ -976,7 +991,7 @@ class Scheduler:
         evidence = dict(cand.meta.get("evidence") or {})
         fresh = [float(v) for v in evidence.get("fresh") or []]
         values = [float(v) for v in evidence.get("values") or []]
-        if value is not None and values:
+        if value is not None and values and cand.status is Status.KEEP:
             fresh.append(value)
             values.append(value)
             evidence.update(
@@ -1066,6 +1081,17 @@ class Scheduler:
         )
         with self._lock:
             self._all[e.id] = done
+            if status is Status.REVOKED:  # its re-runs were kept with it: withdrawn with it
+                for c in self._confirmations(e):
+                    if c.status is Status.KEEP:
+                        self._all[c.id] = self.ledger.finish(
+                            c.id,
+                            status=Status.REVOKED,
+                            metrics=c.metrics,
+                            metric=c.value(self.metric),
+                            finished_at=c.finished_at or self.clock.now(),
+                            reason=f"a run of #{e.id}, whose keep was revoked",
+                        )
         self._keeps += 1
         return done
 
@@ -1135,6 +1161,35 @@ class Scheduler:
         ids = self._queue_replicates(cand, self._final_runs(), "validate best", final=True)
         self._final_ids.update(ids)
         return bool(ids)
+
+    def _start_reproduce(self, r: Reproduce) -> None:
+        """Queue ``r.runs`` re-runs of experiment ``r.experiment_id`` with fresh seeds.
+
+        For a kept variant they join its fresh runs, so a reproduction that contradicts
+        the keep revokes it (as any re-measurement does).
+        """
+        exp = self._all.get(r.experiment_id)
+        if exp is None or not exp.commit or not exp.status.is_finished():
+            raise RunStateError(
+                f"experiment #{r.experiment_id} is not a finished experiment of run "
+                f"{self.run_rec.tag if self.run_rec else ''!r}: pick an id from `autoswarm results`"
+            )
+        if r.tier and r.tier not in self.tiers.used:
+            raise RunStateError(
+                f"tier {r.tier!r} is not in this run's pool ({', '.join(self.tiers.used) or 'no tiers'})"
+            )
+        self._final = "reproduced"
+        seed = max(e.seed for e in self._all.values() if e.commit == exp.commit) + 1
+        meta: dict[str, Any] = {
+            "confirms": exp.id,
+            "replicates": True,
+            "reproduce": True,
+        }
+        if r.tier or self._tier(exp):
+            meta["tier"] = r.tier or self._tier(exp)
+        for i in range(r.runs):
+            rid = self._queue_rerun(exp, f"reproduce #{exp.id}", seed + i, meta)
+            self._final_ids.add(rid)
 
     def _event(self, text: str) -> None:
         """A line for the live view and the log of the orchestrator."""
@@ -1459,4 +1514,4 @@ def _config_record(cfg: Config) -> dict[str, Any]:
     return {k: conv(v) for k, v in dataclasses.asdict(cfg).items()}
 
 
-__all__ = ["RunLock", "RunOutcome", "Scheduler", "SlotView", "Snapshot"]
+__all__ = ["Reproduce", "RunLock", "RunOutcome", "Scheduler", "SlotView", "Snapshot"]
