@@ -42,7 +42,8 @@ def render_skill(cfg: Config, workspace: Path) -> str:
         "SLOTS": str(max(1, slots)),
         "BUDGET": f"{run.budget:g}",
         "REPEATS": str(run.baseline_repeats),
-        "KEEP_SIGMAS": f"{run.keep_sigmas:g}",
+        "CONFIRM_RUNS": str(run.confirm_runs),
+        "FALSE_KEEP_RATE": f"{run.false_keep_rate:g}",
     }
     text = template
     for key, value in values.items():
