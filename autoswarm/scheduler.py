@@ -131,6 +131,9 @@ class Snapshot:
     recent: tuple[Experiment, ...]
     now: float
     ended: str = ""
+    # The run's own notices (revocations, slowed repeats, the end-of-run validation),
+    # numbered so that a viewer prints each once.
+    events: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,8 @@ class Scheduler:
         self._baselines: dict[str, Baseline | None] = {}
         self._prices = prices_of(config.pool)
         self._reattached: dict[int, int] = {}  # experiment id -> slot, adopted on --resume
-        self._events: collections.deque[str] = collections.deque(maxlen=50)
+        self._events: collections.deque[tuple[int, str]] = collections.deque(maxlen=50)
+        self._event_count = 0
         # The noise model per tier, re-estimated whenever a commit gets another run.
         self._groups: dict[str, dict[str, list[float]]] = collections.defaultdict(dict)
         self._noise_cache: dict[str, tuple[int, Noise]] = {}
@@ -300,6 +304,7 @@ class Scheduler:
                 recent=tuple(finished[-8:]),
                 now=self.clock.now(),
                 ended=self._ended,
+                events=tuple(self._events),
             )
 
     # -- opening and recovering a run -----------------------------------------
@@ -1193,7 +1198,9 @@ class Scheduler:
 
     def _event(self, text: str) -> None:
         """A line for the live view and the log of the orchestrator."""
-        self._events.append(text)
+        with self._lock:
+            self._event_count += 1
+            self._events.append((self._event_count, _one_line(text)))
         self._changed()
 
     # -- tiers -----------------------------------------------------------------------

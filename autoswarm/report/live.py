@@ -65,7 +65,12 @@ def render(s: Snapshot, metric: str) -> RenderableType:
     recent = Table(show_header=True, header_style="bold", title="recent", title_justify="left")
     for col in ("exp", metric, "status", "description"):
         recent.add_column(col)
-    colors = {Status.KEEP: "green", Status.CRASH: "red", Status.REJECTED: "red"}
+    colors = {
+        Status.KEEP: "green",
+        Status.CRASH: "red",
+        Status.REJECTED: "red",
+        Status.REVOKED: "yellow",
+    }
     for e in reversed(s.recent):
         val = e.value(metric)
         recent.add_row(
@@ -77,7 +82,8 @@ def render(s: Snapshot, metric: str) -> RenderableType:
                 + (f" — {e.reason}" if e.reason and e.status is not Status.KEEP else "")
             )[:100],
         )
-    return Group(head, best, slots, recent)
+    notes = [Text(f"note: {text}", style="yellow") for _, text in s.events[-3:]]
+    return Group(head, best, slots, recent, *notes)
 
 
 class LiveView:
@@ -124,6 +130,10 @@ def print_event_lines(scheduler: Scheduler, console: Console) -> Callable[[], No
             console.print(
                 escape(f"{e.status.value:<8} #{e.id} {txt} {e.description}{reason}{best}")
             )
+        for n, text in s.events:
+            if (n, "event") not in printed:
+                printed.add((n, "event"))
+                console.print(f"[yellow]note[/]     {escape(text)}")
 
     return on_change
 
