@@ -105,7 +105,7 @@ def test_agent_edits_become_experiments(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_locked_edits_rejected_and_near_duplicates_skipped(tmp_path: Path) -> None:
     ws_dir = agent_workspace(tmp_path / "a", "locked")
-    ledger, exps = run_agent(ws_dir, workers=2, baseline_repeats=1, max_experiments=3)
+    ledger, exps = run_agent(ws_dir, workers=2, baseline_repeats=2, max_experiments=4)
     cands = [e for e in exps if e.kind is Kind.CANDIDATE]
     assert len(cands) == 2
     for e in cands:
@@ -116,7 +116,7 @@ def test_locked_edits_rejected_and_near_duplicates_skipped(tmp_path: Path) -> No
     ledger.close()
 
     ws_dir = agent_workspace(tmp_path / "b", "same")
-    ledger, exps = run_agent(ws_dir, workers=2, baseline_repeats=1, max_experiments=4)
+    ledger, exps = run_agent(ws_dir, workers=2, baseline_repeats=2, max_experiments=5)
     cands = sorted((e for e in exps if e.kind is Kind.CANDIDATE), key=lambda e: e.id)
     assert len(cands) == 3
     first, dups = cands[0], cands[1:]

@@ -8,54 +8,111 @@ from autoswarm.config import load_config, with_overrides
 from autoswarm.errors import ConfigError
 from autoswarm.policy import best_of
 from autoswarm.testing.proposers import ScriptedProposer, replace_in
-from autoswarm.types import Kind, Status
+from autoswarm.types import Experiment, Kind, Status
 from tests.conftest import Harness, synthetic_outcome
 
 LR = ("LR 0.01 -> 0.04", replace_in("train.py", "LR = 0.01", "LR = 0.04"))
 WIDTH = ("WIDTH 64 -> 128", replace_in("train.py", "WIDTH = 64", "WIDTH = 128"))
 
 
-def test_with_several_slots_a_keep_on_one_run_is_re_measured(harness: Harness) -> None:
+def _fresh(e: Experiment) -> list[float]:
+    return list(e.meta["evidence"]["fresh"])
+
+
+def test_a_keep_rests_on_its_fresh_runs_and_the_next_keep_is_judged_against_them(
+    harness: Harness,
+) -> None:
     sched, _, ledger = harness.scheduler(ScriptedProposer([LR, WIDTH]), slots=2)
     out = sched.run(tag="t")
     rows = ledger.experiments(out.run.id)
     lr = next(e for e in rows if e.description == LR[0])
-    (again,) = [e for e in rows if e.meta.get("replicates") and e.meta["confirms"] == lr.id]
-    assert lr.status is Status.KEEP and lr.meta["evidence"]["runs"] == 2
-    assert again.kind is Kind.CONFIRM and again.status is Status.KEEP
-    assert again.commit == lr.commit and again.seed == lr.seed + 1
-    values = lr.meta["evidence"]["values"]
-    assert values == [lr.value("val_bpb"), again.value("val_bpb")]
-    assert lr.meta["evidence"]["mean"] == pytest.approx(sum(values) / 2)
-    # WIDTH (kept on top of LR) was judged against LR's mean of both runs.
+    confirms = [e for e in rows if e.kind is Kind.CONFIRM and e.meta["confirms"] == lr.id]
+    assert lr.status is Status.KEEP and lr.meta["evidence"]["runs"] == 3
+    # Its confirmations give the bar its best_runs (0 = confirm_runs = 2) fresh runs:
+    # nothing is re-measured.
+    assert [(e.seed, e.status, e.commit) for e in confirms] == [
+        (lr.seed + 1, Status.KEEP, lr.commit),
+        (lr.seed + 2, Status.KEEP, lr.commit),
+    ]
+    assert not [e for e in confirms if e.meta.get("replicates")]
+    fresh = [e.value("val_bpb") for e in confirms]
+    assert lr.meta["evidence"]["values"] == [lr.value("val_bpb"), *fresh]
+    assert _fresh(lr) == fresh
+    assert lr.meta["evidence"]["replicated_mean"] == pytest.approx(sum(fresh) / 2)
+    # WIDTH (kept on top of LR) was judged against the mean of LR's fresh runs only.
     width = next(e for e in rows if e.description == WIDTH[0])
     assert width.parent == lr.commit and width.status is Status.KEEP
     assert width.meta["evidence"]["best_runs"] == 2
-    assert width.meta["evidence"]["best_before"] == pytest.approx(sum(values) / 2)
-    # It was re-measured too: the best is the mean of its two runs.
-    assert out.best is not None and out.best.experiment_id == width.id and out.best.runs == 2
-    assert out.best.value == pytest.approx(width.meta["evidence"]["mean"])
+    assert width.meta["evidence"]["bar"] == fresh
+    assert width.meta["evidence"]["bar_id"] == lr.id
+    assert width.meta["evidence"]["best_before"] == pytest.approx(sum(fresh) / 2)
+    # The run ends (proposer exhausted, two slots): the best is validated 3 more times,
+    # and the bar is the mean of its 2 confirmations and those 3.
+    final = [e for e in rows if e.meta.get("final")]
+    assert len(final) == 3 and all(e.meta["confirms"] == width.id for e in final)
+    assert out.best is not None and out.best.experiment_id == width.id and out.best.runs == 5
+    assert out.best.value == pytest.approx(sum(_fresh(width)) / 5)
     # A resumed run reads the same best from the ledger.
     assert sched.baseline is not None
     assert best_of(rows, "val_bpb", sched.baseline) == out.best
     ledger.close()
 
 
-def test_on_one_slot_the_default_does_not_re_measure(harness: Harness) -> None:
+def test_with_confirm_runs_0_a_keep_on_one_run_is_re_measured(harness: Harness) -> None:
+    sched, _, ledger = harness.scheduler(
+        ScriptedProposer([LR, WIDTH]), slots=2, confirm_runs=0, final_runs=0
+    )
+    out = sched.run(tag="t")
+    rows = ledger.experiments(out.run.id)
+    lr = next(e for e in rows if e.description == LR[0])
+    (again,) = [e for e in rows if e.meta.get("replicates") and e.meta["confirms"] == lr.id]
+    assert lr.status is Status.KEEP and lr.meta["evidence"]["runs"] == 2
+    assert again.kind is Kind.CONFIRM and again.status is Status.KEEP
+    assert again.description.startswith(f"re-measure kept #{lr.id} (seed {lr.seed + 1})")
+    assert again.commit == lr.commit and again.seed == lr.seed + 1
+    values = lr.meta["evidence"]["values"]
+    assert values == [lr.value("val_bpb"), again.value("val_bpb")]
+    assert lr.meta["evidence"]["mean"] == pytest.approx(sum(values) / 2)
+    assert _fresh(lr) == [again.value("val_bpb")]
+    # WIDTH (kept on top of LR) was judged against LR's fresh run, not its selecting one.
+    width = next(e for e in rows if e.description == WIDTH[0])
+    assert width.parent == lr.commit and width.status is Status.KEEP
+    assert width.meta["evidence"]["best_runs"] == 1
+    assert width.meta["evidence"]["best_before"] == pytest.approx(again.value("val_bpb"))
+    # It was re-measured too: the best is its fresh run.
+    (again_w,) = [e for e in rows if e.meta.get("replicates") and e.meta["confirms"] == width.id]
+    assert out.best is not None and out.best.experiment_id == width.id and out.best.runs == 1
+    assert out.best.value == pytest.approx(again_w.value("val_bpb"))
+    assert sched.baseline is not None
+    assert best_of(rows, "val_bpb", sched.baseline) == out.best
+    ledger.close()
+
+
+def test_on_one_slot_the_default_neither_re_measures_nor_validates(harness: Harness) -> None:
     sched, _, ledger = harness.scheduler(ScriptedProposer([LR]), slots=1)
     out = sched.run(tag="t")
     rows = ledger.experiments(out.run.id)
     assert not [e for e in rows if e.meta.get("replicates")]
-    assert out.best is not None and out.best.runs == 1
+    confirms = [e for e in rows if e.kind is Kind.CONFIRM]
+    assert [e.seed for e in confirms] == [43, 44]
+    assert out.best is not None and out.best.runs == 2
+    assert out.best.values == tuple(e.value("val_bpb") for e in confirms)
     ledger.close()
 
 
 def test_best_runs_sets_how_many_runs_a_kept_variant_gets(harness: Harness) -> None:
     sched, _, ledger = harness.scheduler(ScriptedProposer([LR]), slots=1, best_runs=3)
     out = sched.run(tag="t")
-    again = [e for e in ledger.experiments(out.run.id) if e.meta.get("replicates")]
-    assert [e.seed for e in again] == [43, 44]
+    rows = ledger.experiments(out.run.id)
+    confirms = [e for e in rows if e.kind is Kind.CONFIRM]
+    # 2 confirmations (seeds 43, 44) before the verdict, then 1 re-measurement (45).
+    assert [(e.seed, bool(e.meta.get("replicates"))) for e in confirms] == [
+        (43, False),
+        (44, False),
+        (45, True),
+    ]
     assert out.best is not None and out.best.runs == 3
+    assert out.best.values == tuple(e.value("val_bpb") for e in confirms)
     ledger.close()
 
 
@@ -66,20 +123,75 @@ def test_a_crashed_re_run_leaves_the_keep_and_its_evidence_alone(harness: Harnes
         o = plain(job)
         if (
             "LR = 0.04" in (job.workdir / "train.py").read_text()
-            and job.env["AUTOSWARM_SEED"] != "42"
+            and job.env["AUTOSWARM_SEED"] == "45"
         ):
             return type(o)(duration=1.0, exit_code=1, log="CUDA out of memory\n")
         return o
 
-    sched, _, ledger = harness.scheduler(ScriptedProposer([LR]), slots=2, outcome=outcome)
+    sched, _, ledger = harness.scheduler(
+        ScriptedProposer([LR]), slots=2, outcome=outcome, best_runs=3, final_runs=0
+    )
     out = sched.run(tag="t")
     rows = ledger.experiments(out.run.id)
     lr = next(e for e in rows if e.description == LR[0])
     (again,) = [e for e in rows if e.meta.get("replicates")]
-    assert again.status is Status.CRASH
-    assert lr.status is Status.KEEP and lr.meta["evidence"]["runs"] == 1
-    assert out.best is not None and out.best.commit == lr.commit and out.best.runs == 1
+    assert again.seed == 45 and again.status is Status.CRASH
+    assert lr.status is Status.KEEP and lr.meta["evidence"]["runs"] == 3
+    assert len(_fresh(lr)) == 2
+    assert out.best is not None and out.best.commit == lr.commit and out.best.runs == 2
     assert "LR = 0.04" in sched.ws.read_file("refs/heads/autoswarm/t", "train.py")
+    ledger.close()
+
+
+def _scripted(values: dict[int, float]):  # type: ignore[no-untyped-def]
+    """LR 0.04 scores ``values[seed]``; the baseline is 1.00 ± 0.01."""
+    from autoswarm.backends.fake import Outcome
+
+    base = {42: 1.00, 43: 1.01, 44: 0.99}
+
+    def outcome(job):  # type: ignore[no-untyped-def]
+        seed = int(job.env["AUTOSWARM_SEED"])
+        if "LR = 0.04" in (job.workdir / "train.py").read_text():
+            return Outcome(duration=60.0, metrics={"val_bpb": values[seed]})
+        return Outcome(duration=60.0, metrics={"val_bpb": base[seed]})
+
+    return outcome
+
+
+def test_a_re_measurement_no_better_than_the_old_bar_revokes_the_keep(harness: Harness) -> None:
+    # Kept on 0.95, 0.95, 0.94 against the baseline's 1.00; re-measured at 1.11, its fresh
+    # runs average 1.0: no better than the bar it replaced. The keep is revoked.
+    outcome = _scripted({42: 0.95, 43: 0.95, 44: 0.94, 45: 1.11})
+    sched, _, ledger = harness.scheduler(
+        ScriptedProposer([LR]), slots=1, outcome=outcome, best_runs=3
+    )
+    out = sched.run(tag="t")
+    rows = ledger.experiments(out.run.id)
+    lr = next(e for e in rows if e.description == LR[0])
+    (again,) = [e for e in rows if e.meta.get("replicates")]
+    assert again.seed == 45 and again.value("val_bpb") == 1.11
+    assert lr.status is Status.REVOKED and lr.status.tsv == "discard"
+    assert lr.reason.startswith("revoked: re-measured at 1.000000 on 3 fresh run(s)")
+    assert lr.meta["evidence"]["fresh"] == [0.95, 0.94, 1.11]
+    assert "revoked_at" in lr.meta and "kept_at" in lr.meta
+    # Its re-runs (2 confirmations, the re-measurement) are withdrawn with it.
+    runs = [e for e in rows if e.kind is Kind.CONFIRM]
+    assert [e.seed for e in runs] == [43, 44, 45]
+    assert all(
+        e.status is Status.REVOKED and e.reason == f"a run of #{lr.id}, whose keep was revoked"
+        for e in runs
+    )
+    # The branch moved back and the best is the baseline again.
+    assert "LR = 0.01" in sched.ws.read_file("refs/heads/autoswarm/t", "train.py")
+    assert out.best is not None and out.best.experiment_id == rows[0].id
+    assert out.best.commit == out.run.base_commit
+    assert sched.baseline is not None
+    assert best_of(rows, "val_bpb", sched.baseline) == out.best
+    tsv = (harness.root / "results.tsv").read_text().splitlines()
+    # results.tsv has no "revoked": the variant and its 3 re-runs read "discard".
+    mine = [r.split("\t") for r in tsv[1:] if r.split("\t")[0] == lr.commit[:7]]
+    assert [r[3] for r in mine] == ["discard"] * 4
+    assert "(revoked: re-measured at 1.000000" in mine[0][4]
     ledger.close()
 
 

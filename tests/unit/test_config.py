@@ -200,12 +200,32 @@ def test_wrong_types(tmp_path: Path, old: str, new: str, expected: str) -> None:
         ("timeout = 0 ", "timeout = -1 ", r"timeout \(-1.0s\) must be at least the budget"),
         ("workers = 0", "workers = -1", r"workers must be >= 0 \(0 = automatic\)"),
         ("threads_per_worker = 1", "threads_per_worker = 0", r"threads_per_worker must be >= 1"),
-        ("baseline_repeats = 3", "baseline_repeats = 0", r"baseline_repeats must be >= 1"),
+        ("baseline_repeats = 3", "baseline_repeats = 0", r"baseline_repeats must be >= 2"),
+        # One run measures no noise: the keep rule needs two repeats at least.
+        ("baseline_repeats = 3", "baseline_repeats = 1", r"baseline_repeats must be >= 2"),
         (
             "keep_sigmas = 2.0",
             "keep_sigmas = -1.0",
-            r"keep_sigmas, confirm_sigmas and min_delta must be >= 0",
+            r"keep_sigmas, confirm_sigmas, min_delta and false_keep_rate must be finite numbers "
+            r">= 0 \(keep_sigmas = -1.0\)",
         ),
+        (
+            "confirm_sigmas = 1.0",
+            "confirm_sigmas = nan",
+            r"keep_sigmas, confirm_sigmas, min_delta and false_keep_rate must be finite numbers "
+            r">= 0 \(confirm_sigmas = nan\)",
+        ),
+        (
+            "false_keep_rate = 0.001",
+            "false_keep_rate = 0.7",
+            r"false_keep_rate must be between 0 and 0.5",
+        ),
+        (
+            "false_keep_rate = 0.001",
+            "false_keep_rate = 0.0",
+            r"false_keep_rate must be between 0 and 0.5",
+        ),
+        ("final_runs = -1", "final_runs = -2", r"final_runs must be >= 0, or -1 for automatic"),
         ("max_experiments = 0", "max_experiments = -3", r"max_experiments must be >= 0"),
         ("log_max_bytes = 2000000", "log_max_bytes = 100", r"log_max_bytes must be at least 10000"),
         (

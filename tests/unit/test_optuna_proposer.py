@@ -191,9 +191,15 @@ def test_resume_continues_the_study(harness: Harness) -> None:
         OptunaProposer(seed=4, storage_dir=state), slots=2, max_experiments=10, best_runs=1
     )
     out = sched.run(tag="t")
+    rows = ledger.experiments(out.run.id)
+    assert len(rows) == 10
+    # Confirmations count against max_experiments but are not trials of their own.
+    cands = [e for e in rows if e.kind is Kind.CANDIDATE]
+    assert len(cands) >= 3 and any(e.kind is Kind.CONFIRM for e in rows)
     first = optuna.load_study(study_name="t", storage=f"sqlite:///{state / 'optuna.db'}")
     n_before = len(first.trials)
-    assert n_before >= 7 + 3  # 7 candidates and the 3 baseline runs
+    assert n_before >= len(cands) + 3  # a trial per candidate and the 3 baseline runs
+    assert {e.meta["optuna_trial"] for e in cands} <= {t.number for t in first.trials}
 
     p2 = OptunaProposer(seed=4, storage_dir=state)
     sched2, _, ledger2 = harness.scheduler(p2, slots=2, max_experiments=16, best_runs=1)
@@ -229,15 +235,17 @@ def test_trials_of_interrupted_experiments_are_told_after_resume(harness: Harnes
     stopped: list[bool] = []
 
     def poll(timeout: float) -> list:
-        if len(backend.submitted) >= 5 and not stopped:
+        assert sched.run_rec is not None
+        running = ledger.experiments(sched.run_rec.id, statuses=[Status.RUNNING])
+        if len(running) == 2 and all(e.kind is Kind.CANDIDATE for e in running) and not stopped:
             stopped.append(True)
-            sched.request_stop()  # the 3 baseline runs are done, 2 candidates still running
+            sched.request_stop()  # the baseline and a first candidate are done, 2 candidates run
             return []
         return original(timeout)
 
     backend.poll = poll  # type: ignore[method-assign]
     out = sched.run(tag="t")
-    assert out.reason == "interrupted"
+    assert out.reason == "interrupted" and stopped
     cut = [
         e
         for e in ledger.experiments(out.run.id, statuses=[Status.INTERRUPTED])
@@ -254,6 +262,51 @@ def test_trials_of_interrupted_experiments_are_told_after_resume(harness: Harnes
         trial = trials[e.meta["optuna_trial"]]
         assert trial.state is optuna.trial.TrialState.COMPLETE
         assert trial.value == pytest.approx(again.value("val_bpb"))
+    ledger.close()
+    ledger2.close()
+
+
+def test_trial_of_a_candidate_whose_confirmations_were_interrupted_is_told_after_resume(
+    harness: Harness,
+) -> None:
+    state = harness.root / ".autoswarm"
+    sched, backend, ledger = harness.scheduler(
+        OptunaProposer(seed=8, storage_dir=state), slots=2, max_experiments=9
+    )
+    original = backend.poll
+    stopped: list[bool] = []
+
+    def poll(timeout: float) -> list:
+        assert sched.run_rec is not None
+        running = ledger.experiments(sched.run_rec.id, statuses=[Status.RUNNING])
+        if len(running) == 2 and all(e.kind is Kind.CONFIRM for e in running) and not stopped:
+            stopped.append(True)
+            sched.request_stop()  # a candidate waits on its 2 confirmations, both running
+            return []
+        return original(timeout)
+
+    backend.poll = poll  # type: ignore[method-assign]
+    out = sched.run(tag="t")
+    assert out.reason == "interrupted" and stopped
+    rows = ledger.experiments(out.run.id)
+    cut = [e for e in rows if e.status is Status.INTERRUPTED]
+    assert len(cut) == 2 and all(e.kind is Kind.CONFIRM for e in cut)
+    (waiting,) = {e.meta["confirms"] for e in cut}
+    cand = ledger.get(waiting)
+    assert cand.kind is Kind.CANDIDATE and cand.status is Status.PENDING
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{state / 'optuna.db'}")
+    number = cand.meta["optuna_trial"]
+    assert study.trials[number].state is optuna.trial.TrialState.RUNNING  # not told yet
+    p2 = OptunaProposer(seed=8, storage_dir=state)
+    sched2, _, ledger2 = harness.scheduler(p2, slots=2, max_experiments=9)
+    sched2.run(tag="t", resume=True)
+    assert all(ledger2.get(e.id).status in (Status.KEEP, Status.DISCARD) for e in cut)
+    again = ledger2.get(cand.id)
+    assert again.status in (Status.KEEP, Status.DISCARD)
+    trial = {t.number: t for t in p2.study.trials}[number]
+    # Told once, with the candidate's own (first) run: confirmations are not trials.
+    assert trial.state is optuna.trial.TrialState.COMPLETE
+    assert trial.value == pytest.approx(again.value("val_bpb"))
     ledger.close()
     ledger2.close()
 

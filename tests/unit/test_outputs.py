@@ -315,6 +315,7 @@ def test_status_record_numbers(ledger: Ledger) -> None:
         "queued": 0,
         "pending": 0,
         "interrupted": 0,
+        "revoked": 0,
     }
     assert st["baseline"] == {"val_bpb": pytest.approx(1.01), "commit": BASE, "runs": 2}
     assert st["best"] == {
@@ -322,6 +323,13 @@ def test_status_record_numbers(ledger: Ledger) -> None:
         "commit": sha(3),
         "id": ids["keep"],
         "description": "LR\t0.01 ->\n 0.02",
+        # A keep recorded without evidence: its bar is its one run, its se σ̂ (the
+        # baseline's 1.00, 1.02) over that one run; never validated at the end of a run.
+        "runs": 1,
+        "selected": None,
+        "replicated": 0.95,
+        "se": pytest.approx(0.02 / 2**0.5),
+        "validated": False,
     }
     assert st["noise_sigma"] == pytest.approx(statistics.stdev([1.00, 1.02]))
     assert st["improvement_pct"] == pytest.approx(100 * 0.06 / 1.01)

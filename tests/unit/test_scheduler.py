@@ -119,13 +119,83 @@ def test_slots_stay_busy_and_limits_count_the_whole_run(harness: Harness) -> Non
     assert st["best"]["val_bpb"] < st["baseline"]["val_bpb"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "bug: a first run screened while one row of max_experiments is left still gets its "
+        "confirm_runs (2) confirmations (Scheduler._verdict asks _room() only whether the "
+        "limit is reached, then _add_reruns queues them all), so the run ends with 8 rows of 7"
+    ),
+)
+def test_confirmations_never_take_the_run_past_max_experiments(harness: Harness) -> None:
+    proposer = ScriptedProposer(
+        [
+            ("LR 0.01 -> 0.04", replace_in("train.py", "LR = 0.01", "LR = 0.04")),
+            ("WIDTH 64 -> 128", replace_in("train.py", "WIDTH = 64", "WIDTH = 128")),
+            ("DEPTH 4 -> 6", replace_in("train.py", "DEPTH = 4", "DEPTH = 6")),
+        ]
+    )
+    # 3 baseline runs, then the 3 first runs at once: 6 rows; LR's screen leaves room for 1.
+    sched, _, ledger = harness.scheduler(proposer, slots=3, max_experiments=7)
+    out = sched.run(tag="t")
+    assert out.reason == "max experiments"
+    assert len(ledger.experiments(out.run.id)) <= 7
+
+
 def test_time_limit_stops_dispatch_before_overrunning(harness: Harness) -> None:
-    sched, _, ledger = harness.scheduler(KnobProposer(seed=1), slots=2, time_limit=600.0)
+    # final_runs = 0: no end-of-run validation, so nothing may run past the limit.
+    sched, _, ledger = harness.scheduler(
+        KnobProposer(seed=1), slots=2, time_limit=600.0, final_runs=0
+    )
     out = sched.run(tag="t")
     assert out.reason.startswith("time limit")
+    rows = ledger.experiments(out.run.id)
+    assert not [e for e in rows if e.meta.get("final")]
     st = status_record(ledger, out.run, harness.clock.now())
     assert st["elapsed_s"] <= 600.0 + 1e-6
     assert st["experiments"]["total"] >= 18  # 2 slots × 600 s / 60 s, less the last wave
+
+
+def test_at_the_time_limit_only_the_best_is_validated_before_the_run_ends(
+    harness: Harness,
+) -> None:
+    # The default final_runs (-1) is 3 with several slots: once the limit stops dispatch,
+    # the best is re-run 3 times with fresh seeds, and nothing else starts.
+    sched, _, ledger = harness.scheduler(KnobProposer(seed=1), slots=2, time_limit=600.0)
+    out = sched.run(tag="t")
+    assert out.reason.startswith("time limit")
+    rows = ledger.experiments(out.run.id)
+    final = [e for e in rows if e.meta.get("final")]
+    before = [e for e in rows if not e.meta.get("final")]
+    assert out.best is not None
+    best = next(e for e in rows if e.id == out.best.experiment_id)
+    assert best.kind is Kind.CANDIDATE and best.status is Status.KEEP
+    assert best.meta["validated"] is True
+    assert len(final) == 3
+    assert all(
+        e.kind is Kind.CONFIRM
+        and e.commit == best.commit
+        and e.meta["confirms"] == best.id
+        and e.meta["replicates"] is True
+        and e.status is Status.KEEP
+        and e.description.startswith(f"validate best #{best.id} (seed ")
+        for e in final
+    )
+    # Fresh seeds: none of the best's earlier runs used them.
+    earlier = {e.seed for e in before if e.commit == best.commit}
+    assert sorted(e.seed for e in final) == [max(earlier) + 1 + i for i in range(3)]
+    # Everything else ended within the limit; the validation started only after it.
+    start = out.run.created_at  # the fake clock does not move between creating and starting
+    assert all(e.finished_at - start <= 600.0 + 1e-6 for e in before)
+    assert all(e.started_at - start >= 600.0 - 1e-6 for e in final)
+    # 3 runs on 2 slots: two more waves of 60 s past the limit, no more.
+    st = status_record(ledger, out.run, harness.clock.now())
+    assert st["elapsed_s"] == pytest.approx(600.0 + 2 * 60.0)
+    # The validation runs join the best's fresh runs: the bar is their mean with its confirmations.
+    ev = best.meta["evidence"]
+    assert sorted(ev["fresh"][-3:]) == sorted(e.value("val_bpb") for e in final)
+    assert out.best.runs == len(ev["fresh"]) == 5
+    assert out.best.value == pytest.approx(sum(ev["fresh"]) / 5)
 
 
 def test_candidate_finishing_before_baseline_waits_for_its_verdict(harness: Harness) -> None:
@@ -271,30 +341,72 @@ def scripted_values(table):
 
 
 def test_promising_gain_is_confirmed_with_other_seeds_then_kept(harness: Harness) -> None:
-    # First run: gain 0.015 = 1.3 se (se = 0.01·sqrt(1+1/3)) -> confirm; mean of 3 gains 0.02 > 1.63σ.
-    outcome = scripted_values({"LR = 0.02": {42: 0.985, 43: 0.985, 44: 0.97}})
+    # First run: gain 0.04 = 3.5 se (se = 0.01·sqrt(1+1/3)) > confirm_sigmas -> 2 fresh seeds.
+    # All 3 runs (σ 0.01, like the baseline): gain 0.05, t = 0.05/(0.01·sqrt(1/3+1/3)) = 6.1
+    # on 6 df, one-sided p = 0.0004 < false_keep_rate 0.001 -> kept.
+    outcome = scripted_values({"LR = 0.02": {42: 0.96, 43: 0.95, 44: 0.94}})
     proposer = ScriptedProposer(
         [("LR 0.01 -> 0.02", replace_in("train.py", "LR = 0.01", "LR = 0.02"))]
     )
-    sched, _backend, ledger = harness.scheduler(proposer, slots=1, outcome=outcome)
+    sched, backend, ledger = harness.scheduler(proposer, slots=1, outcome=outcome)
     out = sched.run(tag="t")
     exps = ledger.experiments(out.run.id)
     cand = next(e for e in exps if e.kind is Kind.CANDIDATE)
     confirms = [e for e in exps if e.kind is Kind.CONFIRM]
     assert [c.seed for c in confirms] == [43, 44]
+    assert [c.description for c in confirms] == [
+        f"confirm #{cand.id} (seed {s}): LR 0.01 -> 0.02" for s in (43, 44)
+    ]
     assert all(c.commit == cand.commit and c.meta["confirms"] == cand.id for c in confirms)
+    # Both re-runs were queued at once, when the first run came in.
+    assert all(c.created_at == pytest.approx(cand.finished_at) for c in confirms)
+    assert not [c for c in confirms if c.meta.get("replicates")]  # best_runs is met: no more
     assert cand.status is Status.KEEP and all(c.status is Status.KEEP for c in confirms)
     ev = cand.meta["evidence"]
-    assert (
-        ev["runs"] == 3
-        and ev["mean"] == pytest.approx(0.98)
-        and ev["values"] == [0.985, 0.985, 0.97]
+    assert ev["runs"] == 3 and ev["values"] == [0.96, 0.95, 0.94]
+    assert ev["mean"] == pytest.approx(0.95)
+    assert ev["selected"] == [0.96] and ev["fresh"] == [0.95, 0.94]
+    assert ev["best_before"] == pytest.approx(1.0) and ev["bar"] == [1.0, 1.01, 0.99]
+    assert ev["sigma"] == pytest.approx(0.01)  # pooled: baseline and candidate, σ 0.01 each
+    assert ev["sigma_df"] == pytest.approx(4)
+    assert ev["gain"] == pytest.approx(0.05) and ev["z"] == pytest.approx(
+        0.05 / (0.01 * (2 / 3) ** 0.5)
     )
-    assert ev["sigma"] == pytest.approx(0.01)
-    assert out.best is not None and out.best.value == pytest.approx(0.98) and out.best.runs == 3
+    assert ev["p"] < ev["alpha"] == 0.001 and ev["unstable"] is False
+    # The bar it sets is the mean of its fresh runs only, not the run that selected it.
+    assert ev["replicated_mean"] == pytest.approx(0.945)
+    assert out.best is not None and out.best.experiment_id == cand.id
+    assert out.best.value == pytest.approx(0.945) and out.best.values == (0.95, 0.94)
+    assert "LR = 0.02" in sched.ws.read_file("refs/heads/autoswarm/t", "train.py")
+    # One slot: no end-of-run validation (final_runs -1 is 0 there).
+    assert len(backend.submitted) == 6
+
+
+def test_confirmed_gain_short_of_the_false_keep_rate_is_discarded(harness: Harness) -> None:
+    # A real-looking gain (0.02 over 3 runs, t = 2.6) that one run in 20 with no effect
+    # would reach: the old rule (mean gain > keep_sigmas·σ) kept it, the new one does not.
+    outcome = scripted_values({"LR = 0.02": {42: 0.985, 43: 0.985, 44: 0.97}})
+    proposer = ScriptedProposer(
+        [("LR 0.01 -> 0.02", replace_in("train.py", "LR = 0.01", "LR = 0.02"))]
+    )
+    sched, _, ledger = harness.scheduler(proposer, slots=1, outcome=outcome)
+    out = sched.run(tag="t")
+    exps = ledger.experiments(out.run.id)
+    cand = next(e for e in exps if e.kind is Kind.CANDIDATE)
+    confirms = [e for e in exps if e.kind is Kind.CONFIRM]
+    assert [c.seed for c in confirms] == [43, 44]
+    assert cand.status is Status.DISCARD and all(c.status is Status.DISCARD for c in confirms)
+    ev = cand.meta["evidence"]
+    assert ev["runs"] == 3 and ev["values"] == [0.985, 0.985, 0.97]
+    assert ev["gain"] == pytest.approx(0.02) and ev["z"] > 2.0  # clears keep_sigmas ...
+    assert 0.001 < ev["p"] < 0.05  # ... but not the false-keep rate
+    assert out.best is not None and out.best.experiment_id == exps[0].id  # still the baseline
+    assert "LR = 0.01" in sched.ws.read_file("refs/heads/autoswarm/t", "train.py")
 
 
 def test_lucky_single_run_does_not_replicate_and_is_discarded(harness: Harness) -> None:
+    # USE_BIAS has no effect: a lucky first run (gain 0.016 = 1.4 se) earns its two
+    # confirmations, queued at once; they do not replicate it (1.012, 1.0).
     outcome = scripted_values({"USE_BIAS = True": {42: 0.984, 43: 1.012, 44: 1.0}})
     proposer = ScriptedProposer(
         [("USE_BIAS flip", replace_in("train.py", "USE_BIAS = False", "USE_BIAS = True"))]
@@ -303,27 +415,65 @@ def test_lucky_single_run_does_not_replicate_and_is_discarded(harness: Harness) 
     out = sched.run(tag="t")
     exps = ledger.experiments(out.run.id)
     cand = next(e for e in exps if e.kind is Kind.CANDIDATE)
-    assert cand.status is Status.DISCARD
-    assert cand.meta["evidence"]["runs"] == 2  # one confirmation killed the idea: z fell below 1
+    confirms = [e for e in exps if e.kind is Kind.CONFIRM]
+    assert [c.seed for c in confirms] == [43, 44]
+    assert cand.status is Status.DISCARD and all(c.status is Status.DISCARD for c in confirms)
+    ev = cand.meta["evidence"]
+    assert ev["runs"] == 3 and ev["values"] == [0.984, 1.012, 1.0]
+    assert ev["selected"] == [0.984] and ev["fresh"] == [1.012, 1.0]
+    assert ev["p"] > 0.05
     assert out.best is not None and out.best.experiment_id == exps[0].id  # still the baseline
 
 
-def test_large_gain_is_kept_without_confirmation(harness: Harness) -> None:
-    outcome = scripted_values({"LR = 0.04": {42: 0.9}})
+def test_large_gain_is_kept_only_after_its_confirmations(harness: Harness) -> None:
+    # 0.12 better on its first run (10 se): still re-run with confirm_runs fresh seeds.
+    # The bar it sets is the mean of those (0.905), not of all three (0.897).
+    outcome = scripted_values({"LR = 0.04": {42: 0.88, 43: 0.91, 44: 0.90}})
     proposer = ScriptedProposer(
         [("LR 0.01 -> 0.04", replace_in("train.py", "LR = 0.01", "LR = 0.04"))]
     )
     sched, _, ledger = harness.scheduler(proposer, slots=1, outcome=outcome)
     out = sched.run(tag="t")
     exps = ledger.experiments(out.run.id)
-    assert not [e for e in exps if e.kind is Kind.CONFIRM]
-    assert exps[-1].status is Status.KEEP and exps[-1].meta["evidence"]["runs"] == 1
+    cand = next(e for e in exps if e.kind is Kind.CANDIDATE)
+    confirms = [e for e in exps if e.kind is Kind.CONFIRM]
+    assert [(c.seed, c.meta["confirms"]) for c in confirms] == [(43, cand.id), (44, cand.id)]
+    assert cand.status is Status.KEEP and all(c.status is Status.KEEP for c in confirms)
+    ev = cand.meta["evidence"]
+    assert ev["runs"] == 3 and ev["values"] == [0.88, 0.91, 0.90]
+    assert ev["mean"] == pytest.approx(2.69 / 3)
+    assert ev["selected_mean"] == pytest.approx(0.88)
+    assert ev["replicated_mean"] == pytest.approx(0.905)
+    assert out.best is not None and out.best.experiment_id == cand.id
+    assert out.best.value == pytest.approx(0.905) and out.best.runs == 2
+
+
+def test_with_confirm_runs_0_a_large_gain_is_kept_on_one_run(harness: Harness) -> None:
+    # No confirmation: the single run carries the verdict (t = 0.3/0.0115 = 26 on 2 df,
+    # p < 0.001); the kept variant is then re-measured once (best_runs 0 = at least 1).
+    outcome = scripted_values({"LR = 0.04": {42: 0.70, 43: 0.71}})
+    proposer = ScriptedProposer(
+        [("LR 0.01 -> 0.04", replace_in("train.py", "LR = 0.01", "LR = 0.04"))]
+    )
+    sched, _, ledger = harness.scheduler(proposer, slots=1, outcome=outcome, confirm_runs=0)
+    out = sched.run(tag="t")
+    exps = ledger.experiments(out.run.id)
+    cand = next(e for e in exps if e.kind is Kind.CANDIDATE)
+    assert cand.status is Status.KEEP
+    assert cand.meta["evidence"]["selected"] == [0.70]
+    (again,) = [e for e in exps if e.kind is Kind.CONFIRM]
+    assert again.meta["replicates"] is True and again.seed == 43
+    assert again.description.startswith(f"re-measure kept #{cand.id} (seed 43)")
+    assert again.status is Status.KEEP
+    assert cand.meta["evidence"]["fresh"] == [0.71]
+    assert out.best is not None and out.best.experiment_id == cand.id
+    assert out.best.value == pytest.approx(0.71) and out.best.runs == 1
 
 
 def test_confirmation_crash_discards_the_candidate(harness: Harness) -> None:
     from autoswarm.backends.fake import Outcome
 
-    inner = scripted_values({"LR = 0.02": {42: 0.985}})
+    inner = scripted_values({"LR = 0.02": {42: 0.96, 44: 0.94}})
 
     def outcome(job):
         if (
@@ -340,8 +490,44 @@ def test_confirmation_crash_discards_the_candidate(harness: Harness) -> None:
     out = sched.run(tag="t")
     exps = ledger.experiments(out.run.id)
     cand = next(e for e in exps if e.kind is Kind.CANDIDATE)
+    crashed, other = sorted((e for e in exps if e.kind is Kind.CONFIRM), key=lambda e: e.seed)
     assert (
         cand.status is Status.DISCARD
-        and "confirmation run" in cand.reason
+        and f"confirmation run #{crashed.id} crashed" in cand.reason
         and "flaky" in cand.reason
     )
+    assert crashed.seed == 43 and crashed.status is Status.CRASH
+    assert other.seed == 44 and other.status is Status.DISCARD
+    assert out.best is not None and out.best.experiment_id == exps[0].id
+    assert "LR = 0.01" in sched.ws.read_file("refs/heads/autoswarm/t", "train.py")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "bug: with several slots the confirmation still running when its sibling crashed "
+        "re-judges the already discarded candidate (Scheduler._verdict does not check that "
+        "the candidate is still PENDING) and turns the DISCARD into a KEEP"
+    ),
+)
+def test_confirmation_crash_discards_the_candidate_with_several_slots(harness: Harness) -> None:
+    from autoswarm.backends.fake import Outcome
+
+    def outcome(job):
+        seed = int(job.env["AUTOSWARM_SEED"])
+        if "LR = 0.02" in (job.workdir / "train.py").read_text():
+            if seed == 43:  # crashes fast, while the seed-44 confirmation still runs
+                return Outcome(duration=5.0, exit_code=1, log="RuntimeError: flaky\n")
+            return Outcome(duration=60.0, metrics={"val_bpb": 0.90})
+        return Outcome(duration=60.0, metrics={"val_bpb": {42: 1.00, 43: 1.01, 44: 0.99}[seed]})
+
+    proposer = ScriptedProposer(
+        [("LR 0.01 -> 0.02", replace_in("train.py", "LR = 0.01", "LR = 0.02"))]
+    )
+    sched, _, ledger = harness.scheduler(proposer, slots=2, outcome=outcome)
+    out = sched.run(tag="t")
+    exps = ledger.experiments(out.run.id)
+    cand = next(e for e in exps if e.kind is Kind.CANDIDATE)
+    assert cand.status is Status.DISCARD and "flaky" in cand.reason
+    assert out.best is not None and out.best.experiment_id == exps[0].id
+    assert "LR = 0.01" in sched.ws.read_file("refs/heads/autoswarm/t", "train.py")

@@ -50,15 +50,21 @@ def two_tiers(*, screen_slots: int = 1, validate: bool = True) -> PoolConfig:
     )
 
 
-def tiered_values(table: dict[str, dict[str, float]], durations: dict[str, float] = DURATION):
-    """Outcome: the first marker found in train.py gives the value per tier, else the baseline."""
+def tiered_values(
+    table: dict[str, dict[str, float | dict[int, float]]], durations: dict[str, float] = DURATION
+):
+    """Outcome: the first marker found in train.py gives the value per tier (one for every
+    seed, or seed -> value), else the baseline."""
 
     def outcome(job: Job) -> Outcome:
         text = (job.workdir / "train.py").read_text()
         seed = int(job.env["AUTOSWARM_SEED"])
         for marker, per_tier in table.items():
             if marker in text:
-                return Outcome(durations[job.tier], {"val_bpb": per_tier[job.tier]})
+                v = per_tier[job.tier]
+                return Outcome(
+                    durations[job.tier], {"val_bpb": v[seed] if isinstance(v, dict) else v}
+                )
         return Outcome(durations[job.tier], {"val_bpb": BASE[job.tier][seed]})
 
     return outcome
@@ -133,10 +139,15 @@ def test_every_tier_gets_its_own_baseline_and_noise(harness: Harness) -> None:
 
 
 def test_strong_candidate_is_promoted_validated_and_only_then_kept(harness: Harness) -> None:
-    # LR: 0.05 better on both tiers. WIDTH (proposed on top of it) is 0.96 on h100:
-    # better than the h100 baseline, worse than the kept LR's own h100 run -> not promoted.
+    # LR: 0.05 better on h100, 0.15 better on h200 (0.81, 0.79 on its 2 validation seeds,
+    # 0.80 after: t = 14 on 3 df, p < false_keep_rate). WIDTH (proposed while LR is being
+    # validated) is 0.96 on h100: better than the h100 baseline, worse than the kept LR's
+    # own h100 run -> not promoted. h200 runs take 25 s here, so LR's 2 validation runs
+    # end (and LR is kept) before WIDTH's first run on h100 does.
+    lr_h200 = {43: 0.81, 44: 0.79, 45: 0.80, 46: 0.80, 47: 0.80}
     outcome = tiered_values(
-        {"WIDTH = 32": {"h100": 0.96, "h200": 0.91}, "LR = 0.04": {"h100": 0.95, "h200": 0.90}}
+        {"WIDTH = 32": {"h100": 0.96, "h200": 0.91}, "LR = 0.04": {"h100": 0.95, "h200": lr_h200}},
+        durations={"h100": 60.0, "h200": 25.0},
     )
     sched, backend, ledger = tiered(harness, ScriptedProposer([LR, WIDTH]), two_tiers(), outcome)
     out = sched.run(tag="t")
@@ -145,27 +156,45 @@ def test_strong_candidate_is_promoted_validated_and_only_then_kept(harness: Harn
     width = next(e for e in rows if e.description == WIDTH[0])
     promos = [e for e in rows if e.kind is Kind.CONFIRM and not e.meta.get("replicates")]
     assert lr.tier == "h100" and lr.status is Status.KEEP
-    # One promotion, of LR only, run on the validation tier with the candidate's seed.
-    assert len(promos) == 1
-    (p,) = promos
-    assert p.meta["confirms"] == lr.id and p.meta["promoted"] is True
-    assert p.tier == "h200" and p.seed == lr.seed and p.commit == lr.commit
-    assert p.status is Status.KEEP
-    # Kept on one run, it is re-measured (two slots: best_runs is 2) where its evidence
-    # came from, the validation tier, with the next seed; the run joins its evidence.
-    (again,) = [e for e in rows if e.meta.get("replicates")]
-    assert again.meta["confirms"] == lr.id and again.tier == "h200" and again.seed == lr.seed + 1
-    # The verdict compares the h200 run with the h200 baseline, in h200's σ.
+    # Promotion of LR only: confirm_runs (2) runs on the validation tier, with fresh seeds.
+    assert [(p.tier, p.seed) for p in promos] == [("h200", 43), ("h200", 44)]
+    assert all(
+        p.meta["confirms"] == lr.id
+        and p.meta["promoted"] is True
+        and p.commit == lr.commit
+        and p.status is Status.KEEP
+        and p.description.startswith(f"validate #{lr.id} on h200 (seed {p.seed})")
+        for p in promos
+    )
+    # The verdict compares the h200 runs (all fresh: the h100 screen selected it) with the
+    # h200 baseline, in h200's σ (its baseline and LR's runs pooled, not h100's 0.01).
+    # (Its runs then grew by the end-of-run validation, below.)
     ev = lr.meta["evidence"]
-    assert ev["values"] == [0.90, 0.90] and ev["best_before"] == pytest.approx(0.95)
-    assert ev["sigma"] == pytest.approx(0.01)
+    assert ev["values"][:2] == [0.81, 0.79] and ev["fresh"][:2] == [0.81, 0.79]
+    assert ev["selected"] == []
+    assert ev["best_before"] == pytest.approx(0.95) and ev["bar"] == [0.95, 0.96, 0.94]
+    assert ev["sigma"] == pytest.approx(((2 * 0.01**2 + 0.02**2 / 2) / 3) ** 0.5)
+    assert ev["p"] < 0.001
     assert lr.meta["screening"]["best_before"] == pytest.approx(1.00)
+    assert lr.meta["screening"]["values"] == [0.95]
     assert lr.meta["validated_on"] == "h200"
+    # Two fresh runs are best_runs already: no re-measurement.
+    assert not [e for e in rows if e.meta.get("replicates") and not e.meta.get("final")]
     # WIDTH is judged against the best *on h100* (LR's 0.95), not the h100 baseline.
     assert width.status is Status.DISCARD and width.tier == "h100"
+    assert width.finished_at > lr.meta["kept_at"]
     assert width.meta["evidence"]["best_before"] == pytest.approx(0.95)
+    assert width.meta["evidence"]["bar"] == [0.95] and width.meta["evidence"]["bar_id"] == lr.id
+    assert not [e for e in rows if e.meta.get("confirms") == width.id]
     assert "LR = 0.04" in sched.ws.read_file("refs/heads/autoswarm/t", "train.py")
-    assert out.best is not None and out.best.value == pytest.approx(0.90)
+    # The run ends (proposer exhausted, 2 slots): the best is validated 3 more times, on
+    # the tier its evidence came from, with the next seeds; they join its bar.
+    final = [e for e in rows if e.meta.get("final")]
+    assert sorted((e.tier, e.seed) for e in final) == [("h200", 45), ("h200", 46), ("h200", 47)]
+    assert all(e.meta["confirms"] == lr.id and e.status is Status.KEEP for e in final)
+    assert ev["fresh"] == ev["values"] == [0.81, 0.79, 0.80, 0.80, 0.80] and ev["runs"] == 5
+    assert out.best is not None and out.best.experiment_id == lr.id
+    assert out.best.value == pytest.approx(0.80) and out.best.runs == 5
     # First runs never went to the validation tier.
     assert [j.tier for j in backend.submitted if j.experiment_id in (lr.id, width.id)] == [
         "h100",
