@@ -275,8 +275,11 @@ def _side(values: Sequence[float], noise: Noise, *, own: bool) -> tuple[float, f
     if not math.isfinite(d0):
         return noise.sigma**2, noise.df
     moderated = (d0 * noise.sigma**2 + (n - 1) * s2) / (d0 + n - 1) if d0 + n - 1 > 0 else s2
-    # Never narrower than the pool: a few runs that happen to agree prove little.
-    return max(moderated, noise.sigma**2), d0 + n - 1
+    if moderated <= noise.sigma**2:
+        # Never narrower than the pool (a few runs that happen to agree prove little);
+        # then the variance is σ̂², as certain as σ̂ is.
+        return noise.sigma**2, noise.df
+    return moderated, d0 + n - 1
 
 
 def _is_unstable(values: Sequence[float], noise: Noise, rule: Rule) -> bool:

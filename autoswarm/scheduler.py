@@ -807,8 +807,19 @@ class Scheduler:
         if exp.kind is Kind.CONFIRM and exp.meta.get("replicates"):
             self._replicated(self._finish(exp, Status.KEEP, r, metrics, ""))
             return
-        done = self._finish(exp, Status.PENDING, r, metrics, "")
-        self._verdict(self._all[int(exp.meta["confirms"])] if exp.kind is Kind.CONFIRM else done)
+        if exp.kind is Kind.CONFIRM:
+            parent = self._all[int(exp.meta["confirms"])]
+            if parent.status is not Status.PENDING:  # decided while this one ran
+                self.proposer.observe(
+                    self._finish(
+                        exp, Status.DISCARD, r, metrics, f"#{parent.id} was already decided"
+                    )
+                )
+                return
+            self._finish(exp, Status.PENDING, r, metrics, "")
+            self._verdict(parent)
+            return
+        self._verdict(self._finish(exp, Status.PENDING, r, metrics, ""))
 
     def _check_baseline(self, tier: str) -> None:
         """Once a tier's repeats are in: leave out a repeat slowed by other load, then judge."""
@@ -898,8 +909,12 @@ class Scheduler:
             group.remove(v)
             self._measured += 1
 
-    def _room(self) -> bool:
-        return not (self._count_limit() or self._limit_reason(self.clock.now()) is not None)
+    def _room(self, need: int = 1) -> bool:
+        """Whether the run's limits leave room for ``need`` more runs."""
+        m = self.cfg.run.max_experiments
+        if m and len(self._all) + need > m:
+            return False
+        return self._limit_reason(self.clock.now()) is None
 
     def _verdict(self, cand: Experiment) -> None:
         """Screen, confirm, keep or discard ``cand`` (the rule: :mod:`autoswarm.judge`).
@@ -912,6 +927,8 @@ class Scheduler:
         to a tier where the best was measured).
         """
         assert self.run_rec is not None
+        if cand.status is not Status.PENDING:
+            return  # already decided (a sibling re-run crashed and discarded it)
         confirms = [c for c in self._confirmations(cand) if not c.meta.get("replicates")]
         if any(c.status in (Status.QUEUED, Status.RUNNING, Status.INTERRUPTED) for c in confirms):
             return  # evidence still on its way
@@ -929,7 +946,7 @@ class Scheduler:
         noise = self._noise(tier)
         current = self.best.commit if self.best else best.commit
         final = bool(promoted) or (self.tiers.validation is None and best.commit == current)
-        room = self._room()
+        room = self._room(max(1, self.rule.confirm_runs))
         if not promoted and not confirms:
             sv = judge.screen(
                 self.rule, values[0], best.samples, best.experiment_id, noise, room=room
@@ -950,6 +967,14 @@ class Scheduler:
             if sv.action is Action.CONFIRM:
                 self._add_reruns(cand, tier, sv.runs, promoted=False, ev=sv.evidence)
                 return
+            if not room and sv.action is Action.DISCARD and sv.evidence.gain > self.rule.min_delta:
+                se1 = noise.sigma * math.sqrt(1 + 1 / len(best.samples))
+                if se1 > 0 and sv.evidence.gain / se1 > self.rule.screen_sigmas:
+                    sv = dataclasses.replace(
+                        sv,
+                        reason="promising, but the run's limits leave no room for the "
+                        f"{self.rule.confirm_runs} fresh runs a keep needs",
+                    )
             self._conclude(cand, sv)
             return
         selected = 0 if promoted else 1
@@ -971,6 +996,9 @@ class Scheduler:
         missing = self._best_runs() - fresh
         if missing <= 0 or not self._room():
             return
+        m = self.cfg.run.max_experiments
+        if m:
+            missing = min(missing, m - len(self._all))  # --max-experiments counts these too
         self._queue_replicates(cand, missing, "re-measure kept")
 
     def _queue_replicates(self, cand: Experiment, n: int, what: str, **flags: Any) -> list[int]:
@@ -983,8 +1011,6 @@ class Scheduler:
         seed = max(e.seed for e in [cand, *confirms]) + 1
         ids = []
         for i in range(n):
-            if i and self._count_limit() and not flags:
-                break  # --max-experiments counts re-measurements too
             ids.append(self._queue_rerun(cand, f"{what} #{cand.id}", seed + i, meta))
         return ids
 
@@ -1332,6 +1358,17 @@ class Scheduler:
         with self._lock:
             self._all[cand.id] = done
             for c in self._confirmations(cand):
+                if c.status is Status.QUEUED and not c.meta.get("replicates"):
+                    if c.id in self._queue:  # not needed any more: it never runs
+                        self._queue.remove(c.id)
+                    self._all[c.id] = self.ledger.finish(
+                        c.id,
+                        status=Status.REJECTED,
+                        metrics={},
+                        metric=None,
+                        finished_at=self.clock.now(),
+                        reason=f"not run: #{cand.id} was decided without it",
+                    )
                 if c.status is Status.PENDING:
                     self._all[c.id] = self.ledger.finish(
                         c.id,
