@@ -24,11 +24,13 @@ runs; and the run that selected a variant is biased by the selection. The rule:
    is significantly wider than σ̂ (an F test at ``unstable_alpha``) it is *unstable* and
    judged with its own variance alone. Candidate and bar are compared by Welch's t
    test (unequal variances, Satterthwaite degrees of freedom, so an uncertain σ̂ costs
-   what it should). Keep iff the one-sided p-value is below ``false_keep_rate`` (and the
-   gain clears ``min_delta`` and ``keep_sigmas`` standard errors).
-4. **False keeps per run, not per candidate.** The test on all of a variant's runs has
-   level ``false_keep_rate`` whatever the screen did, so a candidate with no effect is
-   kept with probability at most ``false_keep_rate``: with the default 0.001, 1000
+   what it should). Keep iff the one-sided p-value is below ``false_keep_rate / looks``
+   (and the gain clears ``min_delta`` and ``keep_sigmas`` standard errors); short of that
+   but promising (p < ``extend_p``), it gets ``confirm_runs`` more fresh runs and is
+   judged again, at most ``looks`` (2) times in all.
+4. **False keeps per run, not per candidate.** Each look tests all of a variant's runs
+   at level ``false_keep_rate / looks`` whatever the screen did, so (union bound) a
+   candidate with no effect is kept with probability at most ``false_keep_rate``: with the default 0.001, 1000
    candidates that change nothing keep at most 1 in expectation, at any slot count
    (this bounds the expected number of false keeps, E[V] ≤ m·α).
 5. **Selection apart from estimation.** The bar a keep sets is the mean of its fresh
@@ -41,6 +43,7 @@ runs; and the run that selected a variant is biased by the selection. The rule:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import statistics
@@ -105,6 +108,8 @@ class Rule:
     keep_sigmas: float = 2.0
     min_delta: float = 0.0
     unstable_alpha: float = 0.01
+    looks: int = 2  # judge a promising variant at most this many times (more runs each)
+    extend_p: float = 0.05  # ... when its p-value is below this but not below the keep level
 
 
 @dataclass(frozen=True)
@@ -379,23 +384,36 @@ def judge(
     bar: Sequence[float],
     bar_id: int,
     noise: Noise,
+    *,
+    look: int = 1,
+    room: bool = False,
 ) -> Verdict:
-    """KEEP or DISCARD on all of a variant's runs (``values[:selected]`` selected it)."""
+    """KEEP, DISCARD or CONFIRM (more fresh runs) on all of a variant's runs.
+
+    ``values[:selected]`` selected it; ``look`` counts the batches of fresh runs judged so
+    far (1 after the first confirmations). The test is made at most ``rule.looks`` times,
+    each at ``false_keep_rate / looks`` (so the chance of a false keep over all looks
+    stays below ``false_keep_rate``: the union bound); a variant short of that but
+    promising (p < ``extend_p``) gets another ``confirm_runs`` fresh runs when ``room``.
+    """
     unstable = _is_unstable(values, noise, rule)
     ev = _evidence(rule, values, selected, bar, bar_id, noise, unstable=unstable)
+    looks = max(1, rule.looks) if rule.confirm_runs > 0 else 1
+    ev = dataclasses.replace(ev, alpha=rule.false_keep_rate / looks)
     why = ""
     if unstable:
         why = (
             f"unstable: its spread (σ {ev.own_sigma:.4g} over {len(values)} runs) is wider "
             f"than the noise (σ {noise.sigma:.4g}); judged with its own σ"
         )
-    keep = (
-        ev.p < rule.false_keep_rate
-        and ev.gain > rule.min_delta
-        and ev.t >= rule.keep_sigmas
-        and (len(values) > selected or rule.confirm_runs == 0)
-    )
-    return Verdict(Action.KEEP if keep else Action.DISCARD, ev, reason=why)
+    wins = ev.gain > rule.min_delta and ev.t >= rule.keep_sigmas
+    keep = wins and ev.p < ev.alpha and (len(values) > selected or rule.confirm_runs == 0)
+    if keep:
+        return Verdict(Action.KEEP, ev, reason=why)
+    more = room and look < looks and not unstable
+    if more and ev.gain > rule.min_delta and ev.p < rule.extend_p:
+        return Verdict(Action.CONFIRM, ev, runs=rule.confirm_runs, reason=why)
+    return Verdict(Action.DISCARD, ev, reason=why)
 
 
 def review(rule: Rule, fresh: Sequence[float], bar: Sequence[float], noise: Noise) -> Action:

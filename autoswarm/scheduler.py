@@ -978,9 +978,25 @@ class Scheduler:
             self._conclude(cand, sv)
             return
         selected = 0 if promoted else 1
-        self._conclude(
-            cand, judge.judge(self.rule, values, selected, best.samples, best.experiment_id, noise)
+        per_look = max(1, self.rule.confirm_runs)
+        look = math.ceil((len(values) - selected) / per_look)
+        verdict = judge.judge(
+            self.rule,
+            values,
+            selected,
+            best.samples,
+            best.experiment_id,
+            noise,
+            look=look,
+            room=self._room(per_look),
         )
+        if verdict.action is Action.CONFIRM:  # promising, short of the keep level: more fresh runs
+            seed = max(e.seed for e in [cand, *confirms]) + 1
+            self._add_reruns(
+                cand, tier, verdict.runs, promoted=bool(promoted), ev=verdict.evidence, seed=seed
+            )
+            return
+        self._conclude(cand, verdict)
 
     def _best_runs(self) -> int:
         """How many fresh runs a kept variant's bar should rest on ([run] best_runs)."""
@@ -1130,7 +1146,14 @@ class Scheduler:
         return self._set_status(e, e.status, e.reason, meta)
 
     def _add_reruns(
-        self, cand: Experiment, tier: str, n: int, *, promoted: bool, ev: judge.Evidence
+        self,
+        cand: Experiment,
+        tier: str,
+        n: int,
+        *,
+        promoted: bool,
+        ev: judge.Evidence,
+        seed: int | None = None,
     ) -> None:
         """Queue ``n`` confirmation (same tier) or validation (another tier) runs of ``cand``,
         with fresh seeds: they are the evidence its verdict, and its bar, rest on."""
@@ -1145,7 +1168,7 @@ class Scheduler:
             meta["screening"] = ev.as_meta()  # the evidence that earned the promotion
         for i in range(n):
             what = f"validate #{cand.id} on {tier}" if promoted else f"confirm #{cand.id}"
-            self._queue_rerun(cand, what, cand.seed + 1 + i, meta)
+            self._queue_rerun(cand, what, (cand.seed + 1 if seed is None else seed) + i, meta)
 
     def _queue_rerun(self, cand: Experiment, what: str, seed: int, meta: dict[str, Any]) -> int:
         """Record a CONFIRM row re-running ``cand``'s commit with ``seed``, first in the queue."""

@@ -32,7 +32,13 @@ def _two_stage(rule: Rule, noise: Noise, bar: list[float], draw, rng: random.Ran
     if v.action is not Action.CONFIRM:
         return v.action
     values = [first] + [draw(rng) for _ in range(v.runs)]
-    return judge(rule, values, 1, bar, 1, noise).action
+    look = 1
+    while True:  # as the scheduler does: at most rule.looks looks, more fresh runs each
+        got = judge(rule, values, 1, bar, 1, noise, look=look, room=True)
+        if got.action is not Action.CONFIRM:
+            return got.action
+        values += [draw(rng) for _ in range(got.runs)]
+        look += 1
 
 
 # ---------------------------------------------------------------------------
@@ -137,6 +143,17 @@ def test_maximize_and_min_delta() -> None:
     assert judge(up, [0.95, 0.952, 0.948], 1, BASE, 1, WELL_KNOWN).action is Action.DISCARD
     floor = Rule(min_delta=0.1)
     assert judge(floor, [0.95, 0.955, 0.945], 1, BASE, 1, WELL_KNOWN).action is Action.DISCARD
+
+
+def test_a_promising_gain_short_of_the_keep_level_gets_one_more_look() -> None:
+    values = [0.975, 0.98, 0.97]  # p ≈ 0.01: short of 0.001 / 2, below extend_p
+    v = judge(RULE, values, 1, BASE, 1, noise_model([BASE, values]), look=1, room=True)
+    assert v.action is Action.CONFIRM and v.runs == RULE.confirm_runs
+    assert v.evidence.alpha == RULE.false_keep_rate / RULE.looks
+    # Not without room, and not past the last look.
+    assert judge(RULE, values, 1, BASE, 1, noise_model([BASE, values])).action is Action.DISCARD
+    v = judge(RULE, values, 1, BASE, 1, noise_model([BASE, values]), look=2, room=True)
+    assert v.action is Action.DISCARD
 
 
 def test_confirm_runs_zero_decides_on_one_run() -> None:
