@@ -538,3 +538,30 @@ def test_confirmation_crash_discards_the_candidate_with_several_slots(harness: H
     assert cand.status is Status.DISCARD and "flaky" in cand.reason
     assert out.best is not None and out.best.experiment_id == exps[0].id
     assert "LR = 0.01" in sched.ws.read_file("refs/heads/autoswarm/t", "train.py")
+
+
+def test_a_baseline_repeat_slowed_by_other_load_is_left_out_and_re_run(harness: Harness) -> None:
+    # The third repeat made 610 steps against ~950 (another job took the cores) and
+    # measured 1.20: it is left out of σ and the baseline, said so, and re-run (seed 45).
+    from autoswarm.backends.fake import Outcome
+
+    runs = {42: (1.00, 953), 43: (1.01, 950), 44: (1.20, 610), 45: (0.99, 948)}
+
+    def outcome(job):  # type: ignore[no-untyped-def]
+        value, steps = runs[int(job.env["AUTOSWARM_SEED"])]
+        return Outcome(duration=60.0, metrics={"val_bpb": value, "num_steps": float(steps)})
+
+    sched, _, ledger = harness.scheduler(ScriptedProposer([]), slots=1, outcome=outcome)
+    out = sched.run(tag="t")
+    base = [e for e in ledger.experiments(out.run.id) if e.kind is Kind.BASELINE]
+    assert [e.seed for e in base] == [42, 43, 44, 45]
+    slowed = next(e for e in base if e.seed == 44)
+    assert slowed.status is Status.DISCARD
+    assert "slowed by other load" in slowed.reason and "610 steps" in slowed.reason
+    assert all(e.status is Status.KEEP for e in base if e.seed != 44)
+    assert sched.baseline is not None and sched.baseline.values == (1.00, 1.01, 0.99)
+    assert sched.baseline.sigma == pytest.approx(0.01)
+    st = status_record(ledger, out.run, harness.clock.now())
+    assert st["noise"]["slowed_repeats"] == 1
+    assert st["noise"]["sigma"] == pytest.approx(0.01)
+    assert any("slowed by other load" in text for _, text in sched.snapshot().events)
