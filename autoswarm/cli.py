@@ -815,7 +815,8 @@ def bench(
     kind: Annotated[
         str,
         typer.Argument(
-            help="search (simulated training), systems (real processes) or real (real training)."
+            help="search (simulated training), systems (real processes), real (real training) "
+            "or rule (the keep rule alone, Monte Carlo)."
         ),
     ],
     objectives: Annotated[
@@ -884,8 +885,17 @@ def bench(
     from autoswarm.bench.objectives import NOISE_OBJECTIVES, OBJECTIVES, SEARCH_OBJECTIVES
 
     # Every option is checked before anything runs: a typo must not cost a 20-minute run.
-    if kind not in ("search", "systems", "real"):
-        raise typer.BadParameter(f"kind {kind!r}: use 'search', 'systems' or 'real'")
+    if kind not in ("search", "systems", "real", "rule"):
+        raise typer.BadParameter(f"kind {kind!r}: use 'search', 'systems', 'real' or 'rule'")
+    if kind == "rule":
+        from autoswarm.bench.rule import keep_rates
+        from autoswarm.bench.rule import markdown as rule_markdown
+
+        text = rule_markdown(keep_rates())
+        print(text)
+        if out is not None:
+            _write_section(out, "rule", text)
+        return
     counts = _counts("--slots", slots)
     names = _csv(strategies)
     allowed = KNOB_STRATEGIES if kind == "search" else STRATEGIES

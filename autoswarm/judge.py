@@ -448,7 +448,7 @@ def claim(
     return worse <= q * se, mean, se
 
 
-def slowed(steps: Sequence[float | None], *, ratio: float = 0.8) -> list[int]:
+def slowed(steps: Sequence[float | None], *, ratio: float = 0.9) -> list[int]:
     """Indexes of repeats that ran far fewer steps than the others (other load on the machine).
 
     A repeat of the same files with the same budget that made fewer than ``ratio`` × the

@@ -222,6 +222,7 @@ def test_real_gains_are_still_found() -> None:
 
 def test_a_repeat_that_made_far_fewer_steps_is_slowed() -> None:
     assert slowed([953, 950, 610]) == [2]
-    assert slowed([953, 950, 940]) == []
+    assert slowed([151, 145, 126]) == [2]  # seen on a loaded run: 2.63, 2.73, 2.91 bpb
+    assert slowed([953, 950, 920]) == []  # ordinary jitter
     assert slowed([953, None, 610]) == []  # too few repeats with steps to tell
     assert slowed([None, None, None]) == []

@@ -1,0 +1,93 @@
+"""The keep rule on its own: how often it keeps a variant, by true gain and by noise.
+
+Monte Carlo over :mod:`autoswarm.judge` exactly as the scheduler drives it (screen, the
+fresh-seed confirmations, the second look), in units of the baseline's σ: a candidate
+whose true value is ``gain`` σ better than the baseline, with ``spread`` × its noise,
+compared with three baseline runs, the noise model fitted on the baseline and
+``earlier`` repeated commits of three runs each (how much the run has measured so far)
+plus the candidate's own runs. Run with ``autoswarm bench rule``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from autoswarm.judge import Action, Rule, judge, noise_model, screen
+
+
+@dataclass(frozen=True)
+class RuleRow:
+    earlier: int
+    gain: float
+    spread: float
+    trials: int
+    kept: float  # fraction kept
+    runs: float  # runs per candidate
+
+
+def _candidate(
+    rule: Rule, gain: float, spread: float, groups: list[list[float]], rng: random.Random
+) -> tuple[bool, int]:
+    base = groups[0]
+
+    def draw() -> float:
+        return rng.gauss(-gain, spread)
+
+    first = draw()
+    v = screen(rule, first, base, 1, noise_model(groups), room=True)
+    if v.action is not Action.CONFIRM:
+        return v.action is Action.KEEP, 1
+    values = [first] + [draw() for _ in range(v.runs)]
+    look = 1
+    while True:
+        j = judge(rule, values, 1, base, 1, noise_model([*groups, values]), look=look, room=True)
+        if j.action is not Action.CONFIRM:
+            return j.action is Action.KEEP, len(values)
+        values += [draw() for _ in range(j.runs)]
+        look += 1
+
+
+def keep_rates(
+    *,
+    earlier: tuple[int, ...] = (0, 15),
+    gains: tuple[float, ...] = (0.0, 2.0, 3.0, 4.0, 6.0),
+    spreads: tuple[float, ...] = (1.0, 3.0),
+    null_trials: int = 20_000,
+    trials: int = 3_000,
+    seed: int = 21,
+) -> list[RuleRow]:
+    """Keep rates of the default rule (spreads other than 1 only for the null)."""
+    rule = Rule()
+    rng = random.Random(seed)
+    rows = []
+    for n in earlier:
+        for gain in gains:
+            for spread in spreads if gain == 0 else (1.0,):
+                count = null_trials if gain == 0 else trials
+                kept = runs = 0
+                for _ in range(count):
+                    groups = [[rng.gauss(0, 1) for _ in range(3)] for _ in range(n + 1)]
+                    k, r = _candidate(rule, gain, spread, groups, rng)
+                    kept += k
+                    runs += r
+                rows.append(RuleRow(n, gain, spread, count, kept / count, runs / count))
+    return rows
+
+
+def markdown(rows: list[RuleRow]) -> str:
+    head = (
+        "| repeated commits measured before | true gain (σ) | spread | candidates | kept | runs per candidate |\n"
+        "|---:|---:|---:|---:|---:|---:|\n"
+    )
+    return (
+        head
+        + "\n".join(
+            f"| {r.earlier} | {r.gain:g} | {r.spread:g}× | {r.trials} | {100 * r.kept:.2f}% | {r.runs:.2f} |"
+            for r in rows
+        )
+        + "\n"
+    )
+
+
+__all__ = ["RuleRow", "keep_rates", "markdown"]
