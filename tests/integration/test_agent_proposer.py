@@ -31,11 +31,14 @@ from autoswarm.workspace import Workspace
 FAKE_AGENT = str(Path(__file__).resolve().parents[1] / "fixtures" / "fake_agent.py")
 
 
-def agent_workspace(root: Path, mode: str, *, extra: str = "", budget: float = 0.3) -> Path:
+def agent_workspace(
+    root: Path, mode: str, *, extra: str = "", budget: float = 0.3, values: str = ""
+) -> Path:
     ws = make_workspace(root / "ws", budget=budget)
     claims, report = root / "claims", root / "report.jsonl"
     command = [sys.executable, FAKE_AGENT, mode, "{prompt_file}"]
     command += ["--claims", str(claims), "--report", str(report)]
+    command += ["--values", values] if values else []
     with (ws / "autoswarm.toml").open("a") as f:
         f.write(
             "\n[agent]\n"
@@ -73,10 +76,16 @@ def reports(root: Path) -> list[dict]:
 def test_agent_edits_become_experiments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENT_API_KEY", "sk-agent-own-key")
     monkeypatch.setenv("UNRELATED_API_KEY", "sk-must-not-leak")
-    ws_dir = agent_workspace(tmp_path, "lr")
-    ledger, exps = run_agent(ws_dir, workers=2, baseline_repeats=2, max_experiments=6)
+    # One value far better than the baseline's LR 0.01, three worse ones: exactly one keep,
+    # whatever order the concurrent agents claim them in. No confirmations (confirm_runs=0):
+    # it is kept on its single run, which takes three baseline repeats (σ̂ on two degrees of
+    # freedom; on one, nothing clears false_keep_rate), and re-measured once (best_runs=1:
+    # its bar rests on one fresh run). 3 baselines + 4 candidates + 1 re-measure = 8.
+    ws_dir = agent_workspace(tmp_path, "lr", values="0.04,0.005,0.006,0.007")
+    ledger, exps = run_agent(ws_dir, workers=2, baseline_repeats=3, max_experiments=8)
     cands = [e for e in exps if e.kind is Kind.CANDIDATE]
     assert len(cands) == 4
+    assert sum(e.kind is Kind.BASELINE for e in exps) == 3
     for e in cands:
         assert e.proposer == "agent"
         assert e.status in (Status.KEEP, Status.DISCARD), (e.status, e.reason)
@@ -85,9 +94,14 @@ def test_agent_edits_become_experiments(tmp_path: Path, monkeypatch: pytest.Monk
         assert e.meta["agent"]["exit_code"] == 0 and e.meta["agent"]["locked_edits"] == []
     # Concurrent agents claimed different values: four distinct variants.
     assert len({e.commit for e in cands}) == 4
-    # LR 0.04 is far better than the baseline's 0.01: kept; the branch holds the last keep.
+    # LR 0.04 is far better than the baseline's 0.01: kept (and re-measured); the others are
+    # worse and discarded; the branch holds the last keep.
     best = [e for e in cands if e.description.endswith("-> 0.04")]
-    assert best and best[0].status is Status.KEEP
+    assert best and best[0].status is Status.KEEP, best[0].reason if best else cands
+    assert [e.status for e in cands].count(Status.KEEP) == 1
+    (rerun,) = [e for e in exps if e.kind is Kind.CONFIRM]
+    assert rerun.commit == best[0].commit and rerun.meta["replicates"] is True
+    assert rerun.status is Status.KEEP, (rerun.status, rerun.reason)
     last = max((e for e in cands if e.status is Status.KEEP), key=lambda e: e.meta["kept_at"])
     ws = Workspace(ws_dir, load_config(ws_dir))
     assert ws.tree_id("refs/heads/autoswarm/agent") == ws.tree_id(last.commit)

@@ -78,7 +78,7 @@ def test_external_agent_drives_a_real_run(tmp_path: Path) -> None:
         [
             *AUTOSWARM,
             *("run", "--workspace", str(ws), "--strategy", "external", "--workers", "2"),
-            *("--max-experiments", "9", "--tag", "ext", "--skip-prepare", "--no-live"),
+            *("--max-experiments", "10", "--tag", "ext", "--skip-prepare", "--no-live"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -151,7 +151,8 @@ def test_external_agent_drives_a_real_run(tmp_path: Path) -> None:
         table = cli(ws, "wait", str(a["id"])).stdout
         assert "keep" in table and "LR 0.01 -> 0.04" in table
 
-        # 3 baselines + 4 variants so far; two more reach --max-experiments 9 and end the run.
+        # 3 baselines + 4 variants + 1 re-measurement of the keep (best_runs = 1: its bar rests
+        # on one fresh run) so far; two more reach --max-experiments 10 and end the run.
         more = []
         for v in ("0.02", "0.03"):
             (tmp_path / f"lr{v}.diff").write_text(lr_diff("0.04", v))
@@ -177,6 +178,9 @@ def test_external_agent_drives_a_real_run(tmp_path: Path) -> None:
         assert rec is not None
         exps = led.experiments(rec.id)
         assert sum(e.kind is Kind.BASELINE for e in exps) == 3  # the default repeats
+        (rerun,) = [e for e in exps if e.kind is Kind.CONFIRM]  # the keep's re-measurement
+        assert rerun.meta["confirms"] == a["id"] and rerun.meta["replicates"] is True
+        assert len(exps) == 10 and {int(m) for m in more} <= {e.id for e in exps}
         assert {e.id for e in exps if e.proposer == "external"} >= set(ids)
         assert not led.pending_submissions()
 

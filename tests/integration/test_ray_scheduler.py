@@ -158,16 +158,27 @@ options = {{ resources = {{ h200 = 1 }} }}
     assert set(cands) == {LR[0], WIDTH[0]}
     assert {e.tier for e in cands.values()} == {"h100"}
 
-    # LR is promoted: re-run on h200 with its commit and seed, and kept only after that.
+    # LR is promoted: re-run on h200 with its commit and fresh seeds (confirm_runs = 2), and
+    # kept only after that, on those validation runs alone.
     lr, width = cands[LR[0]], cands[WIDTH[0]]
     promos = [e for e in rows if e.kind is Kind.CONFIRM and not e.meta.get("replicates")]
-    assert promos and all(p.meta.get("confirms") == lr.id for p in promos)
+    assert len(promos) == 2 and all(p.meta.get("confirms") == lr.id for p in promos)
     assert all(p.meta.get("promoted") is True and p.tier == "h200" for p in promos)
     assert all(p.commit == lr.commit and p.status is Status.KEEP for p in promos)
-    assert promos[0].seed == lr.seed
-    # Kept on one validation run, LR is re-measured there once more (the best's bar).
+    assert sorted(p.seed for p in promos) == [lr.seed + 1, lr.seed + 2]
+    # Its bar rests on those two fresh runs (best_runs = confirm_runs): no re-measurement;
+    # the proposer exhausted, the best is validated at the end (final_runs: 3 with several
+    # slots), on the tier it was kept on, with the next seeds.
     again = [e for e in rows if e.meta.get("replicates")]
-    assert [(a.meta["confirms"], a.tier) for a in again] == [(lr.id, "h200")]
+    assert [(a.meta["confirms"], a.tier, a.meta.get("final")) for a in again] == [
+        (lr.id, "h200", True)
+    ] * 3
+    assert sorted(a.seed for a in again) == [lr.seed + 3, lr.seed + 4, lr.seed + 5]
+    # The screening run on h100 is never mixed in: the evidence is the h200 runs alone.
+    ev = lr.meta["evidence"]
+    assert ev["selected"] == [] and sorted(ev["fresh"]) == sorted(
+        e.value("val_bpb") for e in [*promos, *again]
+    )
     assert lr.status is Status.KEEP and lr.meta["validated_on"] == "h200"
     assert lr.finished_at is not None and all(
         p.started_at is not None and p.started_at >= lr.finished_at for p in promos
