@@ -621,8 +621,8 @@ def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
         raise ConfigError(f"{where}: confirm_runs must be >= 0 (0 = never re-run before deciding)")
     if r.best_runs < 0:
         raise ConfigError(
-            f"{where}: best_runs must be >= 0 (0 = automatic, 1 = never re-measure a kept "
-            "variant; 2 or 3 keep later verdicts from being judged against one lucky run)"
+            f"{where}: best_runs must be >= 0: the fresh runs (after its selection) a kept "
+            "variant's bar must rest on; 0 = automatic (confirm_runs, at least 1)"
         )
     if r.max_experiments < 0:
         raise ConfigError(f"{where}: max_experiments must be >= 0 (0 = unlimited)")
