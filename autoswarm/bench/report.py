@@ -48,12 +48,20 @@ class Row:
     gpu_hours_ratio: float | None
 
 
-def summarize(results: Sequence[SimResult]) -> list[Row]:
-    """One row per (objective, strategy, slots), aggregated over repetitions."""
+def _by_setting(
+    results: Sequence[SimResult],
+) -> tuple[dict[tuple[str, int], SimResult], dict[tuple[str, str, int], list[SimResult]]]:
+    """The sequential reference per (objective, rep), and the runs per (objective, strategy, slots)."""
     seq = {(r.objective, r.rep): r for r in results if r.strategy == "greedy" and r.slots == 1}
     groups: dict[tuple[str, str, int], list[SimResult]] = defaultdict(list)
     for r in results:
         groups[(r.objective, r.strategy, r.slots)].append(r)
+    return seq, groups
+
+
+def summarize(results: Sequence[SimResult]) -> list[Row]:
+    """One row per (objective, strategy, slots), aggregated over repetitions."""
+    seq, groups = _by_setting(results)
     rows = []
     for (obj, strat, slots), rs in sorted(groups.items()):
         times, speedups, ratios = [], [], []
@@ -119,10 +127,7 @@ def _end_times(ref: SimResult, r: SimResult) -> tuple[float, float] | None:
 
 def summarize_noise(results: Sequence[SimResult]) -> list[NoiseRow]:
     """One row per (objective, strategy, slots): results against the truth, end-based timing."""
-    seq = {(r.objective, r.rep): r for r in results if r.strategy == "greedy" and r.slots == 1}
-    groups: dict[tuple[str, str, int], list[SimResult]] = defaultdict(list)
-    for r in results:
-        groups[(r.objective, r.strategy, r.slots)].append(r)
+    seq, groups = _by_setting(results)
     rows = []
     for (obj, strat, slots), rs in sorted(groups.items()):
         times, speedups, ratios = [], [], []
