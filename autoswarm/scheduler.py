@@ -910,7 +910,9 @@ class Scheduler:
             self._measured += 1
 
     def _room(self, need: int = 1) -> bool:
-        """Whether the run's limits leave room for ``need`` more runs."""
+        """Whether the run's limits leave room for ``need`` more runs (none once it ends)."""
+        if self._final is not None:
+            return False
         m = self.cfg.run.max_experiments
         if m and len(self._all) + need > m:
             return False
@@ -1199,8 +1201,9 @@ class Scheduler:
 
     def _start_final(self, reason: str) -> bool:
         """Queue the end-of-run re-runs of the best ([run] final_runs); True if any were."""
-        best = self.best
         self._final = reason
+        self._decide_leftovers()
+        best = self.best
         if best is None or self._final_runs() <= 0:
             return False
         if not (reason.startswith("time limit") or reason == "proposer exhausted"):
@@ -1215,6 +1218,31 @@ class Scheduler:
         ids = self._queue_replicates(cand, self._final_runs(), "validate best", final=True)
         self._final_ids.update(ids)
         return bool(ids)
+
+    def _decide_leftovers(self) -> None:
+        """The run ends: candidates still waiting on re-runs that will not start now are
+        decided on the evidence there is (their queued re-runs withdrawn), so that a run
+        that ended leaves no verdict open. (Ctrl-C does not come here: --resume goes on.)"""
+        for cand in sorted(self._all.values(), key=lambda e: e.id):
+            if cand.kind is not Kind.CANDIDATE or cand.status is not Status.PENDING:
+                continue
+            rows = self._confirmations(cand)
+            if any(c.status in (Status.RUNNING, Status.INTERRUPTED) for c in rows):
+                continue
+            for c in rows:
+                if c.status is Status.QUEUED:
+                    if c.id in self._queue:
+                        self._queue.remove(c.id)
+                    with self._lock:
+                        self._all[c.id] = self.ledger.finish(
+                            c.id,
+                            status=Status.REJECTED,
+                            metrics={},
+                            metric=None,
+                            finished_at=self.clock.now(),
+                            reason=f"not run: the run ended ({self._final}) first",
+                        )
+            self._verdict(self._all[cand.id])
 
     def _start_reproduce(self, r: Reproduce) -> None:
         """Queue ``r.runs`` re-runs of experiment ``r.experiment_id`` with fresh seeds.

@@ -565,3 +565,41 @@ def test_a_baseline_repeat_slowed_by_other_load_is_left_out_and_re_run(harness: 
     assert st["noise"]["slowed_repeats"] == 1
     assert st["noise"]["sigma"] == pytest.approx(0.01)
     assert any("slowed by other load" in text for _, text in sched.snapshot().events)
+
+
+def test_a_run_that_ends_leaves_no_verdict_open(harness: Harness) -> None:
+    # Two slots, one held by a long WIDTH run. LR's first look (p ≈ 0.004, at 290 s) asks
+    # for two more runs; one starts, the other cannot before the time limit. The run
+    # decides LR on the runs it has, withdraws the one that never ran, and leaves no row
+    # pending or queued.
+    from autoswarm.backends.fake import Outcome
+
+    lr = {42: 0.965, 43: 0.97, 44: 0.955, 45: 0.965, 46: 0.965}
+    base = {42: 1.00, 43: 1.01, 44: 0.99}
+
+    def outcome(job):  # type: ignore[no-untyped-def]
+        text = (job.workdir / "train.py").read_text()
+        seed = int(job.env["AUTOSWARM_SEED"])
+        if "WIDTH = 128" in text:
+            return Outcome(duration=250.0, metrics={"val_bpb": 1.05})
+        value = lr[seed] if "LR = 0.02" in text else base[seed]
+        return Outcome(duration=60.0, metrics={"val_bpb": value})
+
+    proposer = ScriptedProposer(
+        [
+            ("WIDTH 64 -> 128", replace_in("train.py", "WIDTH = 64", "WIDTH = 128")),
+            ("LR 0.01 -> 0.02", replace_in("train.py", "LR = 0.01", "LR = 0.02")),
+        ]
+    )
+    sched, _, ledger = harness.scheduler(
+        proposer, slots=2, outcome=outcome, time_limit=360.0, final_runs=0, timeout=400.0
+    )
+    out = sched.run(tag="t")
+    assert out.reason.startswith("time limit")
+    rows = ledger.experiments(out.run.id)
+    assert not [e for e in rows if e.status in (Status.PENDING, Status.QUEUED)]
+    cand = next(e for e in rows if e.description == "LR 0.01 -> 0.02")
+    assert cand.status in (Status.KEEP, Status.DISCARD)
+    assert cand.meta["evidence"]["runs"] == 4  # 42, 43, 44 and the one of 45/46 that ran
+    (withdrawn,) = [e for e in rows if e.status is Status.REJECTED]
+    assert withdrawn.seed in (45, 46) and "the run ended" in withdrawn.reason
