@@ -38,7 +38,10 @@ runs; and the run that selected a variant is biased by the selection. The rule:
    the selection: the winner's curse). Both are recorded.
 6. **Review** (:func:`review`). When a kept variant's fresh runs grow (re-measurements,
    the end-of-run validation, ``autoswarm reproduce``) and their mean is no longer
-   better than the bar it replaced, the keep is *revoked*.
+   better than the bar it replaced, the keep is *revoked*. So is a keep whose runs, now
+   more of them, show it to be unstable, unless its fresh runs still beat the bar in a
+   test with its own spread (one-sided, at ``review_p``): a noisy variant kept on three
+   runs that happened to agree is caught by the end-of-run validation.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ class Rule:
     unstable_alpha: float = 0.01
     looks: int = 2  # judge a promising variant at most this many times (more runs each)
     extend_p: float = 0.05  # ... when its p-value is below this but not below the keep level
+    review_p: float = 0.05  # an unstable keep's fresh runs must still beat its bar at this level
 
 
 @dataclass(frozen=True)
@@ -416,16 +420,66 @@ def judge(
     return Verdict(Action.DISCARD, ev, reason=why)
 
 
-def review(rule: Rule, fresh: Sequence[float], bar: Sequence[float], noise: Noise) -> Action:
-    """STAND or REVOKE a keep, from its fresh runs against the bar it replaced.
+def review(
+    rule: Rule,
+    fresh: Sequence[float],
+    bar: Sequence[float],
+    noise: Noise,
+    *,
+    values: Sequence[float] = (),
+    kept_with: int = 0,
+) -> tuple[Action, str]:
+    """STAND or REVOKE a keep, from its fresh runs against the bar it replaced; and why.
 
     Revoked when the mean of the runs measured after the selection is no better than
-    that bar (by more than ``min_delta``): the selection was luck.
+    that bar (by more than ``min_delta``): the selection was luck. ``values`` are all of
+    the variant's runs (the selecting ones too); when they show the variant to be
+    *unstable* (its spread significantly wider than σ̂, which a few runs may not have
+    shown when it was kept), the runs made after the keep (``values[kept_with:]``, the
+    only ones no decision has selected; the fresh runs while there are none) must also
+    beat the bar in a test with the variant's own spread, at the lenient level
+    ``review_p``. A noisy variant whose confirmation runs were lucky too is caught this
+    way once more runs show its spread.
     """
     if not fresh or not bar:
-        return Action.STAND
+        return Action.STAND, "nothing to review"
     gain = rule.direction.improvement(statistics.fmean(bar), statistics.fmean(fresh))
-    return Action.STAND if gain > rule.min_delta else Action.REVOKE
+    if gain <= rule.min_delta:
+        return Action.REVOKE, "no better than the bar it replaced"
+    every = list(values) or list(fresh)
+    if len(every) < 3 or not _is_unstable(every, noise, rule):
+        return Action.STAND, "better than the bar it replaced"
+    from scipy import stats
+
+    after = list(values[kept_with:]) if 0 < kept_with < len(values) else list(fresh)
+    gain = rule.direction.improvement(statistics.fmean(bar), statistics.fmean(after))
+    v_c, df_c = _var(every), float(len(every) - 1)
+    v_b, df_b = _side(bar, noise, own=False)
+    a, b = v_c / len(after), v_b / len(bar)
+    parts = sum(x * x / d for x, d in ((a, df_c), (b, df_b)) if math.isfinite(d) and d > 0)
+    df = min((a + b) ** 2 / parts if parts > 0 else math.inf, df_c)
+    p = float(stats.t.sf(gain / math.sqrt(a + b), df))
+    spread = (
+        f"unstable (σ {math.sqrt(v_c):.4g} over {len(every)} runs, noise σ {noise.sigma:.4g}); "
+        f"with its own spread, p={p:.3g} against the bar it replaced"
+    )
+    return (Action.STAND if p < rule.review_p else Action.REVOKE), spread
+
+
+def standard_error(rule: Rule, values: Sequence[float], noise: Noise) -> float | None:
+    """The standard error of the mean of ``values``, as the rule would judge them.
+
+    With σ̂ moderated by the variant's own spread, or its own spread alone when that is
+    significantly wider (an unstable variant): what a reported best's ± should be.
+    None without a noise model or runs.
+    """
+    if not values or not (noise.known or len(values) > 1):
+        return None
+    if not noise.known:
+        return math.sqrt(_var(values) / len(values))
+    unstable = len(values) > 2 and _is_unstable(values, noise, rule)
+    v, _ = _side(values, noise, own=unstable)
+    return math.sqrt(v / len(values))
 
 
 def claim(
@@ -479,4 +533,5 @@ __all__ = [
     "review",
     "screen",
     "slowed",
+    "standard_error",
 ]

@@ -243,6 +243,7 @@ def _noise_record(
     return {
         "sigma": noise.sigma if noise.known else None,
         "df": noise.df,
+        "prior_df": noise.prior_df if math.isfinite(noise.prior_df) else None,
         "groups": noise.groups,
         "unstable": noise.unstable,
         "baseline_sigma": baseline.sigma if baseline and len(baseline.values) > 1 else None,
@@ -256,9 +257,17 @@ def _best_evidence(
     row: Experiment | None, values: Sequence[float], noise: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The best's winner's curse (selected vs replicated) and its end-of-run validation."""
+    from autoswarm.judge import Noise, Rule, standard_error
+
     ev = dict(row.meta.get("evidence") or {}) if row is not None else {}
     sigma = noise.get("sigma")
-    se = sigma / math.sqrt(len(values)) if sigma and values else None
+    model = Noise(
+        sigma=float(sigma or 0.0),
+        df=float(noise.get("df") or 0.0),
+        prior_df=math.inf if noise.get("prior_df") is None else float(noise["prior_df"]),
+    )
+    # With the best's own spread where that is wider than σ̂ (an unstable variant).
+    se = standard_error(Rule(), values, model) if values else None
     return {
         "runs": len(values),
         "selected": ev.get("selected_mean"),

@@ -805,6 +805,12 @@ class Scheduler:
             self._check_baseline(self._tier(exp))
             return
         if exp.kind is Kind.CONFIRM and exp.meta.get("replicates"):
+            parent = self._all[int(exp.meta["confirms"])]
+            if parent.status is Status.REVOKED:  # revoked while this one ran
+                why = f"a run of #{parent.id}, whose keep was revoked"
+                self.proposer.observe(self._finish(exp, Status.REVOKED, r, metrics, why))
+                self._write_outputs()
+                return
             self._replicated(self._finish(exp, Status.KEEP, r, metrics, ""))
             return
         if exp.kind is Kind.CONFIRM:
@@ -1041,6 +1047,8 @@ class Scheduler:
         fresh = [float(v) for v in evidence.get("fresh") or []]
         values = [float(v) for v in evidence.get("values") or []]
         if value is not None and values and cand.status is Status.KEEP:
+            # The runs the keep was decided on; every later one is a replicate.
+            evidence.setdefault("decided_runs", len(values))
             fresh.append(value)
             values.append(value)
             evidence.update(
@@ -1058,12 +1066,14 @@ class Scheduler:
                 )
             bar = [float(v) for v in evidence.get("bar") or []]
             noise = self._noise(self._tier(rep))
-            if standing and judge.review(self.rule, fresh, bar, noise) is Action.REVOKE:
+            action, why = judge.review(
+                self.rule, fresh, bar, noise, values=values, kept_with=evidence["decided_runs"]
+            )
+            if standing and action is Action.REVOKE:
                 self._revoke(
                     updated,
                     f"revoked: re-measured at {statistics.fmean(fresh):.6f} on {len(fresh)} fresh "
-                    f"run(s), no better than the bar it replaced (#{evidence.get('bar_id')} at "
-                    f"{statistics.fmean(bar):.6f})",
+                    f"run(s); {why} (#{evidence.get('bar_id')} at {statistics.fmean(bar):.6f})",
                 )
         self.proposer.observe(rep)
         self._write_outputs()

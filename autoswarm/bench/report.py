@@ -108,6 +108,7 @@ class NoiseRow:
     reported_best: float  # mean of what status_record reports
     reported_true: float  # mean true value of the reported best
     gap_sigma: float  # mean |reported - true| in units of the objective's base σ
+    gap_se: float  # mean |reported - true| in units of the se reported with the best
     keeps: int  # summed over repetitions
     false_keeps: int  # summed over repetitions
     false_per_1000: float | None  # false keeps per 1000 candidates judged (pooled)
@@ -148,6 +149,11 @@ def summarize_noise(results: Sequence[SimResult]) -> list[NoiseRow]:
             for r in rs
             if r.noise > 0 and math.isfinite(r.best_measured - r.reported_true)
         ]
+        gaps_se = [
+            abs(r.best_measured - r.reported_true) / r.reported_se
+            for r in rs
+            if r.reported_se > 0 and math.isfinite(r.best_measured - r.reported_true)
+        ]
         rows.append(
             NoiseRow(
                 objective=obj,
@@ -158,6 +164,7 @@ def summarize_noise(results: Sequence[SimResult]) -> list[NoiseRow]:
                 reported_best=statistics.fmean(r.best_measured for r in rs),
                 reported_true=statistics.fmean(r.reported_true for r in rs),
                 gap_sigma=statistics.fmean(gaps) if gaps else math.nan,
+                gap_se=statistics.fmean(gaps_se) if gaps_se else math.nan,
                 keeps=sum(r.keeps for r in rs),
                 false_keeps=false,
                 false_per_1000=1000 * false / candidates if candidates else None,
@@ -175,9 +182,9 @@ def noise_table(rows: Sequence[NoiseRow]) -> str:
     """The issue-13 table: reported against true, false keeps, end-based time-to-target."""
     head = (
         "| objective | strategy | slots | reps | candidates | reported best | true of reported "
-        "| \\|gap\\| (σ) | false keeps / 1000 candidates | reached target (end) "
+        "| \\|gap\\| (σ) | \\|gap\\| (its se) | false keeps / 1000 candidates | reached target (end) "
         "| time to target (h) | speedup | GPU-h vs sequential |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = []
     for r in rows:
@@ -185,7 +192,8 @@ def noise_table(rows: Sequence[NoiseRow]) -> str:
         false = f"{_f(r.false_per_1000, '.1f')} ({r.false_keeps} of {r.keeps} keeps{revoked})"
         lines.append(
             f"| {r.objective} | {r.strategy} | {r.slots} | {r.reps} | {r.candidates:.0f} "
-            f"| {r.reported_best:.4f} | {r.reported_true:.4f} | {r.gap_sigma:.1f} | {false} "
+            f"| {r.reported_best:.4f} | {r.reported_true:.4f} | {r.gap_sigma:.1f} "
+            f"| {r.gap_se:.1f} | {false} "
             f"| {r.reached}/{r.reps} | {_f(r.time_to_target_h, '.2f')} | {_f(r.speedup, '.1f')}× "
             f"| {_f(r.gpu_hours_ratio, '.2f')}× |"
         )

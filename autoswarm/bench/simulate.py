@@ -64,6 +64,7 @@ class SimResult:
     # What the noise benchmark (issue 13) needs; defaults keep hand-made results short.
     noise: float = 0.0  # the objective's base σ (the baseline's seed noise)
     reported_true: float = math.nan  # true value of the best status_record reports
+    reported_se: float = math.nan  # the standard error status_record gives with it
     candidates: int = 0  # candidates judged: final keep or discard, plus any revoked
     keeps: int = 0  # candidates kept (revoked ones included)
     false_keeps: int = 0  # keeps whose true value is not better than the best they replaced
@@ -290,6 +291,7 @@ def simulate(
         real_seconds=time.perf_counter() - started,
         noise=objective.noise,
         reported_true=true_of(reported) if reported is not None else math.nan,
+        reported_se=float(best["se"]) if best.get("se") else math.nan,
         candidates=len(judged),
         keeps=len(checks),
         false_keeps=sum(c.false for c in checks),

@@ -68,13 +68,16 @@ def test_replication_revokes_a_lucky_keep_and_moves_the_branch_back(tmp_path: Pa
     rows = ledger.experiments(out.run.id)
     cand = next(e for e in rows if e.description == "X 0 -> 1")
     assert cand.status is Status.REVOKED, cand.reason
-    assert "revoked" in cand.reason and "no better than the bar" in cand.reason
+    # The first re-measurement in (1.100 or 1.110) shows the variant's spread: with it, its fresh
+    # runs no longer beat the bar, and the keep is revoked at once.
+    assert cand.reason.startswith("revoked") and "unstable" in cand.reason, cand.reason
     ev = cand.meta["evidence"]
     assert ev["selected"] == [0.9] and ev["fresh"][:2] == [0.901, 0.899]
-    assert len(ev["fresh"]) == 4  # two confirmations, two re-measurements
+    assert ev["fresh"][2] in (1.1, 1.11) and ev["decided_runs"] == 3
     assert cand.meta.get("kept_at") and cand.meta.get("revoked_at")
     remeasured = [e for e in rows if e.kind is Kind.CONFIRM and e.meta.get("replicates")]
-    assert [e.seed for e in remeasured] == [45, 46]
+    assert sorted(e.seed for e in remeasured) == [45, 46]
+    assert all(e.status is Status.REVOKED for e in remeasured)  # even one still running
 
     # The branch, the ledger's best and results.tsv agree: back at the baseline.
     branch = ws.rev_parse(f"refs/heads/{out.run.branch}")

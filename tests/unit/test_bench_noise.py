@@ -188,6 +188,7 @@ def test_noise_rows_time_the_end_state_and_pool_false_keeps() -> None:
         keeps=10,
         false_keeps=6,
         best_measured=0.985,
+        reported_se=0.004,
     )
     # Reaches it first (at 60 s) but ends above it: not reached.
     lost = _res(
@@ -200,12 +201,14 @@ def test_noise_rows_time_the_end_state_and_pool_false_keeps() -> None:
     assert auto.gpu_hours_ratio == pytest.approx(16 * 1800 / 7200)
     assert auto.false_per_1000 == pytest.approx(15.0)
     assert auto.gap_sigma == pytest.approx(abs(0.985 - 0.995) / 0.002)
+    assert auto.gap_se == pytest.approx(abs(0.985 - 0.995) / 0.004)
     far = rows[("auto", 64)]
     assert far.reached == 0 and far.speedup is None and far.false_per_1000 == pytest.approx(3.0)
     assert rows[("greedy", 1)].speedup == pytest.approx(1.0)
     table = noise_table(list(rows.values()))
     assert (
-        "| o | auto | 16 | 1 | 400 | 0.9850 | 0.9950 | 5.0 | 15.0 (6 of 10 keeps) | 1/1 |" in table
+        "| o | auto | 16 | 1 | 400 | 0.9850 | 0.9950 | 5.0 | 2.5 | 15.0 (6 of 10 keeps) | 1/1 |"
+        in table
     )
     assert "false keeps / 1000 candidates" in table and "0/1 | — | —× | —× |" in table
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 
 import pytest
 
@@ -17,6 +18,7 @@ from autoswarm.judge import (
     review,
     screen,
     slowed,
+    standard_error,
 )
 from autoswarm.types import Direction
 
@@ -168,8 +170,50 @@ def test_confirm_runs_zero_decides_on_one_run() -> None:
 
 def test_a_keep_contradicted_by_replication_is_revoked() -> None:
     # Kept on a lucky screen; its fresh runs say it is no better than the bar it replaced.
-    assert review(RULE, [1.004, 0.998, 1.006], BASE, WELL_KNOWN) is Action.REVOKE
-    assert review(RULE, [0.950, 0.955, 0.960], BASE, WELL_KNOWN) is Action.STAND
+    assert review(RULE, [1.004, 0.998, 1.006], BASE, WELL_KNOWN)[0] is Action.REVOKE
+    assert review(RULE, [0.950, 0.955, 0.960], BASE, WELL_KNOWN)[0] is Action.STAND
+
+
+def test_a_noisy_keep_whose_fresh_runs_were_lucky_too_is_revoked_once_its_spread_shows() -> None:
+    # Kept on three runs that happened to agree; the end-of-run validation adds three
+    # more, and the six together are eight times wider than the noise. Their mean is
+    # still below the bar, but with the variant's own spread that is not shown.
+    selected, confirms, final = [0.975], [0.978, 0.981], [0.90, 1.06, 0.95]
+    fresh, values = confirms + final, selected + confirms + final
+    assert statistics.fmean(fresh) < statistics.fmean(BASE)
+    action, why = review(RULE, fresh, BASE, WELL_KNOWN, values=values)
+    assert action is Action.REVOKE and "unstable" in why
+    # Without the wide runs it stands; a wide variant far better than the bar stands too.
+    assert review(RULE, confirms, BASE, WELL_KNOWN, values=selected + confirms)[0] is Action.STAND
+    far = [v - 0.3 for v in values]
+    assert review(RULE, far[1:], BASE, WELL_KNOWN, values=far)[0] is Action.STAND
+
+
+def test_null_keeps_of_noisy_variants_are_mostly_revoked_by_the_validation() -> None:
+    # Many 8x-noise variants with no effect, kept whenever their three runs agree by
+    # chance and beat the bar (the failure of the first rule); three validation runs
+    # then revoke almost all of them.
+    rng = random.Random(11)
+    kept = revoked = 0
+    for _ in range(40_000):
+        values = [rng.gauss(1.0, 0.08) for _ in range(3)]
+        if judge(RULE, values, 1, BASE, 1, WELL_KNOWN).action is not Action.KEEP:
+            continue
+        kept += 1
+        values += [rng.gauss(1.0, 0.08) for _ in range(3)]
+        action, _ = review(RULE, values[1:], BASE, WELL_KNOWN, values=values, kept_with=3)
+        revoked += action is Action.REVOKE
+    assert kept >= 5  # the hostile case occurs
+    assert revoked >= 0.8 * kept
+
+
+def test_the_standard_error_of_a_best_uses_its_own_spread_when_it_is_wider() -> None:
+    assert standard_error(RULE, [0.95, 0.951, 0.949], WELL_KNOWN) == pytest.approx(
+        0.01 / math.sqrt(3)
+    )
+    wide = [0.9, 1.1, 0.95, 1.05]
+    assert standard_error(RULE, wide, WELL_KNOWN) == pytest.approx(statistics.stdev(wide) / 2)
+    assert standard_error(RULE, [], WELL_KNOWN) is None
 
 
 def test_claim_holds_within_the_new_interval() -> None:
