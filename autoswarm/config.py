@@ -74,7 +74,10 @@ class RunConfig:
     threads_per_worker: int = 1  # CPU threads each run may use when there is no GPU
     strategy: str = "auto"
     tag: str = ""  # branch autoswarm/<tag>; empty = a date-based tag
-    baseline_repeats: int = 3
+    # Runs of the unmodified train.py before anything is judged: σ̂ rests on their
+    # degrees of freedom until the run has measured more (5: 4 df; with 3, only 2, and
+    # a keep at 0.001 needs t > 22 on 2 df).
+    baseline_repeats: int = 5
     seed: int = 42
     # The keep rule (autoswarm.judge): a variant with no real effect is kept with at most
     # this probability (0.001: 1000 such candidates keep at most 1 in expectation) ...
@@ -84,7 +87,7 @@ class RunConfig:
     confirm_sigmas: float = 1.0  # a first run this many standard errors better is re-run ...
     confirm_runs: int = 2  # ... with this many fresh seeds before the verdict (never kept on one)
     # A kept variant is re-measured (fresh seeds) until its bar rests on this many fresh
-    # runs; 0 = automatic (confirm_runs, at least 1).
+    # runs; 0 = automatic (as many as the baseline's: baseline_repeats).
     best_runs: int = 0
     # At the end of the run the best is re-run this many times and reported as the
     # validated mean ± se (a keep they contradict is revoked); -1 = automatic: 3 with
@@ -622,7 +625,7 @@ def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
     if r.best_runs < 0:
         raise ConfigError(
             f"{where}: best_runs must be >= 0: the fresh runs (after its selection) a kept "
-            "variant's bar must rest on; 0 = automatic (confirm_runs, at least 1)"
+            "variant's bar must rest on; 0 = automatic (baseline_repeats)"
         )
     if r.max_experiments < 0:
         raise ConfigError(f"{where}: max_experiments must be >= 0 (0 = unlimited)")
@@ -715,14 +718,14 @@ grace = 60                         # start-up + evaluation allowance for the def
 workers = {workers}                        # parallel slots; 0 = one per GPU, else one per core
 threads_per_worker = 1             # CPU threads per run when there is no GPU
 strategy = "auto"
-baseline_repeats = 3               # runs of the unmodified train.py to measure noise
+baseline_repeats = 5               # runs of the unmodified train.py to measure noise
 seed = 42                          # AUTOSWARM_SEED of candidates; repeats use seed+1, seed+2, ...
 false_keep_rate = 0.001            # chance a variant with no real effect is kept (1 per 1000)
 keep_sigmas = 2.0                  # ... and gains of at least this many standard errors
 min_delta = 0.0                    # ... larger than this absolute amount
 confirm_sigmas = 1.0               # a first run this many standard errors better is re-run ...
 confirm_runs = 2                   # ... with this many fresh seeds before the verdict
-best_runs = 0                      # fresh runs a kept variant's bar rests on; 0 = confirm_runs
+best_runs = 0                      # fresh runs a kept variant's bar rests on; 0 = baseline_repeats
 final_runs = -1                    # re-runs of the best at the end; -1 = 3 if several slots
 max_experiments = 0                # 0 = unlimited (baseline repeats count)
 time_limit = 0                     # e.g. "8h"; 0 = unlimited

@@ -848,15 +848,7 @@ class Scheduler:
                     f"slowed by other load on the machine ({steps[i]:g} steps, the other repeats "
                     f"a median of {others:g}): left out of the noise estimate and re-run"
                 )
-                self._all[e.id] = self.ledger.finish(
-                    e.id,
-                    status=Status.DISCARD,
-                    metrics=e.metrics,
-                    metric=e.value(self.metric),
-                    finished_at=e.finished_at or self.clock.now(),
-                    reason=why,
-                )
-                self._unmeasure(self._all[e.id])
+                self._unmeasure(self._refinish(e, Status.DISCARD, why))
                 self._event(f"baseline #{e.id} {why}")
             if any(self._all[e.id].status is Status.DISCARD for e in rows):
                 self._ensure_baseline()
@@ -1008,7 +1000,7 @@ class Scheduler:
 
     def _best_runs(self) -> int:
         """How many fresh runs a kept variant's bar should rest on ([run] best_runs)."""
-        return self.cfg.run.best_runs or max(1, self.rule.confirm_runs)
+        return self.cfg.run.best_runs or self.cfg.run.baseline_repeats
 
     def _replicate(self, cand: Experiment, fresh: int) -> None:
         """Queue re-runs of a just-kept ``cand`` until its bar rests on ``best_runs`` fresh runs.
@@ -1129,6 +1121,27 @@ class Scheduler:
     def _set_status(
         self, e: Experiment, status: Status, reason: str, meta: Mapping[str, Any]
     ) -> Experiment:
+        with self._lock:
+            done = self._refinish(e, status, reason, {**e.meta, **meta})
+            if status is Status.REVOKED:  # its re-runs were kept with it: withdrawn with it
+                for c in self._confirmations(e):
+                    if c.status is Status.KEEP:
+                        self._refinish(
+                            c, Status.REVOKED, f"a run of #{e.id}, whose keep was revoked"
+                        )
+                    elif c.status is Status.QUEUED and c.id not in self._final_ids:
+                        self._withdraw(c, f"not run: #{e.id}'s keep was revoked")
+        self._keeps += 1
+        return done
+
+    def _refinish(
+        self,
+        e: Experiment,
+        status: Status,
+        reason: str = "",
+        meta: Mapping[str, Any] | None = None,
+    ) -> Experiment:
+        """Give a finished row a new status (a verdict, a revocation), keeping its metrics."""
         done = self.ledger.finish(
             e.id,
             status=status,
@@ -1136,22 +1149,24 @@ class Scheduler:
             metric=e.value(self.metric),
             finished_at=e.finished_at or self.clock.now(),
             reason=reason,
-            meta={**e.meta, **meta},
+            meta=meta,
         )
-        with self._lock:
-            self._all[e.id] = done
-            if status is Status.REVOKED:  # its re-runs were kept with it: withdrawn with it
-                for c in self._confirmations(e):
-                    if c.status is Status.KEEP:
-                        self._all[c.id] = self.ledger.finish(
-                            c.id,
-                            status=Status.REVOKED,
-                            metrics=c.metrics,
-                            metric=c.value(self.metric),
-                            finished_at=c.finished_at or self.clock.now(),
-                            reason=f"a run of #{e.id}, whose keep was revoked",
-                        )
-        self._keeps += 1
+        self._all[e.id] = done
+        return done
+
+    def _withdraw(self, e: Experiment, reason: str) -> Experiment:
+        """A queued row that will never run: out of the queue, recorded REJECTED with why."""
+        if e.id in self._queue:
+            self._queue.remove(e.id)
+        done = self.ledger.finish(
+            e.id,
+            status=Status.REJECTED,
+            metrics={},
+            metric=None,
+            finished_at=self.clock.now(),
+            reason=reason,
+        )
+        self._all[e.id] = done
         return done
 
     def _update_meta(self, e: Experiment, meta: Mapping[str, Any]) -> Experiment:
@@ -1241,17 +1256,8 @@ class Scheduler:
                 continue
             for c in rows:
                 if c.status is Status.QUEUED:
-                    if c.id in self._queue:
-                        self._queue.remove(c.id)
                     with self._lock:
-                        self._all[c.id] = self.ledger.finish(
-                            c.id,
-                            status=Status.REJECTED,
-                            metrics={},
-                            metric=None,
-                            finished_at=self.clock.now(),
-                            reason=f"not run: the run ended ({self._final}) first",
-                        )
+                        self._withdraw(c, f"not run: the run ended ({self._final}) first")
             self._verdict(self._all[cand.id])
 
     def _start_reproduce(self, r: Reproduce) -> None:
@@ -1374,14 +1380,7 @@ class Scheduler:
         for e in list(self._all.values()):
             pin = e.meta.get("tier")
             if e.status is Status.QUEUED and pin and pin not in self.tiers.used:
-                self._all[e.id] = self.ledger.finish(
-                    e.id,
-                    status=Status.REJECTED,
-                    metrics={},
-                    metric=None,
-                    finished_at=self.clock.now(),
-                    reason=f"its tier {pin!r} is no longer in [pool]; it cannot run",
-                )
+                self._withdraw(e, f"its tier {pin!r} is no longer in [pool]; it cannot run")
 
     def _conclude_discard(self, cand: Experiment, reason: str) -> None:
         """Discard ``cand`` without evidence to weigh (its re-run crashed, its runs are gone)."""
@@ -1406,39 +1405,14 @@ class Scheduler:
         if status is Status.KEEP:
             meta["kept_at"] = self.clock.now()
             self._keeps += 1
-        done = self.ledger.finish(
-            cand.id,
-            status=status,
-            metrics=cand.metrics,
-            metric=cand.value(self.metric),
-            finished_at=cand.finished_at or self.clock.now(),
-            reason=reason,
-            meta=meta,
-        )
         finished_confirms: list[Experiment] = []
         with self._lock:
-            self._all[cand.id] = done
+            done = self._refinish(cand, status, reason, meta)
             for c in self._confirmations(cand):
                 if c.status is Status.QUEUED and not c.meta.get("replicates"):
-                    if c.id in self._queue:  # not needed any more: it never runs
-                        self._queue.remove(c.id)
-                    self._all[c.id] = self.ledger.finish(
-                        c.id,
-                        status=Status.REJECTED,
-                        metrics={},
-                        metric=None,
-                        finished_at=self.clock.now(),
-                        reason=f"not run: #{cand.id} was decided without it",
-                    )
+                    self._withdraw(c, f"not run: #{cand.id} was decided without it")
                 if c.status is Status.PENDING:
-                    self._all[c.id] = self.ledger.finish(
-                        c.id,
-                        status=status,
-                        metrics=c.metrics,
-                        metric=c.value(self.metric),
-                        finished_at=c.finished_at or self.clock.now(),
-                    )
-                    finished_confirms.append(self._all[c.id])
+                    finished_confirms.append(self._refinish(c, status))
             if status is Status.KEEP and ev is not None:
                 bar = ev.fresh or ev.values
                 self.best = Best(

@@ -20,7 +20,9 @@ from autoswarm.workspace import Workspace
 
 @pytest.fixture
 def synth_ws(tmp_path: Path) -> Path:
-    return make_workspace(tmp_path / "ws")
+    """A synthetic workspace; its scenarios are scripted for three baseline runs (the
+    default is five: tests/unit/test_config.py checks the defaults)."""
+    return make_workspace(tmp_path / "ws", baseline_repeats=3)
 
 
 def synthetic_outcome(duration: float = 60.0, noise: float = 0.002) -> Callable[[Job], Outcome]:

@@ -5,7 +5,11 @@ fresh-seed confirmations, the second look), in units of the baseline's σ: a can
 whose true value is ``gain`` σ better than the baseline, with ``spread`` × its noise,
 compared with three baseline runs, the noise model fitted on the baseline and
 ``earlier`` repeated commits of three runs each (how much the run has measured so far)
-plus the candidate's own runs. Run with ``autoswarm bench rule``.
+plus the candidate's own runs. A kept candidate is then re-measured as a run does it:
+``confirm_runs`` re-measurements (``best_runs`` = 0), then the three end-of-run
+validation runs (``final_runs`` with several slots), each reviewed as it comes in
+(:func:`autoswarm.judge.review`); the table gives what still stands after each. Run
+with ``autoswarm bench rule``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from autoswarm.judge import Action, Rule, judge, noise_model, screen
+from autoswarm.judge import Action, Rule, judge, noise_model, review, screen
+
+FINAL_RUNS = 3  # the end-of-run validation with several slots (final_runs = -1)
 
 
 @dataclass(frozen=True)
@@ -23,12 +29,16 @@ class RuleRow:
     spread: float
     trials: int
     kept: float  # fraction kept
-    runs: float  # runs per candidate
+    runs: float  # runs per candidate (until the verdict)
+    standing: float = 0.0  # fraction kept and not revoked by the re-measurements
+    validated: float = 0.0  # ... nor by the end-of-run validation
 
 
 def _candidate(
     rule: Rule, gain: float, spread: float, groups: list[list[float]], rng: random.Random
-) -> tuple[bool, int]:
+) -> tuple[int, int]:
+    """How far a candidate got (0 discarded, 1 kept, 2 standing re-measured, 3 validated)
+    and the runs its verdict took."""
     base = groups[0]
 
     def draw() -> float:
@@ -37,22 +47,34 @@ def _candidate(
     first = draw()
     v = screen(rule, first, base, 1, noise_model(groups), room=True)
     if v.action is not Action.CONFIRM:
-        return v.action is Action.KEEP, 1
+        return int(v.action is Action.KEEP), 1
     values = [first] + [draw() for _ in range(v.runs)]
     look = 1
     while True:
         j = judge(rule, values, 1, base, 1, noise_model([*groups, values]), look=look, room=True)
         if j.action is not Action.CONFIRM:
-            return j.action is Action.KEEP, len(values)
+            break
         values += [draw() for _ in range(j.runs)]
         look += 1
+    if j.action is not Action.KEEP:
+        return 0, len(values)
+    runs, decided, reached = len(values), len(values), 1
+    for stage, more in ((2, rule.confirm_runs), (3, FINAL_RUNS)):
+        for _ in range(more):
+            values.append(draw())
+            noise = noise_model([*groups, values])
+            action, _ = review(rule, values[1:], base, noise, values=values, kept_with=decided)
+            if action is Action.REVOKE:
+                return reached, runs
+        reached = stage
+    return reached, runs
 
 
 def keep_rates(
     *,
     earlier: tuple[int, ...] = (0, 15),
     gains: tuple[float, ...] = (0.0, 2.0, 3.0, 4.0, 6.0),
-    spreads: tuple[float, ...] = (1.0, 3.0),
+    spreads: tuple[float, ...] = (1.0, 3.0, 8.0),
     null_trials: int = 20_000,
     trials: int = 3_000,
     seed: int = 21,
@@ -65,25 +87,33 @@ def keep_rates(
         for gain in gains:
             for spread in spreads if gain == 0 else (1.0,):
                 count = null_trials if gain == 0 else trials
-                kept = runs = 0
+                reached = [0, 0, 0, 0]
+                runs = 0
                 for _ in range(count):
                     groups = [[rng.gauss(0, 1) for _ in range(3)] for _ in range(n + 1)]
-                    k, r = _candidate(rule, gain, spread, groups, rng)
-                    kept += k
+                    got, r = _candidate(rule, gain, spread, groups, rng)
+                    reached[got] += 1
                     runs += r
-                rows.append(RuleRow(n, gain, spread, count, kept / count, runs / count))
+                at_least = [sum(reached[i:]) / count for i in range(4)]
+                rows.append(
+                    RuleRow(
+                        n, gain, spread, count, at_least[1], runs / count, at_least[2], at_least[3]
+                    )
+                )
     return rows
 
 
 def markdown(rows: list[RuleRow]) -> str:
     head = (
-        "| repeated commits measured before | true gain (σ) | spread | candidates | kept | runs per candidate |\n"
-        "|---:|---:|---:|---:|---:|---:|\n"
+        "| repeated commits measured before | true gain (σ) | spread | candidates | kept "
+        "| standing after re-measurement | after validation | runs per candidate |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     return (
         head
         + "\n".join(
-            f"| {r.earlier} | {r.gain:g} | {r.spread:g}× | {r.trials} | {100 * r.kept:.2f}% | {r.runs:.2f} |"
+            f"| {r.earlier} | {r.gain:g} | {r.spread:g}× | {r.trials} | {100 * r.kept:.2f}% "
+            f"| {100 * r.standing:.2f}% | {100 * r.validated:.2f}% | {r.runs:.2f} |"
             for r in rows
         )
         + "\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -76,14 +77,27 @@ def value_of_files(files: Mapping[str, str], seed: int, noise: float = 0.002) ->
 
 
 def make_workspace(
-    directory: Path, *, train_py: str = TRAIN_PY, budget: float = 1.0, timeout: float = 0.0
+    directory: Path,
+    *,
+    train_py: str = TRAIN_PY,
+    budget: float = 1.0,
+    timeout: float = 0.0,
+    baseline_repeats: int | None = None,
 ) -> Path:
-    """A git workspace with the synthetic train.py and a no-op prepare.py."""
+    """A git workspace with the synthetic train.py and a no-op prepare.py.
+
+    ``baseline_repeats``: written into its autoswarm.toml instead of the default.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "train.py").write_text(train_py)
     (directory / "prepare.py").write_text('"""No data to prepare for the synthetic workspace."""\n')
     (directory / "program.md").write_text("Synthetic workspace: change the knobs in train.py.\n")
-    (directory / "autoswarm.toml").write_text(render_default_config(budget=budget, timeout=timeout))
+    toml = render_default_config(budget=budget, timeout=timeout)
+    if baseline_repeats is not None:
+        toml = re.sub(
+            r"(?m)^baseline_repeats = \d+", f"baseline_repeats = {baseline_repeats}", toml
+        )
+    (directory / "autoswarm.toml").write_text(toml)
     (directory / ".gitignore").write_text(".autoswarm/\nresults.tsv\n__pycache__/\n")
     for args in (
         ["init", "-q", "-b", "main"],

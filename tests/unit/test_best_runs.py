@@ -22,14 +22,13 @@ def _fresh(e: Experiment) -> list[float]:
 def test_a_keep_rests_on_its_fresh_runs_and_the_next_keep_is_judged_against_them(
     harness: Harness,
 ) -> None:
-    sched, _, ledger = harness.scheduler(ScriptedProposer([LR, WIDTH]), slots=2)
+    sched, _, ledger = harness.scheduler(ScriptedProposer([LR, WIDTH]), slots=2, best_runs=2)
     out = sched.run(tag="t")
     rows = ledger.experiments(out.run.id)
     lr = next(e for e in rows if e.description == LR[0])
     confirms = [e for e in rows if e.kind is Kind.CONFIRM and e.meta["confirms"] == lr.id]
     assert lr.status is Status.KEEP and lr.meta["evidence"]["runs"] == 3
-    # Its confirmations give the bar its best_runs (0 = confirm_runs = 2) fresh runs:
-    # nothing is re-measured.
+    # Its confirmations give the bar its best_runs (2) fresh runs: nothing is re-measured.
     assert [(e.seed, e.status, e.commit) for e in confirms] == [
         (lr.seed + 1, Status.KEEP, lr.commit),
         (lr.seed + 2, Status.KEEP, lr.commit),
@@ -60,7 +59,7 @@ def test_a_keep_rests_on_its_fresh_runs_and_the_next_keep_is_judged_against_them
 
 def test_with_confirm_runs_0_a_keep_on_one_run_is_re_measured(harness: Harness) -> None:
     sched, _, ledger = harness.scheduler(
-        ScriptedProposer([LR, WIDTH]), slots=2, confirm_runs=0, final_runs=0
+        ScriptedProposer([LR, WIDTH]), slots=2, confirm_runs=0, final_runs=0, best_runs=1
     )
     out = sched.run(tag="t")
     rows = ledger.experiments(out.run.id)
@@ -88,14 +87,20 @@ def test_with_confirm_runs_0_a_keep_on_one_run_is_re_measured(harness: Harness) 
     ledger.close()
 
 
-def test_on_one_slot_the_default_neither_re_measures_nor_validates(harness: Harness) -> None:
+def test_by_default_a_keep_rests_on_as_many_fresh_runs_as_the_baseline(harness: Harness) -> None:
+    # One slot: no end-of-run validation; the keep's 2 confirmations and 1 re-measurement
+    # give its bar baseline_repeats (3 in this workspace) fresh runs.
     sched, _, ledger = harness.scheduler(ScriptedProposer([LR]), slots=1)
     out = sched.run(tag="t")
     rows = ledger.experiments(out.run.id)
-    assert not [e for e in rows if e.meta.get("replicates")]
+    assert not [e for e in rows if e.meta.get("final")]
     confirms = [e for e in rows if e.kind is Kind.CONFIRM]
-    assert [e.seed for e in confirms] == [43, 44]
-    assert out.best is not None and out.best.runs == 2
+    assert [(e.seed, bool(e.meta.get("replicates"))) for e in confirms] == [
+        (43, False),
+        (44, False),
+        (45, True),
+    ]
+    assert out.best is not None and out.best.runs == 3
     assert out.best.values == tuple(e.value("val_bpb") for e in confirms)
     ledger.close()
 

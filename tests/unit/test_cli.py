@@ -231,8 +231,8 @@ def test_run_end_to_end_then_status_and_results(tmp_path: Path) -> None:
     assert set(st) >= STATUS_KEYS
     assert {"total", "keep", "discard", "crash", "running"} <= set(st["experiments"])
     assert st["experiments"]["total"] == 5 and st["experiments"]["running"] == 0
-    assert st["experiments"]["keep"] >= 3  # the three baseline repeats
-    assert {"val_bpb", "commit"} <= set(st["baseline"]) and st["baseline"]["runs"] == 3
+    assert st["experiments"]["keep"] == 5  # the five baseline repeats (the default)
+    assert {"val_bpb", "commit"} <= set(st["baseline"]) and st["baseline"]["runs"] == 5
     assert {"val_bpb", "commit", "id"} <= set(st["best"])
     assert isinstance(st["baseline"]["val_bpb"], float) and st["noise_sigma"] > 0
     assert st["tag"] == "t" and st["branch"] == "autoswarm/t" and st["active"] is False

@@ -94,6 +94,9 @@ def test_maximize_metric(tmp_path: Path) -> None:
 def test_minimal_file_uses_defaults(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, ""))
     assert cfg == Config()
+    # Five baseline runs (σ̂ on 4 df before anything else is measured); a keep's bar
+    # rests on as many fresh runs (best_runs 0 = automatic).
+    assert cfg.run.baseline_repeats == 5 and cfg.run.best_runs == 0
 
 
 # ---------------------------------------------------------------------------
@@ -200,9 +203,9 @@ def test_wrong_types(tmp_path: Path, old: str, new: str, expected: str) -> None:
         ("timeout = 0 ", "timeout = -1 ", r"timeout \(-1.0s\) must be at least the budget"),
         ("workers = 0", "workers = -1", r"workers must be >= 0 \(0 = automatic\)"),
         ("threads_per_worker = 1", "threads_per_worker = 0", r"threads_per_worker must be >= 1"),
-        ("baseline_repeats = 3", "baseline_repeats = 0", r"baseline_repeats must be >= 2"),
+        ("baseline_repeats = 5", "baseline_repeats = 0", r"baseline_repeats must be >= 2"),
         # One run measures no noise: the keep rule needs two repeats at least.
-        ("baseline_repeats = 3", "baseline_repeats = 1", r"baseline_repeats must be >= 2"),
+        ("baseline_repeats = 5", "baseline_repeats = 1", r"baseline_repeats must be >= 2"),
         (
             "keep_sigmas = 2.0",
             "keep_sigmas = -1.0",

@@ -343,7 +343,7 @@ def test_promising_gain_is_confirmed_with_other_seeds_then_kept(harness: Harness
     proposer = ScriptedProposer(
         [("LR 0.01 -> 0.02", replace_in("train.py", "LR = 0.01", "LR = 0.02"))]
     )
-    sched, backend, ledger = harness.scheduler(proposer, slots=1, outcome=outcome)
+    sched, backend, ledger = harness.scheduler(proposer, slots=1, outcome=outcome, best_runs=2)
     out = sched.run(tag="t")
     exps = ledger.experiments(out.run.id)
     cand = next(e for e in exps if e.kind is Kind.CANDIDATE)
@@ -447,7 +447,7 @@ def test_large_gain_is_kept_only_after_its_confirmations(harness: Harness) -> No
     proposer = ScriptedProposer(
         [("LR 0.01 -> 0.04", replace_in("train.py", "LR = 0.01", "LR = 0.04"))]
     )
-    sched, _, ledger = harness.scheduler(proposer, slots=1, outcome=outcome)
+    sched, _, ledger = harness.scheduler(proposer, slots=1, outcome=outcome, best_runs=2)
     out = sched.run(tag="t")
     exps = ledger.experiments(out.run.id)
     cand = next(e for e in exps if e.kind is Kind.CANDIDATE)
@@ -470,7 +470,9 @@ def test_with_confirm_runs_0_a_large_gain_is_kept_on_one_run(harness: Harness) -
     proposer = ScriptedProposer(
         [("LR 0.01 -> 0.04", replace_in("train.py", "LR = 0.01", "LR = 0.04"))]
     )
-    sched, _, ledger = harness.scheduler(proposer, slots=1, outcome=outcome, confirm_runs=0)
+    sched, _, ledger = harness.scheduler(
+        proposer, slots=1, outcome=outcome, confirm_runs=0, best_runs=1
+    )
     out = sched.run(tag="t")
     exps = ledger.experiments(out.run.id)
     cand = next(e for e in exps if e.kind is Kind.CANDIDATE)

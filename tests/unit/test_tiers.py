@@ -149,7 +149,9 @@ def test_strong_candidate_is_promoted_validated_and_only_then_kept(harness: Harn
         {"WIDTH = 32": {"h100": 0.96, "h200": 0.91}, "LR = 0.04": {"h100": 0.95, "h200": lr_h200}},
         durations={"h100": 60.0, "h200": 25.0},
     )
-    sched, backend, ledger = tiered(harness, ScriptedProposer([LR, WIDTH]), two_tiers(), outcome)
+    sched, backend, ledger = tiered(
+        harness, ScriptedProposer([LR, WIDTH]), two_tiers(), outcome, best_runs=2
+    )
     out = sched.run(tag="t")
     rows = ledger.experiments(out.run.id)
     lr = next(e for e in rows if e.description == LR[0])
@@ -178,7 +180,7 @@ def test_strong_candidate_is_promoted_validated_and_only_then_kept(harness: Harn
     assert lr.meta["screening"]["best_before"] == pytest.approx(1.00)
     assert lr.meta["screening"]["values"] == [0.95]
     assert lr.meta["validated_on"] == "h200"
-    # Two fresh runs are best_runs already: no re-measurement.
+    # Two fresh runs are best_runs (2 here) already: no re-measurement.
     assert not [e for e in rows if e.meta.get("replicates") and not e.meta.get("final")]
     # WIDTH is judged against the best *on h100* (LR's 0.95), not the h100 baseline.
     assert width.status is Status.DISCARD and width.tier == "h100"
