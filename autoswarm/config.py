@@ -75,8 +75,8 @@ class RunConfig:
     strategy: str = "auto"
     tag: str = ""  # branch autoswarm/<tag>; empty = a date-based tag
     # Runs of the unmodified train.py before anything is judged: σ̂ rests on their
-    # degrees of freedom until the run has measured more (5: 4 df; with 3, only 2, and
-    # a keep at 0.001 needs t > 22 on 2 df).
+    # degrees of freedom until the run has measured more (5 runs: 4 df; a look at level
+    # 0.0005 needs t > 31.6 on 2 df, 8.6 on 4).
     baseline_repeats: int = 5
     seed: int = 42
     # The keep rule (autoswarm.judge): a variant with no real effect is kept with at most

@@ -1086,10 +1086,20 @@ class Scheduler:
         ]
         self._set_status(cand, Status.REVOKED, why, {"revoked_at": self.clock.now()})
         self._event(f"#{cand.id} {why}")
+        # Each later keep is judged against the best standing before it: without itself
+        # and the keeps after it (those not yet judged again), with the ones that stood.
+        waiting = {k.id for k in later}
         for k in later:
-            self._refresh_best()
+            standing = [e for e in self._all.values() if e.id not in waiting]
+            self.best = best_of(standing, self.metric, self.baseline)
+            self._keeps += 1  # the cached bars per tier are stale
             tier = self._tier(k)
-            bar = self._best_on(tier) if self._baselines.get(tier) else self.best
+            bar = (
+                self._best_on(tier, without=frozenset(waiting))
+                if self._baselines.get(tier)
+                else self.best
+            )
+            waiting.discard(k.id)
             ev = dict(k.meta.get("evidence") or {})
             values = [float(v) for v in ev.get("values") or []]
             selected = len(ev.get("selected") or [])
@@ -1313,12 +1323,14 @@ class Scheduler:
         self._baselines = {t: baseline_of(r, self.metric, n) for t, r in rows.items()}
         self.baseline = self._baselines.get(self.tiers.deciding)
 
-    def _best_on(self, tier: str) -> Best:
+    def _best_on(self, tier: str, *, without: frozenset[int] = frozenset()) -> Best:
         """The best as measured on ``tier``: the current best's runs there, else the last kept
         commit that ran there (a lagging reference: results then only screen), else the
-        tier's baseline."""
+        tier's baseline. ``without``: keeps (and their runs) that do not count."""
         base = self._baselines[tier]
         assert base is not None and base.values
+        if without:
+            return self._scan_best_on(tier, base, without)
         key = (self._keeps, self.best, base)
         cached = self._best_cache.get(tier)
         if cached is not None and cached[0] == key:
@@ -1327,13 +1339,19 @@ class Scheduler:
         self._best_cache[tier] = (key, found)
         return found
 
-    def _scan_best_on(self, tier: str, base: Baseline) -> Best:
+    def _scan_best_on(
+        self, tier: str, base: Baseline, without: frozenset[int] = frozenset()
+    ) -> Best:
         # A bar is the mean of fresh runs (re-runs after the selection) where there are any.
         values: dict[str, list[float]] = {}
         fresh: dict[str, list[float]] = {}
         kept: list[Experiment] = []
         with self._lock:
-            exps = list(self._all.values())
+            exps = [
+                e
+                for e in self._all.values()
+                if e.id not in without and int(e.meta.get("confirms", 0) or 0) not in without
+            ]
         for e in exps:
             if e.kind is Kind.CANDIDATE and e.status is Status.KEEP:
                 kept.append(e)

@@ -94,7 +94,11 @@ def test_replication_revokes_a_lucky_keep_and_moves_the_branch_back(tmp_path: Pa
     res = CliRunner().invoke(app, ["status", "--workspace", str(ws.root), "--json"])
     assert res.exit_code == 0, res.output
     st = json.loads(res.output)
-    assert st["experiments"]["revoked"] == 5  # the candidate and its four re-runs
+    # The candidate and the re-runs that had run or were running; one still queued at
+    # the revocation is withdrawn instead (rejected, never run).
+    withdrawn = [e for e in remeasured if e.status is Status.REJECTED]
+    assert st["experiments"]["revoked"] == 5 - len(withdrawn)
+    assert all("keep was revoked" in e.reason for e in withdrawn)
     assert st["best"]["commit"] == out.run.base_commit
 
 

@@ -200,6 +200,48 @@ def test_a_re_measurement_no_better_than_the_old_bar_revokes_the_keep(harness: H
     ledger.close()
 
 
+def test_a_keep_made_on_top_of_a_revoked_one_is_judged_against_the_best_before_both(
+    harness: Harness,
+) -> None:
+    # LR is kept on 0.90, 0.90, 0.89; its re-measurement (seed 45) takes long and comes
+    # back at 1.21 only after WIDTH, built on LR and far better (0.80), was kept against
+    # LR's bar. LR is revoked; WIDTH is judged again against the best standing before
+    # both (the baseline at 1.00), not against itself, and stands.
+    from autoswarm.backends.fake import Outcome
+
+    def outcome(job):  # type: ignore[no-untyped-def]
+        seed = int(job.env["AUTOSWARM_SEED"])
+        text = (job.workdir / "train.py").read_text()
+        if "WIDTH = 128" in text:
+            return Outcome(duration=60.0, metrics={"val_bpb": 0.80 + 0.002 * (seed - 43)})
+        if "LR = 0.04" in text:
+            if seed == 45:
+                return Outcome(duration=1000.0, metrics={"val_bpb": 1.21})
+            return Outcome(duration=60.0, metrics={"val_bpb": {42: 0.90, 43: 0.90, 44: 0.89}[seed]})
+        return Outcome(duration=60.0, metrics={"val_bpb": {42: 1.00, 43: 1.01, 44: 0.99}[seed]})
+
+    sched, _, ledger = harness.scheduler(
+        ScriptedProposer([LR, WIDTH]),
+        slots=2,
+        outcome=outcome,
+        best_runs=3,
+        final_runs=0,
+        timeout=2000.0,
+    )
+    out = sched.run(tag="t")
+    rows = ledger.experiments(out.run.id)
+    lr = next(e for e in rows if e.description == LR[0])
+    width = next(e for e in rows if e.description == WIDTH[0])
+    assert width.parent == lr.commit
+    assert width.meta["evidence"]["bar_id"] == lr.id  # kept against LR's bar
+    assert float(width.meta["kept_at"]) < float(lr.meta["revoked_at"])
+    assert lr.status is Status.REVOKED, lr.reason
+    assert width.status is Status.KEEP, width.reason
+    assert out.best is not None and out.best.experiment_id == width.id
+    assert sched.ws.tree_id("refs/heads/autoswarm/t") == sched.ws.tree_id(width.commit)
+    ledger.close()
+
+
 def test_a_negative_best_runs_is_a_config_error(harness: Harness) -> None:
     with pytest.raises(ConfigError, match="best_runs must be >= 0"):
         with_overrides(load_config(harness.root), best_runs=-1)
