@@ -35,8 +35,6 @@ from rich.markup import escape
 from rich.text import Text
 
 from autoswarm.config import (
-    KNOB_STRATEGIES,
-    STRATEGIES,
     Config,
     load_config,
     parse_duration,
@@ -52,6 +50,7 @@ from autoswarm.outputs import (
     status_record,
     tsv_rows,
 )
+from autoswarm.proposers.registry import KNOB_STRATEGIES, REGISTRY, STRATEGIES
 from autoswarm.sandbox import scrubbed_env
 from autoswarm.workspace import Workspace
 
@@ -147,7 +146,14 @@ def prepare(workspace: WorkspaceOpt = Path(".")) -> None:
 # run
 
 
-@app.command()
+def _strategies_help() -> str:
+    """The strategies under ``autoswarm run --help``, one per line, from the registry."""
+    return "\n".join(
+        ["Strategies:"] + [f"  {s.name}: {escape(s.summary)}" for s in REGISTRY.values()]
+    )
+
+
+@app.command(epilog=_strategies_help())
 def run(
     workspace: WorkspaceOpt = Path("."),
     workers: Annotated[
@@ -162,9 +168,7 @@ def run(
     ] = None,
     strategy: Annotated[
         str | None,
-        typer.Option(
-            help="Proposer: auto, greedy, random, factorial, optuna, optuna-cmaes, agent, external."
-        ),
+        typer.Option(help=f"Proposer (each is described below): {', '.join(STRATEGIES)}."),
     ] = None,
     tag: Annotated[str | None, typer.Option(help="Run tag; the branch is autoswarm/<tag>.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run (latest, or --tag).")] = False,
