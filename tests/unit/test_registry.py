@@ -85,3 +85,9 @@ def test_run_help_lists_every_registered_strategy() -> None:
     out = " ".join(CliRunner().invoke(app, ["run", "--help"]).output.split())
     for name, entry in REGISTRY.items():
         assert f"{name}: {' '.join(entry.summary.split())}" in out, name
+
+
+def test_bench_help_lists_the_strategies_each_command_takes() -> None:
+    listed = _option_help(["bench", "search"], "strategies").rsplit(":", 1)[1].rstrip(".")
+    assert [n.strip() for n in listed.split(",")] == list(KNOB_STRATEGIES)
+    assert "--strategy" in _option_help(["bench", "real"], "strategies")
