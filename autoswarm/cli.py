@@ -822,10 +822,11 @@ bench_app = typer.Typer(
     "keep rule alone (rule).",
     no_args_is_help=True,
 )
-app.add_typer(bench_app)
+app.add_typer(bench_app, name="bench")
 
 OutOpt = Annotated[
-    Path | None, typer.Option(help="Write the table into its block of this markdown file.")
+    Path | None,
+    typer.Option(help="Write the table (search: and a plot) into its block of this markdown file."),
 ]
 SlotsOpt = Annotated[str, typer.Option(help="Slot counts, comma-separated.")]
 BudgetOpt = Annotated[float, typer.Option(help="Training seconds per experiment.")]
@@ -946,8 +947,10 @@ def bench_real(
     ] = Path("bench-real"),
     out: OutOpt = None,
 ) -> None:
-    """Strategies on a real template, one after the other, same slots and wall-clock, e.g.
-    --strategies auto,greedy --slots 2 --budget 60 --duration 1200."""
+    """Strategies on a real template, one after the other, same slots and wall-clock.
+
+    E.g. --strategies auto,greedy --slots 2 --budget 60 --duration 1200 (docs/benchmarks.md).
+    """
     from autoswarm.bench import options, real
 
     with _options():
