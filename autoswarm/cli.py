@@ -12,18 +12,23 @@ autoswarm wait ID... [--timeout 20m] [--json]
 autoswarm skill [--out PATH]                                (SKILL.md for a coding agent)
 autoswarm run --dry-run                   (print the SkyPilot tasks / slot plan, launch nothing)
 autoswarm down [--workspace DIR]          (tear down the SkyPilot clusters runs launched)
+autoswarm bench search|systems|real|rule [...]   (benchmarks; see docs/benchmarks.md)
+
+Strategy names come from one list, autoswarm/proposers/registry.py; the benchmarks'
+work is in autoswarm/bench/ (each bench command only parses its options).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
@@ -34,9 +39,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from autoswarm.bench.options import DEFAULT_STRATEGIES
 from autoswarm.config import (
-    KNOB_STRATEGIES,
-    STRATEGIES,
     Config,
     load_config,
     parse_duration,
@@ -52,6 +56,7 @@ from autoswarm.outputs import (
     status_record,
     tsv_rows,
 )
+from autoswarm.proposers.registry import KNOB_STRATEGIES, REGISTRY, STRATEGIES
 from autoswarm.sandbox import scrubbed_env
 from autoswarm.workspace import Workspace
 
@@ -147,7 +152,14 @@ def prepare(workspace: WorkspaceOpt = Path(".")) -> None:
 # run
 
 
-@app.command()
+def _strategies_help() -> str:
+    """The strategies under ``autoswarm run --help``, one per line, from the registry."""
+    return "\n".join(
+        ["Strategies:"] + [f"  {s.name}: {escape(s.summary)}" for s in REGISTRY.values()]
+    )
+
+
+@app.command(epilog=_strategies_help())
 def run(
     workspace: WorkspaceOpt = Path("."),
     workers: Annotated[
@@ -162,9 +174,7 @@ def run(
     ] = None,
     strategy: Annotated[
         str | None,
-        typer.Option(
-            help="Proposer: auto, greedy, random, factorial, optuna, optuna-cmaes, agent, external."
-        ),
+        typer.Option(help=f"Proposer (each is described below): {', '.join(STRATEGIES)}."),
     ] = None,
     tag: Annotated[str | None, typer.Option(help="Run tag; the branch is autoswarm/<tag>.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run (latest, or --tag).")] = False,
@@ -803,245 +813,175 @@ def down(workspace: WorkspaceOpt = Path(".")) -> None:
 
 
 # ---------------------------------------------------------------------------
-# bench
+# bench: one command per benchmark; the work is in autoswarm/bench/
+
+bench_app = typer.Typer(
+    name="bench",
+    help="Benchmarks: strategies on simulated training (search), the orchestrator's busy "
+    "fraction and dispatch overhead (systems), strategies on a real template (real), the "
+    "keep rule alone (rule).",
+    no_args_is_help=True,
+)
+app.add_typer(bench_app, name="bench")
+
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(help="Write the table (search: and a plot) into its block of this markdown file."),
+]
+SlotsOpt = Annotated[str, typer.Option(help="Slot counts, comma-separated.")]
+BudgetOpt = Annotated[float, typer.Option(help="Training seconds per experiment.")]
 
 
-def _csv(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+@contextmanager
+def _options() -> Iterator[None]:
+    """A bench module's ValueError about an option becomes a usage error (exit code 2)."""
+    try:
+        yield
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
 
 
-@app.command()
-def bench(
-    kind: Annotated[
-        str,
-        typer.Argument(
-            help="search (simulated training), systems (real processes), real (real training) "
-            "or rule (the keep rule alone, Monte Carlo)."
-        ),
-    ],
+@bench_app.command("search")
+def bench_search(
     objectives: Annotated[
         str,
         typer.Option(
-            help="Synthetic objectives (search; default bowl,ridge,wide,far with --table main, "
+            help="Synthetic objectives (default bowl,ridge,wide,far with --table main, "
             "null,lottery,edge with --table noise)."
         ),
     ] = "",
     strategies: Annotated[
         str,
-        typer.Option(
-            help="Strategies on N slots (search: knob strategies; real: any, the last is the "
-            "reference)."
-        ),
-    ] = "greedy,random,factorial,optuna,swarm,auto",
-    slots: Annotated[str, typer.Option(help="Slot counts, comma-separated.")] = "1,4,16",
+        typer.Option(help=f"Knob strategies on N slots: {', '.join(KNOB_STRATEGIES)}."),
+    ] = DEFAULT_STRATEGIES,
+    slots: SlotsOpt = "1,4,16",
     extra: Annotated[
-        str,
-        typer.Option(
-            help="More settings as STRATEGY@SLOTS, comma-separated (search), e.g. auto@64."
-        ),
+        str, typer.Option(help="More settings as STRATEGY@SLOTS, comma-separated, e.g. auto@64.")
     ] = "",
     jobs: Annotated[
-        int,
-        typer.Option(help="Simulations run in parallel processes (search; results are the same)."),
+        int, typer.Option(help="Simulations run in parallel processes (results are the same).")
     ] = 1,
-    reps: Annotated[int, typer.Option(help="Repetitions per setting (search).")] = 3,
-    hours: Annotated[float, typer.Option(help="Simulated wall-clock per run (search).")] = 8.0,
-    budget: Annotated[float, typer.Option(help="Training seconds per experiment.")] = 300.0,
-    duration: Annotated[float, typer.Option(help="Seconds per run (systems).")] = 120.0,
-    backend: Annotated[
-        str,
-        typer.Option(help="Backends, comma-separated (systems): local, ray (a local Ray cluster)."),
-    ] = "local",
-    out: Annotated[
-        Path | None, typer.Option(help="Write the tables (and plot) into this markdown file.")
-    ] = None,
+    reps: Annotated[int, typer.Option(help="Repetitions per setting.")] = 3,
+    hours: Annotated[float, typer.Option(help="Simulated wall-clock per run.")] = 8.0,
+    budget: BudgetOpt = 300.0,
+    out: OutOpt = None,
     section: Annotated[
         str,
         typer.Option(
-            help="Name of the block the search table replaces in --out (search; e.g. "
-            "search-64 for a second table beside the main one)."
+            help="Name of the block the table replaces in --out (e.g. search-64 for a second "
+            "table beside the main one)."
         ),
     ] = "search",
     table: Annotated[
         str,
         typer.Option(
-            help="Which search table: main (speedup and GPU-hours to the first time the target "
-            "was reached) or noise (reported best against its true value, false keeps per 1000 "
+            help="Which table: main (speedup and GPU-hours to the first time the target was "
+            "reached) or noise (reported best against its true value, false keeps per 1000 "
             "candidates, time to a target still held at the end; issue 13)."
         ),
     ] = "main",
-    template: Annotated[str, typer.Option(help="Workspace template (real).")] = "cpu",
-    workdir: Annotated[
-        Path | None,
-        typer.Option(
-            "--dir", help="Where the real runs' workspaces go (real; default bench-real)."
-        ),
-    ] = None,
 ) -> None:
-    """Benchmarks: strategies against sequential greedy (search, simulated), busy fraction and
-    dispatch overhead (systems), or strategies on a real template, one after the other (real:
-    --strategies auto,greedy --slots 2 --budget 60 --duration 1200; the last strategy is the
-    reference)."""
-    from autoswarm.bench.objectives import NOISE_OBJECTIVES, OBJECTIVES, SEARCH_OBJECTIVES
+    """Strategies on N slots against sequential greedy, on simulated training (a fake clock)."""
+    from autoswarm.bench import search
 
-    # Every option is checked before anything runs: a typo must not cost a 20-minute run.
-    if kind not in ("search", "systems", "real", "rule"):
-        raise typer.BadParameter(f"kind {kind!r}: use 'search', 'systems', 'real' or 'rule'")
-    if kind == "rule":
-        from autoswarm.bench.rule import keep_rates
-        from autoswarm.bench.rule import markdown as rule_markdown
-
-        text = rule_markdown(keep_rates())
-        print(text)
-        if out is not None:
-            _write_section(out, "rule", text)
-        return
-    counts = _counts("--slots", slots)
-    names = _csv(strategies)
-    allowed = KNOB_STRATEGIES if kind == "search" else STRATEGIES
-    for strat in names:
-        if strat not in allowed:
-            raise typer.BadParameter(
-                f"--strategies: unknown {'knob ' if kind == 'search' else ''}strategy "
-                f"{strat!r}; choose from {', '.join(allowed)}"
-            )
-    if kind != "systems" and not names:
-        raise typer.BadParameter("--strategies: name at least one strategy, e.g. auto,greedy")
-    for opt, value in (("--hours", hours), ("--budget", budget), ("--duration", duration)):
-        if not value > 0:
-            raise typer.BadParameter(f"{opt} {value:g}: must be greater than 0")
-    for opt, number in (("--reps", reps), ("--jobs", jobs)):
-        if number < 1:
-            raise typer.BadParameter(f"{opt} {number}: must be at least 1")
-
-    if kind == "search":
-        from concurrent.futures import ProcessPoolExecutor
-
-        from autoswarm.bench.report import (
-            markdown_table,
-            noise_table,
-            plot,
-            summarize,
-            summarize_noise,
+    with _options():
+        plan = search.search_plan(
+            objectives=objectives,
+            strategies=strategies,
+            slots=slots,
+            extra=extra,
+            reps=reps,
+            hours=hours,
+            budget=budget,
+            jobs=jobs,
+            section=section,
+            table=table,
         )
-        from autoswarm.bench.simulate import simulate
-
-        if not re.fullmatch(r"[a-z0-9-]+", section):
-            raise typer.BadParameter(f"--section {section!r}: use lower-case letters, digits, '-'")
-        if table not in ("main", "noise"):
-            raise typer.BadParameter(f"--table {table!r}: use 'main' or 'noise'")
-        plan = [("greedy", 1)] + [(st, n) for n in counts for st in names]
-        for item in _csv(extra):
-            strat, _, at = item.partition("@")
-            if strat not in KNOB_STRATEGIES or not at.isdigit() or int(at) < 1:
-                raise typer.BadParameter(
-                    f"--extra {item!r}: write STRATEGY@SLOTS with a knob strategy "
-                    f"({', '.join(KNOB_STRATEGIES)}) and at least one slot, e.g. auto@64"
-                )
-            plan.append((strat, int(at)))
-        chosen = _csv(objectives) or list(
-            NOISE_OBJECTIVES if table == "noise" else SEARCH_OBJECTIVES
-        )
-        for obj_name in chosen:
-            if obj_name not in OBJECTIVES:
-                raise typer.BadParameter(
-                    f"unknown objective {obj_name!r}; known: {', '.join(OBJECTIVES)}"
-                )
-        tasks = [
-            (OBJECTIVES[obj_name], strat, n, rep)
-            for obj_name in chosen
-            for rep in range(reps)
-            for strat, n in dict.fromkeys(plan)
-        ]
-        results = []
-        with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futures = [
-                pool.submit(
-                    simulate, obj, strat, n, rep=rep, horizon_s=hours * 3600, budget_s=budget
-                )
-                for obj, strat, n, rep in tasks
-            ]
-            for fut in futures:
-                r = fut.result()
-                results.append(r)
-                err.print(
-                    f"{r.objective:7} {r.strategy:10} ×{r.slots:<3} rep {r.rep}: {r.experiments:5} "
-                    f"experiments, true best {r.best_true:.4f}, {r.false_keeps}/{r.keeps} keeps "
-                    f"false (simulated in {r.real_seconds:.1f}s)"
-                )
-        text = (
-            noise_table(summarize_noise(results))
-            if table == "noise"
-            else markdown_table(summarize(results))
-        )
-        print(text)
-        if out is not None:
-            png = plot(results, out.with_name(f"{out.stem}-{section}.png"))
-            _write_section(out, section, text + f"\n![true best against wall-clock]({png.name})\n")
-    elif kind == "systems":
-        from autoswarm.bench.systems import BACKENDS, markdown, run_local
-
-        res = []
-        backends = _csv(backend)
-        if not backends or not set(backends) <= set(BACKENDS):
-            raise typer.BadParameter(f"--backend {backend!r}: use local, ray or local,ray")
-        for count in counts:
-            for which in backends:
-                sr = run_local(count, budget, duration, backend=which)
-                err.print(
-                    f"{which} ×{count}: {sr.experiments} experiments, "
-                    f"busy {100 * sr.busy_fraction:.1f}%"
-                )
-                res.append(sr)
-        table = markdown(res)
-        print(table)
-        if out is not None:
-            key = f"systems-{'+'.join(_csv(backend))}-{'+'.join(_csv(slots))}x{budget:g}s"
-            _write_section(out, key, table)
-    elif kind == "real":
-        from autoswarm.bench.real import markdown as real_markdown
-        from autoswarm.bench.real import run_real
-
-        root = (workdir or Path("bench-real")).resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        runs = []
-        for strat in names:
-            rr = run_real(
-                strat,
-                root,
-                template=template,
-                workers=counts[0],
-                budget_s=budget,
-                time_limit=f"{duration:g}s",
-            )
-            err.print(f"{strat}: {rr.experiments} experiments, best {rr.best}")
-            runs.append(rr)
-        table = real_markdown(runs, reference=names[-1])
-        print(table)
-        if out is not None:
-            _write_section(out, f"real-{template}", table)
+    results = search.run(plan, on_result=lambda r: err.print(search.progress(r)))
+    text = search.render(plan, results)
+    print(text)
+    if out is not None:
+        search.write(plan, results, text, out)
 
 
-def _counts(option: str, text: str) -> list[int]:
-    """Comma-separated positive integers (slot counts), or a BadParameter naming ``option``."""
-    items = _csv(text)
-    if not items or not all(x.isdigit() and int(x) >= 1 for x in items):
-        raise typer.BadParameter(
-            f"{option} {text!r}: write positive whole numbers separated by commas, e.g. 1,4,16"
-        )
-    return [int(x) for x in items]
+@bench_app.command("systems")
+def bench_systems(
+    slots: SlotsOpt = "1,4,16",
+    budget: BudgetOpt = 300.0,
+    duration: Annotated[float, typer.Option(help="Seconds per run.")] = 120.0,
+    backend: Annotated[
+        str, typer.Option(help="Backends, comma-separated: local, ray (a local Ray cluster).")
+    ] = "local",
+    out: OutOpt = None,
+) -> None:
+    """Busy fraction and dispatch overhead of N slots of real processes (a sleeping train.py)."""
+    from autoswarm.bench import options, systems
+
+    with _options():
+        counts = options.counts("--slots", slots)
+        options.positive(("--budget", budget), ("--duration", duration))
+        backends = systems.backends_of(backend)
+    res = systems.run_all(
+        counts, budget, duration, backends, on_result=lambda r: err.print(systems.progress(r))
+    )
+    text = systems.markdown(res)
+    print(text)
+    if out is not None:
+        options.write_section(out, systems.section(backends, options.csv(slots), budget), text)
 
 
-def _write_section(path: Path, name: str, body: str) -> None:
-    """Replace (or append) the block between <!-- bench:NAME --> markers in a markdown file."""
-    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{body}{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip("\n") + f"\n\n{block}\n"
-    path.write_text(text)
+@bench_app.command("real")
+def bench_real(
+    strategies: Annotated[
+        str,
+        typer.Option(
+            help="Strategies, one after the other (any of --strategy's); the last is the reference."
+        ),
+    ] = DEFAULT_STRATEGIES,
+    slots: Annotated[str, typer.Option(help="Parallel slots of every run.")] = "1",
+    budget: BudgetOpt = 300.0,
+    duration: Annotated[float, typer.Option(help="Seconds of wall-clock per strategy.")] = 120.0,
+    template: Annotated[str, typer.Option(help="Workspace template.")] = "cpu",
+    workdir: Annotated[
+        Path, typer.Option("--dir", help="Where the runs' workspaces go (one per strategy).")
+    ] = Path("bench-real"),
+    out: OutOpt = None,
+) -> None:
+    """Strategies on a real template, one after the other, same slots and wall-clock.
+
+    E.g. --strategies auto,greedy --slots 2 --budget 60 --duration 1200 (docs/benchmarks.md).
+    """
+    from autoswarm.bench import options, real
+
+    with _options():
+        counts = options.counts("--slots", slots)
+        names = options.strategies(strategies, knobs=False)
+        options.positive(("--budget", budget), ("--duration", duration))
+    runs = real.run_all(
+        names,
+        workdir.resolve(),
+        template=template,
+        workers=counts[0],
+        budget_s=budget,
+        duration_s=duration,
+        on_result=lambda r: err.print(real.progress(r)),
+    )
+    text = real.markdown(runs, reference=names[-1])
+    print(text)
+    if out is not None:
+        options.write_section(out, f"real-{template}", text)
+
+
+@bench_app.command("rule")
+def bench_rule(out: OutOpt = None) -> None:
+    """The keep rule alone, Monte Carlo: how often candidates with no real effect are kept."""
+    from autoswarm.bench.options import write_section
+    from autoswarm.bench.rule import keep_rates, markdown
+
+    text = markdown(keep_rates())
+    print(text)
+    if out is not None:
+        write_section(out, "rule", text)
 
 
 # ---------------------------------------------------------------------------

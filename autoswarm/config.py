@@ -27,23 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from autoswarm.errors import ConfigError
+from autoswarm.proposers.registry import HYBRID_KNOB_STRATEGIES, KNOB_STRATEGIES, STRATEGIES
 from autoswarm.types import Direction
 
 CONFIG_NAME = "autoswarm.toml"
-# Strategies that search the knobs alone: no language model, no agent, no key.
-KNOB_STRATEGIES: tuple[str, ...] = (
-    "auto",
-    "greedy",
-    "knobs",
-    "swarm",
-    "random",
-    "factorial",
-    "optuna",
-    "optuna-cmaes",
-)
-STRATEGIES: tuple[str, ...] = KNOB_STRATEGIES
-STRATEGIES += ("llm", "hybrid")  # proposers that ask a language model for code edits ([llm])
-STRATEGIES += ("agent", "external")  # a coding-agent CLI ([agent]); `autoswarm submit` variants
 
 
 # ---------------------------------------------------------------------------
@@ -492,9 +479,9 @@ def _validate_llm(llm: LLMConfig, strategy: str, where: str) -> None:
             f"{w} hybrid_ratio must be strictly between 0 and 1 (the model's share of the slots), "
             f"got {llm.hybrid_ratio}"
         )
-    if llm.hybrid_knobs not in ("greedy", "knobs", "swarm", "random", "factorial", "auto"):
+    if llm.hybrid_knobs not in HYBRID_KNOB_STRATEGIES:
         raise ConfigError(
-            f"{w} hybrid_knobs {llm.hybrid_knobs!r} must be one of: greedy, swarm, random, factorial, auto"
+            f"{w} hybrid_knobs {llm.hybrid_knobs!r} must be one of: {', '.join(HYBRID_KNOB_STRATEGIES)}"
         )
 
 

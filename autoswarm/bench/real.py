@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,39 @@ def run_real(
     return summarize_run(strategy, ws, tag, status, rows)
 
 
+def run_all(
+    strategies: Sequence[str],
+    root: Path,
+    *,
+    template: str = "cpu",
+    workers: int = 2,
+    budget_s: float = 60.0,
+    duration_s: float = 1200.0,
+    on_result: Callable[[RealResult], None] | None = None,
+) -> list[RealResult]:
+    """:func:`run_real` for each strategy in turn (they never share the CPU), under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for strategy in strategies:
+        rr = run_real(
+            strategy,
+            root,
+            template=template,
+            workers=workers,
+            budget_s=budget_s,
+            time_limit=f"{duration_s:g}s",
+        )
+        if on_result is not None:
+            on_result(rr)
+        runs.append(rr)
+    return runs
+
+
+def progress(r: RealResult) -> str:
+    """One line per finished run (the command prints it to stderr)."""
+    return f"{r.strategy}: {r.experiments} experiments, best {r.best}"
+
+
 def summarize_run(
     strategy: str, ws: Path, tag: str, status: dict[str, Any], rows: list[dict[str, Any]]
 ) -> RealResult:
@@ -165,4 +199,4 @@ def _f(v: float | None) -> str:
     return "—" if v is None else f"{v:.4f}"
 
 
-__all__ = ["RealResult", "markdown", "run_real", "summarize_run"]
+__all__ = ["RealResult", "markdown", "progress", "run_all", "run_real", "summarize_run"]

@@ -21,12 +21,14 @@ import os
 import statistics
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from autoswarm.backends.base import Backend
 from autoswarm.backends.local import LocalBackend
 from autoswarm.bench.objectives import OBJECTIVES
+from autoswarm.bench.options import csv
 from autoswarm.config import load_config, with_overrides
 from autoswarm.ledger import Ledger
 from autoswarm.outputs import status_record
@@ -136,6 +138,42 @@ def run_local(
     )
 
 
+def backends_of(text: str) -> list[str]:
+    """The backends of ``--backend`` (comma-separated), or a ValueError."""
+    backends = csv(text)
+    if not backends or not set(backends) <= set(BACKENDS):
+        raise ValueError(f"--backend {text!r}: use local, ray or local,ray")
+    return backends
+
+
+def run_all(
+    slots: Sequence[int],
+    budget_s: float,
+    duration_s: float,
+    backends: Sequence[str] = ("local",),
+    on_result: Callable[[SystemsResult], None] | None = None,
+) -> list[SystemsResult]:
+    """:func:`run_local` for every slot count on every backend, one after the other."""
+    results = []
+    for count in slots:
+        for which in backends:
+            sr = run_local(count, budget_s, duration_s, backend=which)
+            if on_result is not None:
+                on_result(sr)
+            results.append(sr)
+    return results
+
+
+def progress(r: SystemsResult) -> str:
+    """One line per finished run (the command prints it to stderr)."""
+    return f"{r.backend} ×{r.slots}: {r.experiments} experiments, busy {100 * r.busy_fraction:.1f}%"
+
+
+def section(backends: Sequence[str], slots: Sequence[str], budget_s: float) -> str:
+    """The block of the markdown file a table goes into: one per backends, slots and budget."""
+    return f"systems-{'+'.join(backends)}-{'+'.join(slots)}x{budget_s:g}s"
+
+
 def markdown(results: list[SystemsResult]) -> str:
     head = (
         "| backend | slots | budget (s) | duration (s) | experiments | busy fraction "
@@ -152,4 +190,14 @@ def markdown(results: list[SystemsResult]) -> str:
     )
 
 
-__all__ = ["BACKENDS", "SystemsResult", "dispatch_gaps", "markdown", "run_local"]
+__all__ = [
+    "BACKENDS",
+    "SystemsResult",
+    "backends_of",
+    "dispatch_gaps",
+    "markdown",
+    "progress",
+    "run_all",
+    "run_local",
+    "section",
+]

@@ -129,7 +129,7 @@ def test_an_objective_that_was_evaluated_still_pickles() -> None:
         (["systems", "--backend", "dask"], "--backend 'dask'"),
         (["real", "--strategies", "auto,gready"], "unknown strategy 'gready'"),
         (["real", "--strategies", ","], "at least one strategy"),
-        (["sarch"], "kind 'sarch'"),
+        (["sarch"], "No such command 'sarch'"),
     ],
 )
 def test_bad_bench_options_fail_before_anything_runs(
@@ -140,8 +140,10 @@ def test_bad_bench_options_fail_before_anything_runs(
     from autoswarm.cli import app
 
     out, real_dir = tmp_path / "b.md", tmp_path / "real"
+    # --dir is an option of `bench real` alone (each kind is its own command).
+    where = ["--dir", str(real_dir)] if args[0] == "real" else []
     result = CliRunner().invoke(
-        app, ["bench", *args, "--out", str(out), "--dir", str(real_dir)], terminal_width=400
+        app, ["bench", *args, "--out", str(out), *where], terminal_width=400
     )
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
@@ -153,10 +155,10 @@ def test_bad_bench_options_fail_before_anything_runs(
 def test_bench_search_defaults_cover_every_objective_and_the_default_strategy() -> None:
     import inspect
 
-    from autoswarm.cli import bench
+    from autoswarm.cli import bench_search
     from autoswarm.config import KNOB_STRATEGIES, RunConfig
 
-    params = inspect.signature(bench).parameters
+    params = inspect.signature(bench_search).parameters
     # By table: the main one on the homoscedastic objectives, the noise one on the rest.
     from autoswarm.bench.objectives import NOISE_OBJECTIVES, SEARCH_OBJECTIVES
 
@@ -164,3 +166,54 @@ def test_bench_search_defaults_cover_every_objective_and_the_default_strategy() 
     assert sorted(SEARCH_OBJECTIVES + NOISE_OBJECTIVES) == sorted(OBJECTIVES)
     strategies = params["strategies"].default.split(",")
     assert RunConfig().strategy in strategies and set(strategies) <= set(KNOB_STRATEGIES)
+
+
+def _documented_bench_commands() -> list[list[str]]:
+    """Every ``autoswarm bench …`` line of a code block in docs/ and README.md, as argv."""
+    import shlex
+
+    root = Path(__file__).resolve().parents[2]
+    found = []
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        fenced = False
+        lines = iter(doc.read_text().splitlines())
+        for line in lines:
+            if line.startswith("```"):
+                fenced = not fenced
+                continue
+            if not (fenced and line.startswith("autoswarm bench ")):
+                continue
+            while line.endswith("\\"):
+                line = line[:-1] + next(lines)
+            found.append(shlex.split(line)[1:])
+    return found
+
+
+def test_the_documented_bench_command_lines_still_parse() -> None:
+    """Each kind is its own command now; every documented option must still be accepted."""
+    import typer
+
+    from autoswarm.cli import app
+
+    commands = _documented_bench_commands()
+    assert {argv[1] for argv in commands} == {"search", "systems", "real", "rule"}
+    root = typer.main.get_command(app)
+    for argv in commands:
+        ctx = root.make_context("autoswarm", list(argv))
+        kind = root.get_command(ctx, "bench").get_command(ctx, argv[1])  # type: ignore[attr-defined]
+        assert kind is not None, argv
+        # Parses and converts every option (a usage error raises) but runs nothing.
+        parsed = kind.make_context(argv[1], argv[2:], parent=ctx)
+        assert parsed.params and not parsed.args, argv
+
+
+def test_an_option_of_another_kind_is_refused(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from autoswarm.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "systems", "--dir", str(tmp_path / "real")])
+    assert result.exit_code == 2 and "No such option" in result.output
+    assert not (tmp_path / "real").exists()
+    listing = CliRunner().invoke(app, ["bench", "--help"]).output
+    assert all(kind in listing for kind in ("search", "systems", "real", "rule"))

@@ -1,4 +1,4 @@
-"""Factorial waves: two-level designs around the current best, then combine the winners.
+"""The factorial proposer: two-level designs around the current best, then combine the winners.
 
 SkyPilot's agent, given 16 GPUs, ran factorial grids of 10-13 experiments per wave,
 which exposed which knobs matter and how they interact. This proposer makes that a
@@ -32,7 +32,8 @@ random order. When a design's points were all tried already (same centre, same
 factors), the other fractions of the design come next, then wider steps, then
 random multi-knob moves, so it never runs dry. Where crashes gather past a value of
 one knob (out of memory above a width), that value is a wall: no level, path point
-or step goes there (see ``_walls``).
+or step goes there (see walls.py). The designs, levels and path arithmetic are pure
+functions in designs.py; this module keeps the waves' state and decides what comes next.
 
 All state lives in memory keyed by wave id and is rebuilt from ``observe`` replays on
 ``--resume``: an experiment of an unknown wave is re-adopted from its meta (wave,
@@ -47,17 +48,11 @@ from ``meta["evidence"]["values"]``, which the scheduler writes when it conclude
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import math
 import random
-import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
-from pyDOE3 import ff2n, fracfact
 
 from autoswarm.analysis.effects import Effect, EffectsTable, Row, estimate_effects
 from autoswarm.knobs import (
@@ -70,72 +65,16 @@ from autoswarm.knobs import (
     knobs_of,
 )
 from autoswarm.proposers.base import Context, fingerprint
+from autoswarm.proposers.factorial.designs import (
+    PATH,
+    factor_levels,
+    path_steps,
+    path_values,
+    two_level_design,
+)
+from autoswarm.proposers.factorial.walls import CrashWalls, Wall, walled
 from autoswarm.proposers.knobs import _priority, step
 from autoswarm.types import Direction, Experiment, Kind, Proposal, Status
-
-# ---------------------------------------------------------------------------
-# Designs
-
-
-def two_level_design(k: int, runs: int, variant: int = 0) -> tuple[np.ndarray, int]:
-    """A 2-level design for ``k`` factors in at most ``runs`` runs, and its resolution.
-
-    A full factorial (``ff2n``) when ``2**k <= runs``; otherwise a regular fraction
-    ``2**(k-p)`` with ``2**(k-p) = runs`` built by ``pyDOE3.fracfact`` from generators
-    of the highest resolution found (V, IV, else III). ``variant`` picks one of the
-    other fractions of the same family (generator signs flipped), so a second wave
-    over the same factors and centre tries new points.
-
-    Args:
-        k: number of factors (1 ≤ k < runs).
-        runs: a power of two.
-        variant: which fraction (its bits flip the generators' signs).
-
-    Returns:
-        ``(design, resolution)``: an (n, k) array of ±1, and the resolution (the length
-        of the shortest word of the defining relation; ``k + 1`` for a full factorial).
-    """
-    if k < 1:
-        raise ValueError("a design needs at least one factor")
-    if 2**k <= runs:
-        return ff2n(k), k + 1
-    base = max(1, runs.bit_length() - 1)
-    if k >= 2**base:
-        raise ValueError(f"{k} factors do not fit in {2**base} runs")
-    letters = string.ascii_lowercase[:base]
-    best: tuple[list[str], int] | None = None
-    for want in (5, 4, 3):
-        words = [
-            "".join(c)
-            for r in range(max(2, want - 1), base + 1)
-            for c in itertools.combinations(letters, r)
-        ][: k - base]
-        if len(words) < k - base:
-            continue
-        res = _resolution(words)
-        if best is None or res > best[1]:
-            best = (words, res)
-        if res >= want:
-            break
-    assert best is not None  # words of length >= 2 always suffice when k < 2**base
-    words, res = best
-    signs = ["-" if variant >> i & 1 else "" for i in range(len(words))]
-    gen = " ".join([*letters, *(s + w for s, w in zip(signs, words, strict=True))])
-    return fracfact(gen), res
-
-
-def _resolution(words: Sequence[str]) -> int:
-    """Length of the shortest word in the defining relation of generators ``words``."""
-    defining = [frozenset(w) | {f"x{i}"} for i, w in enumerate(words)]
-    shortest = math.inf
-    for r in range(1, len(defining) + 1):
-        for subset in itertools.combinations(defining, r):
-            word: frozenset[str] = frozenset()
-            for d in subset:
-                word = word ^ d
-            shortest = min(shortest, len(word))
-    return int(shortest)
-
 
 # ---------------------------------------------------------------------------
 # State kept per wave
@@ -195,9 +134,8 @@ class FactorialProposer:
         self._ahead: dict[str, Literal] = {}  # centre of the next wave, if not the best
         self._dry = False
         # Runs and crashes per value of each numeric knob (every candidate of the run,
-        # whoever proposed it): where crashes gather, a wall (see _walls).
-        self._crashes: dict[str, dict[float, list[int]]] = {}
-        self._wall_cache: tuple[int, dict[str, tuple[float, float]]] | None = None
+        # whoever proposed it): where crashes gather, a wall (see walls.py).
+        self._crash_walls = CrashWalls()
 
     # -- protocol ------------------------------------------------------------
 
@@ -212,7 +150,7 @@ class FactorialProposer:
     def observe(self, experiment: Experiment) -> None:
         e = experiment
         if e.kind is Kind.CANDIDATE and e.status in (Status.KEEP, Status.DISCARD, Status.CRASH):
-            self._count_crash(e)
+            self._crash_walls.count(e)
         if e.proposer != self.name or e.kind is not Kind.CANDIDATE:
             return  # confirmation runs are read from the candidate's evidence
         meta = e.meta
@@ -396,7 +334,7 @@ class FactorialProposer:
                         values[f] = better
                     continue
                 nxt = step(space, current, s, wave.step)
-                if nxt is not None and not _walled(walls.get(f), nxt):
+                if nxt is not None and not walled(walls.get(f), nxt):
                     values[f] = nxt
             files = self._files(ctx, values, seen) if values else None
             label += " (+1 step)"
@@ -530,7 +468,7 @@ class FactorialProposer:
         }
         walls = self._walls(knobs)
         for size in (1, 2, 3):
-            levels = _levels(spaces, knobs, size, walls)
+            levels = factor_levels(spaces, knobs, size, walls)
             ranked = self._rank(list(levels))
             ranked = [f for f in ranked if f not in busy] + [f for f in ranked if f in busy]
             ranked = [f for f in first if f in levels] + [f for f in ranked if f not in first]
@@ -660,39 +598,21 @@ class FactorialProposer:
     def _path(self, ctx: Context, wave: _Wave, winners: Sequence[Effect]) -> list[dict[str, int]]:
         """Points further along the path of steepest descent, one per four runs of the wave.
 
-        The fitted first-order model says which way each winner should move and how
-        steeply the metric falls per step; far from the optimum the best point on that
-        line is several steps away. So beside the one-step combination the wave also
-        tries the line at 2, 4, 8, 3, 6, 12 steps of the steepest factor (each other
-        winner moves in proportion to its slope, rounded to whole steps): a line search
-        done in parallel, as many points as a quarter of the wave size. The keep rule
-        picks among them; the next wave is centred on whichever won.
+        As many points as a quarter of the wave size (see
+        :func:`~autoswarm.proposers.factorial.designs.path_steps`). The keep rule picks
+        among them; the next wave is centred on whichever won.
         """
-        count = min(len(_PATH), self._wave_size() // 4)
+        count = min(len(PATH), self._wave_size() // 4)
         if count < 1 or not winners or not wave.origin:
             return []  # a wave adopted on --resume does not know its centre
-        best = knobs_of(ctx.best_files, self.exclude)
-        for name, k in best.items():
-            allowed = [wave.origin.get(name), *wave.levels.get(name, ())]
-            if k.value not in allowed:
-                return []  # the best moved away since: this wave's slopes are stale there
-        slopes: dict[str, float] = {}
-        for e in winners:
-            if isinstance(wave.origin.get(e.term), bool):
-                continue  # a flag has no further to go
-            low, high = wave.levels.get(e.term, [None, None])
-            span = 1.0 if wave.origin.get(e.term) in (low, high) else 2.0
-            slopes[e.term] = ctx.direction.improvement(0.0, e.estimate) / span
-        steepest = max((abs(v) for v in slopes.values()), default=0.0)
-        if steepest <= 0:
-            return []
-        out = []
-        for m in _PATH[:count]:
-            steps = {f: round(m * v / steepest) for f, v in slopes.items()}
-            steps = {f: n for f, n in steps.items() if n != 0}
-            if steps:
-                out.append(steps)
-        return out
+        return path_steps(
+            winners,
+            origin=wave.origin,
+            wave_levels=wave.levels,
+            best=knobs_of(ctx.best_files, self.exclude),
+            direction=ctx.direction,
+            count=count,
+        )
 
     def _path_values(
         self,
@@ -702,38 +622,14 @@ class FactorialProposer:
         steps: Mapping[str, int],
     ) -> dict[str, Literal]:
         """The knobs a path point changes: each factor ``steps[f]`` steps from the best."""
-        values: dict[str, Literal] = {}
-        walls = self._walls(knobs)
-        for f, n in steps.items():
-            if f in spaces and f in knobs and spaces[f].kind != "bool":
-                space = self._path_space(spaces[f])
-                # As far as asked, but short of a crash wall (the last step before it).
-                for m in range(abs(n), 0, -1):
-                    nxt = step(space, knobs[f].value, 1 if n > 0 else -1, m * wave.step)
-                    if not _walled(walls.get(f), nxt):
-                        break
-                else:
-                    continue
-                if nxt is not None and nxt != knobs[f].value:
-                    values[f] = nxt
-        return values
-
-    def _path_space(self, space: Space) -> Space:
-        """Where a path point may go: 4× beyond the inferred range, never past set bounds.
-
-        An inferred range (a quarter to four times the current value) only says where
-        the next small step may land; steepest descent is meant to travel until the
-        metric stops falling. Bounds set in ``[knobs.NAME]`` hold, and so do the
-        natural ones of fractions and choices.
-        """
-        ov = self.overrides.get(space.name, {})
-        if space.kind not in ("float", "int", "pow2") or not space.log or space.high <= 0:
-            return space
-        low = space.low if "low" in ov else space.low / 4  # the space holds set bounds
-        high = space.high if "high" in ov else space.high * 4
-        if space.kind in ("int", "pow2"):
-            low = max(1.0, low)
-        return dataclasses.replace(space, low=low, high=high)
+        return path_values(
+            knobs,
+            spaces,
+            steps,
+            step_size=wave.step,
+            walls=self._walls(knobs),
+            overrides=self.overrides,
+        )
 
     def _interim_signs(self, ctx: Context, wave: _Wave) -> dict[str, int]:
         """The better level of each factor on the partial data (sign only, no significance)."""
@@ -749,67 +645,12 @@ class FactorialProposer:
 
     # -- crash walls ---------------------------------------------------------------
 
-    def _count_crash(self, e: Experiment) -> None:
-        for name, v in dict(e.meta.get("knobs") or {}).items():
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
-                runs = self._crashes.setdefault(str(name), {}).setdefault(float(v), [0, 0])
-                runs[0] += 1
-                runs[1] += e.status is Status.CRASH
-        self._wall_cache = None
-
-    def _walls(self, knobs: Mapping[str, Knob]) -> dict[str, tuple[float, float]]:
+    def _walls(self, knobs: Mapping[str, Knob]) -> dict[str, Wall]:
         """Per knob, the values below/above the best's at or past which runs crash.
 
-        Out of memory above some width, divergence above some learning rate: crashes
-        gather past a value of one knob. The wall up (down) is the nearest value past the
-        best's where, counting every finished candidate of the run at or past it, at least
-        three crashed, at least half did (and at least half at that value itself), they
-        are at least half of the run's crashes, and the rate on the near side is at most
-        a third of that. Designs, paths and one-step moves stop short of it; the swarm half of
-        ``auto`` still moves single knobs there, so a wall drawn from crashes that were
-        another knob's doing comes down as those runs succeed.
+        Designs, paths and one-step moves stop short of them (see walls.py for the rule).
         """
-        key = hash(tuple(sorted((n, repr(k.value)) for n, k in knobs.items())))
-        if self._wall_cache is not None and self._wall_cache[0] == key:
-            return self._wall_cache[1]
-        walls: dict[str, tuple[float, float]] = {}
-        for name, k in knobs.items():
-            stats = self._crashes.get(name)
-            value = k.value
-            if not stats or isinstance(value, bool) or not isinstance(value, int | float):
-                continue
-            total = [sum(r[0] for r in stats.values()), sum(r[1] for r in stats.values())]
-            lo, hi = -math.inf, math.inf
-            for sign in (1, -1):
-                past = [v for v in stats if sign * (v - value) > 0]
-                runs = crashes = 0
-                # From the far end inwards, so each candidate value sees the runs past it.
-                candidates: list[tuple[float, int, int]] = []
-                for v in sorted(past, key=lambda x: -sign * x):
-                    runs += stats[v][0]
-                    crashes += stats[v][1]
-                    candidates.append((v, runs, crashes))
-                for v, runs, crashes in reversed(candidates):  # nearest first
-                    near_runs, near_crashes = total[0] - runs, total[1] - crashes
-                    rate = crashes / runs
-                    near = near_crashes / near_runs if near_runs else 0.0
-                    own_runs, own_crashes = stats[v]
-                    if (
-                        crashes >= 3
-                        and rate >= 0.5
-                        and 2 * own_crashes >= own_runs
-                        and near <= rate / 3
-                        and 2 * crashes >= total[1]
-                    ):
-                        if sign > 0:
-                            hi = v
-                        else:
-                            lo = v
-                        break
-            if lo > -math.inf or hi < math.inf:
-                walls[name] = (lo, hi)
-        self._wall_cache = (key, walls)
-        return walls
+        return self._crash_walls.walls(knobs)
 
     # -- resume -------------------------------------------------------------------
 
@@ -842,49 +683,6 @@ class FactorialProposer:
 # ---------------------------------------------------------------------------
 # Small helpers
 
-# Multiples of the steepest factor's step tried along the path of steepest descent,
-# in the order they are added as the wave size allows (see FactorialProposer._path).
-_PATH = (2, 4, 8, 3, 6, 12)
-
-
-def _levels(
-    spaces: Mapping[str, Space],
-    knobs: Mapping[str, Knob],
-    size: int,
-    walls: Mapping[str, tuple[float, float]] | None = None,
-) -> dict[str, tuple[Literal, Literal]]:
-    """(level -1, level +1) of every knob that can move by ``size`` steps (one way at least).
-
-    A level at or past a crash wall (see ``FactorialProposer._walls``) is not used.
-    """
-    walls = walls or {}
-    out: dict[str, tuple[Literal, Literal]] = {}
-    for name, space in spaces.items():
-        if name not in knobs:
-            continue
-        if space.kind == "bool":
-            if size == 1:
-                out[name] = (False, True)
-            continue
-        value = knobs[name].value
-        lo, hi = step(space, value, -1, size), step(space, value, 1, size)
-        lo = None if _walled(walls.get(name), lo) else lo
-        hi = None if _walled(walls.get(name), hi) else hi
-        # A knob at the edge of its range (a ratio at 0.0, one head) is varied one-sided:
-        # its current value and one step inwards.
-        lo = value if lo is None else lo
-        hi = value if hi is None else hi
-        if lo != hi:
-            out[name] = (lo, hi)
-    return out
-
-
-def _walled(wall: tuple[float, float] | None, value: Literal | None) -> bool:
-    """True if ``value`` is at or past either side of ``wall`` (low, high)."""
-    if wall is None or isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return value <= wall[0] or value >= wall[1]
-
 
 def _replicates(e: Experiment, metric: str) -> list[float]:
     """The experiment's measurements: the keep rule's evidence (with confirmations) if any."""
@@ -915,4 +713,4 @@ def _describe(knobs: Mapping[str, Knob], values: Mapping[str, Literal]) -> str:
     )
 
 
-__all__ = ["FactorialProposer", "two_level_design"]
+__all__ = ["FactorialProposer"]
