@@ -67,13 +67,11 @@ def make_proposer(cfg: Config, *, state_dir: Path | None = None) -> Proposer:
         # state_dir is <workspace>/.autoswarm: program.md sits in the workspace root.
         return LLMProposer.from_config(cfg, workspace=state_dir.parent if state_dir else None)
     if name == "hybrid":
-        import dataclasses
-
         from autoswarm.proposers.hybrid import HybridProposer
         from autoswarm.proposers.llm import LLMProposer
 
-        knob_cfg = dataclasses.replace(
-            cfg, run=dataclasses.replace(cfg.run, strategy=cfg.llm.hybrid_knobs)
+        knob_cfg = cfg.model_copy(
+            update={"run": cfg.run.model_copy(update={"strategy": cfg.llm.hybrid_knobs})}
         )
         code: Proposer
         if cfg.llm.hybrid_code == "agent":
