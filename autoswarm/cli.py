@@ -550,8 +550,8 @@ def effects(
     from autoswarm.analysis.noise import baseline_of
 
     ledger, run_rec = _open_run(workspace, tag)
-    metric = run_rec.config.get("metric", {}).get("name", "val_bpb")
-    repeats = int(run_rec.config.get("run", {}).get("baseline_repeats", 3))
+    recorded = Config.from_record(run_rec.config)
+    metric, repeats = recorded.metric.name, recorded.run.baseline_repeats
     with ledger:
         exps = ledger.experiments(run_rec.id)
     base = baseline_of(exps, metric, repeats)
@@ -602,14 +602,12 @@ def results(
 ) -> None:
     """The experiments of a run."""
     ledger, run_rec = _open_run(workspace, tag)
-    metric = run_rec.config.get("metric", {}).get("name", "val_bpb")
+    recorded = Config.from_record(run_rec.config)
+    metric = recorded.metric.name
     with ledger:
         exps = ledger.experiments(run_rec.id, since_id=since)
         if fmt is Format.json:
-            from autoswarm.tiers import pool_from_record
-
-            pool = pool_from_record(run_rec.config)
-            print(json.dumps([experiment_record(e, pool) for e in exps], indent=2))
+            print(json.dumps([experiment_record(e, recorded.pool) for e in exps], indent=2))
         elif fmt is Format.tsv:
             print("\n".join([TSV_HEADER, *tsv_rows(exps, metric)]))
         else:
@@ -742,9 +740,9 @@ def wait(
             records.append({"id": i, "status": state_of(None), "description": "", "value": None})
             continue
         run_rec = runs.get(e.run_id)
-        metric = run_rec.config.get("metric", {}).get("name", cfg.metric.name) if run_rec else ""
+        recorded = Config.from_record(run_rec.config, base=cfg) if run_rec else cfg
         rec = experiment_record(e)
-        rec["metric"] = metric or cfg.metric.name
+        rec["metric"] = recorded.metric.name or cfg.metric.name
         rec["value"] = e.value(rec["metric"])
         rec["duplicate_of"] = e.meta.get("duplicate_of")
         records.append(rec)

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from autoswarm.analysis.noise import Baseline, baseline_of, groups_of
-from autoswarm.config import PoolConfig
+from autoswarm.config import Config, PoolConfig
 from autoswarm.costs import cost_by_tier, experiment_cost, prices_of, total_cost
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.policy import best_of
-from autoswarm.tiers import deciding_tier, pool_from_record, tier_key
+from autoswarm.tiers import deciding_tier, tier_key
 from autoswarm.types import Experiment, Kind, Status
 
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
@@ -134,15 +134,13 @@ def effects_record(
 
 def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
     """Everything ``autoswarm status --json`` prints, derived from the ledger alone."""
-    cfg = run.config
-    metric = cfg.get("metric", {}).get("name", "val_bpb")
-    repeats = int(cfg.get("run", {}).get("baseline_repeats", 3))
+    cfg = Config.from_record(run.config)
+    metric, repeats, pool = cfg.metric.name, cfg.run.baseline_repeats, cfg.pool
     exps = ledger.experiments(run.id)
     sessions = ledger.sessions(run.id)
     counts = {s.value: 0 for s in Status}
     for e in exps:
         counts[e.status.value] += 1
-    pool = pool_from_record(cfg)
     # With tiers, each tier has its own baseline: report the one whose results advance the branch.
     deciding = deciding_tier(pool)
     baseline = baseline_of(

@@ -320,7 +320,7 @@ class Scheduler:
                 )
             if not self.ws.ref_exists(f"refs/heads/{run.branch}"):
                 self.ws.ensure_branch(run.branch, run.base_commit)
-            config = _config_record(self.cfg)
+            config = self.cfg.to_record()
             if config != dict(run.config):  # flags of the resuming command (a longer limit, ...)
                 self.ledger.update_run_config(run.id, config)
                 run = self.ledger.get_run(run.tag) or run
@@ -346,7 +346,7 @@ class Scheduler:
                 f"choose another --tag or delete it with `git branch -D {branch}`"
             )
         self.ws.ensure_branch(branch, base)
-        config = _config_record(self.cfg)
+        config = self.cfg.to_record()
         return self.ledger.create_run(
             tag=tag, branch=branch, base_commit=base, config=config, now=self.clock.now()
         )
@@ -1594,21 +1594,6 @@ def _text_diff(ws: Workspace, p: Proposal) -> str:
             )
         )
     return "".join(out)
-
-
-def _config_record(cfg: Config) -> dict[str, Any]:
-    import enum
-
-    def conv(v: Any) -> Any:
-        if isinstance(v, enum.Enum):
-            return v.value
-        if isinstance(v, dict | Mapping):
-            return {k: conv(x) for k, x in v.items()}
-        if isinstance(v, tuple | list):
-            return [conv(x) for x in v]
-        return v
-
-    return {k: conv(v) for k, v in dataclasses.asdict(cfg).items()}
 
 
 __all__ = ["Reproduce", "RunLock", "RunOutcome", "Scheduler", "SlotView", "Snapshot"]

@@ -1,8 +1,8 @@
 """Hardware tiers of a pool as the scheduler sees them: which slot is on which tier, in what order.
 
-Pure functions over :class:`~autoswarm.config.PoolConfig` (and over the config record a
-run stores in the ledger, so read-only views such as ``autoswarm status`` agree with the
-scheduler). The policy itself (screening → promotion) lives in :mod:`autoswarm.scheduler`;
+Pure functions over :class:`~autoswarm.config.PoolConfig` (read-only views such as
+``autoswarm status`` pass the pool of the run's record, ``Config.from_record(run.config).pool``,
+so they agree with the scheduler). The policy itself (screening → promotion) lives in :mod:`autoswarm.scheduler`;
 see docs/pools.md for the rules.
 
 A pool without ``[[pool.tiers]]`` has one implicit tier whose key is ``""``: every slot is
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from autoswarm.config import PoolConfig, TierConfig, TierRole
 from autoswarm.errors import ConfigError
@@ -124,30 +123,6 @@ def deciding_tier(pool: PoolConfig) -> str:
     return first[1].name
 
 
-def pool_from_record(record: Mapping[str, Any]) -> PoolConfig:
-    """The :class:`PoolConfig` of a run's stored configuration (``runs.config``); {} = local."""
-    pool = record.get("pool") or {}
-    tiers = []
-    for t in pool.get("tiers") or ():
-        tiers.append(
-            TierConfig(
-                name=str(t.get("name", "")),
-                accelerator=str(t.get("accelerator", "")),
-                slots=int(t.get("slots", 1)),
-                max_slots=int(t.get("max_slots", 0)),
-                price_per_hour=float(t.get("price_per_hour", 0.0)),
-                speed=float(t.get("speed", 1.0)),
-                role=TierRole(t.get("role", TierRole.ANY.value)),
-                options=dict(t.get("options") or {}),
-            )
-        )
-    return PoolConfig(
-        backend=str(pool.get("backend", "local")),
-        tiers=tuple(tiers),
-        options=dict(pool.get("options") or {}),
-    )
-
-
 def tier_key(pool: PoolConfig, recorded: str, pinned: object = None) -> str:
     """The tier an experiment belongs to: where it ran, else where it is pinned ("" without tiers)."""
     if not pool.tiers:
@@ -155,4 +130,4 @@ def tier_key(pool: PoolConfig, recorded: str, pinned: object = None) -> str:
     return recorded or (str(pinned) if pinned else IMPLICIT)
 
 
-__all__ = ["IMPLICIT", "TierPlan", "deciding_tier", "plan_tiers", "pool_from_record", "tier_key"]
+__all__ = ["IMPLICIT", "TierPlan", "deciding_tier", "plan_tiers", "tier_key"]

@@ -247,7 +247,7 @@ def submit(
     )
     active = run_active(ws)
     latest = ledger.get_run(tag)
-    strategy = str(latest.config.get("run", {}).get("strategy", "")) if latest else None
+    strategy = Config.from_record(latest.config).run.strategy if latest else None
     notes: list[str] = []
     if not active:
         notes.append(

@@ -17,7 +17,6 @@ Usage::
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,8 +119,8 @@ def _hybrid(cfg: Config, state_dir: Path | None) -> Proposer:
     from autoswarm.proposers.hybrid import HybridProposer
     from autoswarm.proposers.llm import LLMProposer
 
-    knob_cfg = dataclasses.replace(
-        cfg, run=dataclasses.replace(cfg.run, strategy=cfg.llm.hybrid_knobs)
+    knob_cfg = cfg.model_copy(
+        update={"run": cfg.run.model_copy(update={"strategy": cfg.llm.hybrid_knobs})}
     )
     code: Proposer
     if cfg.llm.hybrid_code == "agent":

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autoswarm.cli import app
-from autoswarm.config import load_config
+from autoswarm.config import RunConfig, load_config
 from autoswarm.errors import ConfigError, RunStateError, WorkspaceError
 from autoswarm.ledger import Ledger
 from autoswarm.outputs import TSV_HEADER
@@ -172,6 +172,19 @@ def test_unknown_tag(synth_ws: Path) -> None:
         led.create_run(tag="a", branch="autoswarm/a", base_commit="0" * 40, config={}, now=1.0)
     msg = error_of(cli("status", "--tag", "zzz", cwd=synth_ws))
     assert "no run tagged 'zzz'" in msg
+
+
+def test_config_mistakes_are_one_line_each_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "autoswarm.toml").write_text('[run]\nworkers = "2"\nbudgett = 1\n')
+    proc = cli("status", "--workspace", str(tmp_path), cwd=tmp_path)
+    error_of(proc)
+    path = tmp_path / "autoswarm.toml"
+    assert proc.stderr.splitlines() == [
+        f"error: {path}: [run] workers must be an integer, got '2'; write e.g. workers = 0",
+        f"{path}: unknown key(s) in [run]: budgett; known keys: "
+        + ", ".join(sorted(RunConfig.model_fields))
+        + "; did you mean budget?",
+    ]
 
 
 def test_error_line_is_not_wrapped(tmp_path: Path) -> None:

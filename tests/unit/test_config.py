@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,14 @@ import pytest
 from autoswarm.config import (
     CONFIG_NAME,
     Config,
+    PoolConfig,
+    RunConfig,
+    TierRole,
     load_config,
     parse_duration,
     render_default_config,
     with_overrides,
+    with_recorded_run,
 )
 from autoswarm.errors import ConfigError
 from autoswarm.types import Direction
@@ -352,3 +357,218 @@ def test_with_overrides_replaces_run_fields_only() -> None:
 def test_with_overrides_validates(fields: dict[str, object], expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         with_overrides(Config(), **fields)
+
+
+def test_negative_time_limit_is_refused(tmp_path: Path) -> None:
+    default_with(tmp_path, "time_limit = 0 ", "time_limit = -1 ")
+    with pytest.raises(ConfigError, match=r"\[run\] time_limit must be >= 0 \(0 = unlimited\)"):
+        load_config(tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# One line per mistake: the file, the key path and what to write instead
+
+
+def error_lines(tmp_path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path)
+    msg = str(e.value)
+    assert "Traceback" not in msg and "pydantic" not in msg and "Input should" not in msg
+    lines = msg.splitlines()
+    assert all(line.startswith(f"{tmp_path / CONFIG_NAME}: ") for line in lines), lines
+    return [line.removeprefix(f"{tmp_path / CONFIG_NAME}: ") for line in lines]
+
+
+def test_a_wrong_type_names_the_key_and_an_example(tmp_path: Path) -> None:
+    default_with(tmp_path, "seed = 42", 'seed = "42"')
+    assert error_lines(tmp_path) == [
+        "[run] seed must be an integer, got '42'; write e.g. seed = 42"
+    ]
+    default_with(tmp_path, 'strategy = "auto"', 'strategy = "auto"\ntag = 5')
+    assert error_lines(tmp_path) == ['[run] tag must be a string, got 5; write e.g. tag = "mar5"']
+
+
+def test_an_out_of_range_value_says_the_range(tmp_path: Path) -> None:
+    default_with(tmp_path, "max_cost = 0 ", "max_cost = -2.5 ")
+    assert error_lines(tmp_path) == ["[run] max_cost must be >= 0 (0 = unlimited), got -2.5"]
+    write(tmp_path, '[llm]\nmodel = "m"\nhybrid_ratio = 1\n')
+    assert error_lines(tmp_path) == [
+        "[llm] hybrid_ratio must be strictly between 0 and 1 (the model's share of the slots), "
+        "got 1.0"
+    ]
+
+
+def test_an_unknown_key_suggests_the_known_one(tmp_path: Path) -> None:
+    default_with(tmp_path, "grace = 60", "grace = 60\nworkerz = 2\nbudgett = 5")
+    (line,) = error_lines(tmp_path)
+    assert line.startswith("unknown key(s) in [run]: workerz, budgett; known keys: ")
+    assert line.endswith("; did you mean workers, budget?")
+    write(tmp_path, "[metrics]\nname = 'loss'\n")
+    assert error_lines(tmp_path) == [
+        "unknown table(s) metrics; known: workspace, metric, run, knobs, pool, llm, agent; "
+        "did you mean [metric]?"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "time_limit = 0 ",
+            'time_limit = "8 hours" ',
+            "[run] time_limit: cannot read duration '8 hours': use seconds or a number with "
+            "s/m/h/d, e.g. 90s, 15m, 1h30m",
+        ),
+        (
+            "grace = 60",
+            "grace = true",
+            '[run] grace must be a number of seconds or a duration such as "90s", "15m" or '
+            '"1h30m", got True',
+        ),
+    ],
+)
+def test_a_bad_duration_says_how_to_write_one(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    default_with(tmp_path, old, new)
+    assert error_lines(tmp_path) == [expected]
+
+
+def test_every_duration_key_takes_every_form(tmp_path: Path) -> None:
+    text = render_default_config(budget=60)
+    text = text.replace("budget = 60 ", "budget = 90.5 ").replace("grace = 60", 'grace = "1m"')
+    text = text.replace("timeout = 0 ", 'timeout = "1h30m" ').replace(
+        "time_limit = 0 ", 'time_limit = ""'
+    )
+    text += '\n[llm]\ntimeout = "2m"\n\n[agent]\ntimeout = "1h"\n'
+    cfg = load_config(write(tmp_path, text))
+    assert (cfg.run.budget, cfg.run.grace, cfg.run.timeout, cfg.run.time_limit) == (
+        90.5,
+        60.0,
+        5400.0,
+        0.0,
+    )
+    assert (cfg.llm.timeout, cfg.agent.timeout) == (120.0, 3600.0)
+    assert all(isinstance(v, float) for v in (cfg.run.budget, cfg.run.grace, cfg.agent.timeout))
+
+
+def test_a_nested_pool_error_names_the_tier(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        '[pool]\nbackend = "ray"\n\n[[pool.tiers]]\nname = "h100"\n\n'
+        '[[pool.tiers]]\nname = "h200"\nspeed = "fast"\nrole = "judge"\n',
+    )
+    assert error_lines(tmp_path) == [
+        "[[pool.tiers]] #2 (h200) speed must be a number, got 'fast'; write e.g. speed = 1.0",
+        "[[pool.tiers]] #2 (h200) role must be 'screen', 'validate' or 'any', got 'judge'",
+    ]
+    write(tmp_path, '[pool]\nbackend = "ray"\n\n[[pool.tiers]]\nname = "h100"\nslots = -1\n')
+    assert error_lines(tmp_path) == [
+        "[[pool.tiers]] #1 (h100) slots must be >= 1 (or 0 with max_slots > 0 for autoscaling), "
+        "got -1"
+    ]
+
+
+def test_every_mistake_gets_its_own_line(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        '[run]\nworkers = "2"\nbudget = 0\nbudgett = 1\n\n[metric]\ndirection = "up"\n\n'
+        '[pool]\nbackend = "slurm"\n',
+    )
+    assert error_lines(tmp_path) == [
+        "[metric] direction must be 'minimize' or 'maximize', got 'up'",
+        "[run] budget must be > 0 seconds, got 0.0",
+        "[run] workers must be an integer, got '2'; write e.g. workers = 0",
+        "unknown key(s) in [run]: budgett; known keys: "
+        + ", ".join(sorted(RunConfig.model_fields))
+        + "; did you mean budget?",
+        "[pool] backend 'slurm' is unknown; choose one of: local, ray, skypilot",
+    ]
+
+
+def test_flags_are_checked_with_exact_types() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^command-line options: workers must be an integer, got '2'"
+    ):
+        with_overrides(Config(), workers="2")
+    with pytest.raises(ConfigError, match=r"^command-line options: unknown key\(s\) budgett; "):
+        with_overrides(Config(), budgett=1.0)
+
+
+def test_sections_are_frozen() -> None:
+    cfg = Config()
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.run.budget = 5.0  # type: ignore[misc]
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.pool = PoolConfig()  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------
+# The run's record in the ledger: one to_record, one from_record
+
+
+def full_config(tmp_path: Path) -> Config:
+    text = render_default_config(budget=30, workers=2).replace(
+        'strategy = "auto"', 'strategy = "hybrid"'
+    )
+    text += (
+        "\n[knobs.LR]\nlow = 0.001\nhigh = 0.1\nlog = true\n"
+        '\n[llm]\nmodel = "m"\ntemperature = 0.5\nprice_in_per_mtok = 2\n'
+        '\n[pool]\nbackend = "ray"\n[pool.options]\naddress = "auto"\n'
+        '\n[[pool.tiers]]\nname = "h100"\naccelerator = "H100:1"\nslots = 3\nrole = "screen"\n'
+        "options = {resources = {h100 = 1}}\n"
+        '\n[[pool.tiers]]\nname = "h200"\naccelerator = "H200:1"\nrole = "VALIDATE"\nprice_per_hour = 4\n'
+    )
+    return load_config(write(tmp_path, text))
+
+
+def test_record_round_trips_through_json(tmp_path: Path) -> None:
+    cfg = full_config(tmp_path)
+    record = cfg.to_record()
+    assert json.loads(json.dumps(record)) == record  # plain JSON, as the ledger stores it
+    assert record["workspace"]["editable"] == ["train.py"]
+    assert record["metric"]["direction"] == "minimize"
+    assert record["knobs"] == {
+        "exclude": ["TIME_BUDGET"],
+        "overrides": {"LR": {"low": 0.001, "high": 0.1, "log": True}},
+    }
+    assert [t["role"] for t in record["pool"]["tiers"]] == ["screen", "validate"]
+    assert record["llm"]["api_key_env"] is None and record["llm"]["temperature"] == 0.5
+    back = Config.from_record(json.loads(json.dumps(record)))
+    assert back == cfg
+    assert back.pool.tiers[1].role is TierRole.VALIDATE and back.workspace.locked == ("prepare.py",)
+
+
+def test_from_record_ignores_unknown_keys_and_fills_missing_ones() -> None:
+    assert Config.from_record({}) == Config()
+    rec = Config.from_record(
+        {
+            "run": {"budget": 5.0, "retired_key": 1},
+            "gone_table": {},
+            "pool": {"tiers": [{"name": "a", "new": 2}]},
+        }
+    )
+    assert rec.run.budget == 5.0 and rec.run.workers == 0 and rec.pool.tiers[0].name == "a"
+    base = with_overrides(Config(), workers=3, seed=7)
+    rec = Config.from_record({"run": {"budget": 5.0}, "metric": {"name": "loss"}}, base=base)
+    assert (rec.run.budget, rec.run.workers, rec.run.seed, rec.metric.name) == (5.0, 3, 7, "loss")
+
+
+def test_from_record_refuses_a_broken_record() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^the recorded run configuration: \[run\] baseline_repeats must be >= 2"
+    ):
+        Config.from_record({"run": {"baseline_repeats": 1}})
+
+
+def test_with_recorded_run_takes_run_and_metric_only(tmp_path: Path) -> None:
+    cfg = full_config(tmp_path)
+    recorded = with_overrides(Config(), budget=7.0, strategy="greedy").to_record()
+    recorded["metric"]["direction"] = "maximize"
+    new = with_recorded_run(cfg, recorded)
+    assert (new.run.budget, new.run.strategy, new.metric.direction) == (
+        7.0,
+        "greedy",
+        Direction.MAXIMIZE,
+    )
+    assert new.pool == cfg.pool and new.llm == cfg.llm and new.knobs == cfg.knobs

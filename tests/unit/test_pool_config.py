@@ -148,10 +148,8 @@ def test_factory_builds_the_local_backend(tmp_path: Path) -> None:
 
 
 def test_factory_refuses_workers_that_contradict_local_tiers(tmp_path: Path) -> None:
-    import dataclasses
-
     cfg = Config(pool=PoolConfig(tiers=(TierConfig(name="gpu", slots=2),)))
-    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, workers=3))
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"workers": 3})})
     with pytest.raises(ConfigError, match="leave out workers"):
         make_backend(cfg, workspace_root=tmp_path, state_dir=tmp_path, gpus=[])
 

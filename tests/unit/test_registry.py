@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -37,11 +36,14 @@ def test_the_config_validates_against_the_registry() -> None:
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_every_registered_strategy_builds_a_proposer(name: str, tmp_path: Path) -> None:
     root = make_workspace(tmp_path / "ws")
-    cfg = dataclasses.replace(
-        load_config(root),
-        # What the strategies that need one name: a model (no key: a local server) and an agent.
-        llm=LLMConfig(provider="openai", model="m", base_url="http://127.0.0.1:9", api_key_env=""),
-        agent=AgentConfig(command=("true", "{prompt}")),
+    cfg = load_config(root).model_copy(
+        update={
+            # What the strategies that need one name: a model (no key: a local server), an agent.
+            "llm": LLMConfig(
+                provider="openai", model="m", base_url="http://127.0.0.1:9", api_key_env=""
+            ),
+            "agent": AgentConfig(command=("true", "{prompt}")),
+        }
     )
     cfg = with_overrides(cfg, strategy=name)
     p = make_proposer(cfg, state_dir=root / ".autoswarm")
@@ -63,8 +65,10 @@ def test_a_knob_strategy_proposes_without_a_workspace(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["agent", "external"])
 def test_a_strategy_that_needs_a_workspace_says_so(name: str) -> None:
+    # (the agent strategy's config needs its command: the schema checks that first)
+    agent = AgentConfig(command=("true", "{prompt}"))
     with pytest.raises(ConfigError, match="needs a workspace"):
-        make_proposer(Config(run=RunConfig(strategy=name)), state_dir=None)
+        make_proposer(Config(run=RunConfig(strategy=name), agent=agent), state_dir=None)
 
 
 def _option_help(command: list[str], name: str) -> str:

@@ -8,8 +8,6 @@ the scheduler ever compares a result with the best of another tier.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from autoswarm.backends.fake import FakeBackend, Outcome, ReattachableFakeBackend
@@ -79,7 +77,7 @@ def tiered(
     backend_cls=FakeBackend,
     **run: object,
 ) -> tuple[Scheduler, FakeBackend, Ledger]:
-    cfg = dataclasses.replace(harness.config(**run), pool=pool)
+    cfg = harness.config(**run).model_copy(update={"pool": pool})
     ws = Workspace(harness.root, cfg)
     ledger = Ledger(ws.ledger_path)
     slots = sum(t.slots for t in pool.tiers) if pool.tiers else 2
