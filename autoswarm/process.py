@@ -462,37 +462,23 @@ class ProcessRunner:
         try:
             proc = spawn(spec)
         except OSError as e:
-            out.write(f"autoswarm: could not start {spec.argv[0]}: {e}\n".encode())
-            out.close()
-            result = ProcessResult(
-                argv=spec.argv,
-                pid=None,
-                exit_code=None,
-                timed_out=False,
-                cancelled=False,
-                started_at=started,
-                finished_at=time.time(),
-                duration_s=time.monotonic() - t0,
-                log_path=spec.log_path,
-                log_truncated=False,
-                error=f"could not start {spec.argv[0]}: {e}",
-            )
-            p._finish(result)
-            if on_exit is None:
-                p._watched.set()
-            else:
-                self._workers().submit(lambda: self._deliver(p, result, on_exit))
+            self._not_started(p, out, e, started, t0, on_exit)
             return p
+        except BaseException:  # a bug or an interrupt, not the process's doing
+            out.close()
+            raise
         p._proc, p.pid, p.start_time = proc, proc.pid, process_start_time(proc.pid)
-        with self._lock:
-            self._live.add(p)
-        if spec.timeout_s is not None:
-            self._deadlines().add(t0 + spec.timeout_s, _Deadline.TIMEOUT, p)
         assert proc.stdout is not None
         stdout = proc.stdout
-        workers = self._workers()
-        pumped = workers.submit(lambda: _pump(stdout, out))
-        workers.submit(lambda: self._watch(p, out, pumped, started, t0, on_exit))
+        # One critical section with close(): it either sees this process (and kills it)
+        # or comes later, so the threads its watch needs are never closed under it.
+        with self._lock:
+            self._live.add(p)
+            if spec.timeout_s is not None:
+                self._deadlines_locked().add(t0 + spec.timeout_s, _Deadline.TIMEOUT, p)
+            workers = self._workers_locked()
+            pumped = workers.submit(lambda: _pump(stdout, out))
+            workers.submit(lambda: self._watch(p, out, pumped, started, t0, on_exit))
         return p
 
     def run(self, spec: ProcessSpec) -> ProcessResult:
@@ -505,13 +491,12 @@ class ProcessRunner:
         """SIGKILL every process still running, wait for their results, stop the threads."""
         with self._lock:
             live = list(self._live)
+            workers, self._workers_ = self._workers_, None
+            deadlines, self._deadlines_ = self._deadlines_, None
         for p in live:
             p.cancel(grace_s=0)
         for p in live:
             p._watched.wait(timeout=10)
-        with self._lock:
-            workers, self._workers_ = self._workers_, None
-            deadlines, self._deadlines_ = self._deadlines_, None
         if deadlines is not None:
             deadlines.close()
         if workers is not None:
@@ -519,17 +504,51 @@ class ProcessRunner:
 
     # -- internals -------------------------------------------------------------
 
-    def _workers(self) -> _Workers:
-        with self._lock:
-            if self._workers_ is None:
-                self._workers_ = _Workers()
-            return self._workers_
+    def _workers_locked(self) -> _Workers:
+        if self._workers_ is None:
+            self._workers_ = _Workers()
+        return self._workers_
+
+    def _deadlines_locked(self) -> _Deadlines:
+        if self._deadlines_ is None:
+            self._deadlines_ = _Deadlines()
+        return self._deadlines_
 
     def _deadlines(self) -> _Deadlines:
         with self._lock:
-            if self._deadlines_ is None:
-                self._deadlines_ = _Deadlines()
-            return self._deadlines_
+            return self._deadlines_locked()
+
+    def _not_started(
+        self,
+        p: RunningProcess,
+        out: CappedLog,
+        e: OSError,
+        started: float,
+        t0: float,
+        on_exit: Callable[[ProcessResult], None] | None,
+    ) -> None:
+        argv0 = p.spec.argv[0]
+        out.write(f"autoswarm: could not start {argv0}: {e}\n".encode())
+        out.close()
+        result = ProcessResult(
+            argv=p.spec.argv,
+            pid=None,
+            exit_code=None,
+            timed_out=False,
+            cancelled=False,
+            started_at=started,
+            finished_at=time.time(),
+            duration_s=time.monotonic() - t0,
+            log_path=p.spec.log_path,
+            log_truncated=False,
+            error=f"could not start {argv0}: {e}",
+        )
+        p._finish(result)
+        if on_exit is None:
+            p._watched.set()
+            return
+        with self._lock:
+            self._workers_locked().submit(lambda: self._deliver(p, result, on_exit))
 
     def _watch(
         self,
@@ -550,9 +569,14 @@ class ProcessRunner:
         if not pumped.wait(timeout=5):  # a grandchild escaped the group and holds the pipe
             proc.stdout.close()
             pumped.wait(timeout=5)
-        if timed_out:
-            out.write(f"\nautoswarm: killed after the {p.spec.timeout_s:g}s timeout\n".encode())
-        out.close()
+        with contextlib.suppress(OSError, RuntimeError):
+            proc.stdout.close()  # now, not when its deadline entry lets go of the process
+        try:
+            if timed_out:
+                out.write(f"\nautoswarm: killed after the {p.spec.timeout_s:g}s timeout\n".encode())
+            out.close()
+        except OSError as e:  # the orchestrator's disk (full?): the result must still come
+            log.warning("cannot finish the log %s: %s", p.spec.log_path, e)
         result = ProcessResult(
             argv=p.spec.argv,
             pid=proc.pid,

@@ -170,7 +170,8 @@ class LocalBackend:
         )
         proc = self._runner.start(spec, on_exit=lambda res: self._finished(job, res))
         with self._lock:
-            # Its result may be in already; once done, _finished has popped it or will not.
+            # Only while it runs: done() turns true before on_exit, so a job that has
+            # finished already is not added here, and one added is popped by _finished.
             if not proc.done():
                 self._running[job.experiment_id] = proc
         if proc.pid is None:

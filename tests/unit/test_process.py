@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import FrozenInstanceError
+from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +269,7 @@ def test_a_command_that_cannot_start(tmp_path: Path, runner: ProcessRunner) -> N
         time.sleep(0.01)
     assert seen == [r]
     # With die_with_parent (setpriv execs the command) a missing command reads the same.
-    r2 = runner.run(ProcessSpec(**{**spec.__dict__, "die_with_parent": True}))
+    r2 = runner.run(replace(spec, die_with_parent=True))
     assert r2.ending is Ending.NOT_STARTED and r2.error == r.error
 
 
