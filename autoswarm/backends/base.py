@@ -10,7 +10,8 @@ Every implementation must pass ``autoswarm.testing.contract.BackendContract``.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import queue
+from typing import Protocol, TypeVar, runtime_checkable
 
 from autoswarm.types import Job, RunResult
 
@@ -61,4 +62,27 @@ class Reattachable(Protocol):
         ...
 
 
-__all__ = ["Backend", "Reattachable"]
+# ---------------------------------------------------------------------------
+# Conveniences for implementations
+
+T = TypeVar("T")
+
+
+def drain(results: queue.Queue[T], timeout: float) -> list[T]:
+    """Everything in ``results``, waiting up to ``timeout`` seconds for the first item.
+
+    The body of :meth:`Backend.poll` for a backend whose threads queue its results.
+    """
+    out: list[T] = []
+    try:
+        out.append(results.get(timeout=timeout) if timeout > 0 else results.get_nowait())
+    except queue.Empty:
+        return out
+    while True:
+        try:
+            out.append(results.get_nowait())
+        except queue.Empty:
+            return out
+
+
+__all__ = ["Backend", "Reattachable", "drain"]

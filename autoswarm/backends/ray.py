@@ -12,10 +12,11 @@ What one experiment does::
 
     orchestrator                                   slot actor (any node)
     read job.workdir's files ── run(token, files, argv, env) ──▶ write them to a local dir
-                                                     start train.py: own process group,
-                                                     scrubbed env (Job.env), CUDA_VISIBLE_DEVICES
-                                                     = the GPUs Ray assigned, hard timeout,
-                                                     capped log, killed if the actor dies
+                                                     start train.py (autoswarm.process):
+                                                     own process group, scrubbed env (Job.env),
+                                                     CUDA_VISIBLE_DEVICES = the GPUs Ray
+                                                     assigned, hard timeout, capped log,
+                                                     killed if the actor dies
     write Job.log_path, parse metrics ◀── result (exit code, times, log bytes) ──┘
 
 The snapshot travels with the job (small text files), so nodes need no shared disk.
@@ -49,9 +50,7 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -60,13 +59,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from autoswarm.backends.local import CappedLog
 from autoswarm.config import Config, TierConfig
 from autoswarm.errors import BackendError, ConfigError
 from autoswarm.metrics import parse_summary, read_tail
-from autoswarm.sandbox import kill_group
+from autoswarm.process import ProcessRunner, ProcessSpec, RunningProcess
 from autoswarm.types import Job, RunResult
 
 # The snapshot is a handful of source files; anything this large is a mistake (data
@@ -135,7 +133,7 @@ def write_snapshot(files: Sequence[tuple[str, bytes, bool]], dest: Path) -> None
 class _ActorRun:
     token: str
     done: threading.Event = field(default_factory=threading.Event)
-    proc: subprocess.Popen[bytes] | None = None
+    proc: RunningProcess | None = None
     cancelled: bool = False
     result: dict[str, Any] | None = None
 
@@ -166,9 +164,7 @@ class SlotWorker:
         self._runs: dict[str, _ActorRun] = {}
         self._cancel_early: set[str] = set()  # cancelled before their run() arrived
         self._lock = threading.Lock()
-        # PR_SET_PDEATHSIG through setpriv: if this actor's process dies (killed worker,
-        # lost node), train.py dies with it instead of running on as an orphan.
-        self._setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+        self._runner = ProcessRunner()
         # What an earlier actor of this slot left here when its process was killed.
         for stale in self.root.parent.glob(f"{name}-*"):
             pid = stale.name.rpartition("-")[2]
@@ -241,11 +237,8 @@ class SlotWorker:
                 return False
             r.cancelled = True
             proc = r.proc
-        if proc is not None and not r.done.is_set():
-            kill_group(proc.pid, signal.SIGTERM)
-            timer = threading.Timer(self.kill_grace_s, kill_group, args=(proc.pid, signal.SIGKILL))
-            timer.daemon = True
-            timer.start()
+        if proc is not None:
+            proc.cancel(grace_s=self.kill_grace_s)
         return True
 
     def forget(self, token: str) -> None:
@@ -262,15 +255,16 @@ class SlotWorker:
             for r in runs:
                 r.cancelled = True
         for r in runs:
-            if r.proc is not None and not r.done.is_set():
-                kill_group(r.proc.pid, signal.SIGKILL)
+            if r.proc is not None:
+                r.proc.cancel(grace_s=0)
         for r in runs:
             r.done.wait(timeout=5)
+        self._runner.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- the subprocess ------------------------------------------------------
 
-    def _command(self, argv: Sequence[str]) -> list[str]:
+    def _command(self, argv: Sequence[str]) -> tuple[str, ...]:
         cmd = list(argv)
         if (
             cmd
@@ -279,9 +273,7 @@ class SlotWorker:
             and Path(cmd[0]).name.startswith("python")
         ):
             cmd[0] = sys.executable  # the orchestrator's interpreter is not on this node
-        if self._setpriv:
-            cmd = [self._setpriv, "--pdeathsig", "KILL", "--", *cmd]
-        return cmd
+        return tuple(cmd)
 
     def _execute(
         self,
@@ -307,7 +299,6 @@ class SlotWorker:
             "pid": os.getpid(),
             "host": socket.gethostname(),
         }
-        log: CappedLog | None = None
         try:
             shutil.rmtree(workdir, ignore_errors=True)
             write_snapshot(files, workdir)
@@ -321,51 +312,37 @@ class SlotWorker:
                 OPENBLAS_NUM_THREADS=t,
                 AUTOSWARM_THREADS=t,
             )
-            log = CappedLog(log_path, log_max_bytes)
+            spec = ProcessSpec(
+                argv=self._command(argv),
+                cwd=workdir,
+                env=full_env,
+                log_path=log_path,
+                timeout_s=timeout_s,
+                log_max_bytes=log_max_bytes,
+                # If this actor's process dies (killed worker, lost node), train.py dies
+                # with it instead of running on as an orphan.
+                die_with_parent=True,
+            )
+            # Under the lock: a cancel() either comes first (nothing starts) or finds r.proc.
             with self._lock:
                 if r.cancelled:
                     raise _Cancelled
-                try:
-                    r.proc = proc = subprocess.Popen(
-                        self._command(argv),
-                        cwd=workdir,
-                        env=full_env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,  # own process group, pgid == pid
-                    )
-                except OSError as e:
-                    log.write(f"autoswarm: could not start {argv[0]}: {e}\n".encode())
-                    result["error"] = f"could not start {argv[0]} on {result['host']}: {e}"
-                    raise _Cancelled from None
-                started = result["started_at"] = time.time()
-            assert proc.stdout is not None
-            pump = threading.Thread(target=_pump, args=(proc.stdout, log), daemon=True)
-            pump.start()
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                result["timed_out"] = True
-                kill_group(proc.pid, signal.SIGKILL)
-                proc.wait()
-            result["finished_at"] = time.time()
-            kill_group(proc.pid, signal.SIGKILL)  # children that outlived train.py
-            pump.join(timeout=5)
-            if pump.is_alive():  # a grandchild escaped the group and holds the pipe
-                proc.stdout.close()
-                pump.join(timeout=5)
-            if result["timed_out"]:
-                log.write(f"\nautoswarm: killed after the {timeout_s:g}s timeout\n".encode())
-            result["exit_code"] = proc.returncode
+                r.proc = self._runner.start(spec)
+            res = r.proc.wait()
+            assert res is not None
+            result.update(
+                exit_code=res.exit_code,
+                timed_out=res.timed_out,
+                started_at=res.started_at,
+                finished_at=res.finished_at,
+                error=f"{res.error} (on {result['host']})" if res.error else "",
+            )
         except _Cancelled:
             result["finished_at"] = time.time()
         except Exception as e:  # a fault of this slot, not of the experiment
             result["finished_at"] = time.time()
             result["error"] = f"the Ray slot {self.name} failed: {e!r}"
         finally:
-            if log is not None:
-                log.close()
             try:
                 result["log"] = log_path.read_bytes()
             except OSError:
@@ -384,14 +361,6 @@ class SlotWorker:
 
 class _Cancelled(Exception):
     """Internal: stop before (or instead of) starting the process."""
-
-
-def _pump(stream: IO[bytes], log: CappedLog) -> None:
-    try:
-        while chunk := stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536):
-            log.write(chunk)
-    except (OSError, ValueError):
-        pass
 
 
 # ---------------------------------------------------------------------------

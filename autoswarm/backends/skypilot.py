@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoswarm.backends.local import CappedLog
+from autoswarm.backends.base import drain
 from autoswarm.backends.skytask import (
     SkyOptions,
     SkyTier,
@@ -61,6 +61,7 @@ from autoswarm.backends.skytask import (
 from autoswarm.config import Config
 from autoswarm.errors import BackendError, ConfigError
 from autoswarm.metrics import parse_summary
+from autoswarm.process import CappedLog
 from autoswarm.types import Job, RunResult
 
 log = logging.getLogger(__name__)
@@ -272,18 +273,7 @@ class SkyPilotBackend:
         return json.dumps(t.handle(self.mode))
 
     def poll(self, timeout: float) -> list[RunResult]:
-        out: list[RunResult] = []
-        try:
-            out.append(
-                self._results.get(timeout=timeout) if timeout > 0 else self._results.get_nowait()
-            )
-        except queue.Empty:
-            return out
-        while True:
-            try:
-                out.append(self._results.get_nowait())
-            except queue.Empty:
-                return out
+        return drain(self._results, timeout)
 
     def cancel(self, experiment_id: int, handle: str | None = None) -> None:
         with self._lock:

@@ -6,7 +6,8 @@ Each attempt, in a background thread:
 2. writes a prompt (program.md, the rules, the best so far, a compact history, what
    is running now) and runs the configured argv template there, e.g.
    ``["claude", "-p", "{prompt}"]`` or ``["codex", "exec", "{prompt}"]``, with a
-   timeout, in its own process group, with a scrubbed environment;
+   timeout, in its own process group, with a scrubbed environment and a capped log
+   (:mod:`autoswarm.process`, as experiments are run);
 3. diffs the editable files (:func:`autoswarm.patching.make_diff`): the changed
    files are the proposal. An edit to a locked file is handed on too, so the
    scheduler records the variant as rejected (with the reason) and never runs it.
@@ -29,10 +30,8 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,8 +39,8 @@ from pathlib import Path
 
 from autoswarm.config import Config
 from autoswarm.patching import make_diff
+from autoswarm.process import Ending, ProcessRunner, ProcessSpec
 from autoswarm.proposers.base import Context
-from autoswarm.sandbox import kill_group, scrubbed_env
 from autoswarm.types import Direction, Experiment, Proposal, Status
 
 log = logging.getLogger("autoswarm.agent")
@@ -174,7 +173,7 @@ class AgentProposer:
         self._lock = threading.Lock()
         self._ready: deque[Proposal] = deque()
         self._threads: dict[int, threading.Thread] = {}
-        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._runner = ProcessRunner()
         self._closing = False
         self._gave_up = ""
 
@@ -208,13 +207,12 @@ class AgentProposer:
 
     def close(self) -> None:
         self._closing = True
+        self._runner.close()  # kills every running attempt's process group
         with self._lock:
-            procs = list(self._procs.values())
             threads = list(self._threads.values())
-        for proc in procs:
-            kill_group(proc.pid)
         for t in threads:
             t.join(timeout=10.0)
+        self._runner.close()  # the threads an attempt that started late brought back
 
     # -- attempts ---------------------------------------------------------------
 
@@ -236,7 +234,6 @@ class AgentProposer:
             proposal, error = None, f"{type(e).__name__}: {e}"
         with self._lock:
             self._threads.pop(job.number, None)
-            self._procs.pop(job.number, None)
             if self._closing:
                 return
             if proposal is not None:
@@ -254,13 +251,6 @@ class AgentProposer:
         log.warning("agent attempt %d failed: %s", job.number, error)
         if gives_up:
             log.warning("agent proposer gives up: %s", self._gave_up)
-
-    def _env(self) -> dict[str, str]:
-        env = scrubbed_env(self.environ)
-        for name in self.pass_env:  # the agent CLI's own key, named in [agent] pass_env
-            if name in self.environ:
-                env[name] = self.environ[name]
-        return env
 
     def _attempt(self, job: _Job) -> tuple[Proposal | None, str]:
         ctx = job.ctx
@@ -290,45 +280,32 @@ class AgentProposer:
                 log_path = self.log_dir / f"agent-{job.number:04d}.log"
             else:
                 log_path = root / "agent.log"
-            started = time.monotonic()
-            timed_out = False
-            with log_path.open("wb") as out:
-                try:
-                    proc = subprocess.Popen(
-                        argv,
-                        cwd=work,
-                        env=self._env(),
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,  # its own process group: killed as a whole
-                    )
-                except OSError as e:
-                    return None, (
-                        f"cannot start {argv[0]!r}: {e}; install the agent CLI or fix "
-                        "[agent] command in autoswarm.toml"
-                    )
-                with self._lock:
-                    self._procs[job.number] = proc
-                if self._closing:
-                    kill_group(proc.pid)
-                try:
-                    code = proc.wait(timeout=self.timeout)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    kill_group(proc.pid)
-                    code = proc.wait()
-                kill_group(proc.pid)  # whatever the agent left behind in its group
-            seconds = time.monotonic() - started
-            output = log_path.read_text(encoding="utf-8", errors="replace")
+            spec = ProcessSpec(
+                argv=tuple(argv),
+                cwd=work,
+                env=self.environ,  # scrubbed by the runner, but for
+                pass_env=self.pass_env,  # the agent CLI's own key, named in [agent] pass_env
+                log_path=log_path,
+                timeout_s=self.timeout,
+            )
+            proc = self._runner.start(spec)
+            if self._closing:  # close() ran while this attempt was starting
+                proc.cancel(grace_s=0)
+            res = proc.wait()
+            assert res is not None
             if self._closing:
                 return None, "stopped"
-            if timed_out:
+            if res.ending is Ending.NOT_STARTED:
+                return None, (
+                    f"{res.error}; install the agent CLI or fix [agent] command in autoswarm.toml"
+                )
+            if res.ending is Ending.TIMED_OUT:
                 return None, f"timed out after {self.timeout:g}s (raise [agent] timeout)"
-            if code != 0:
+            output = log_path.read_text(encoding="utf-8", errors="replace")
+            if res.exit_code != 0:
                 tail = " ".join(output.strip().splitlines()[-3:])[-300:]
-                return None, f"exit code {code}: {tail or '(no output)'}"
-            return self._proposal(job, work, before, output, seconds, code)
+                return None, f"exit code {res.exit_code}: {tail or '(no output)'}"
+            return self._proposal(job, work, before, output, res.duration_s, 0)
         finally:
             shutil.rmtree(root, ignore_errors=True)
 

@@ -1,4 +1,4 @@
-"""Contract suites: every Backend and every Proposer must pass these.
+"""Contract suites: every Backend, every Proposer and every user of the process runner pass these.
 
 Subclass in a test module and provide the factory::
 
@@ -8,19 +8,32 @@ Subclass in a test module and provide the factory::
 Backend jobs say what to do through ``CONTRACT_BEHAVIOUR`` (ok, fail, hang) in
 their environment; a real backend runs :data:`CONTRACT_SCRIPT`, a fake one reads
 the variable (see :func:`fake_contract_outcome`).
+
+:class:`ProcessContract` is what every process autoswarm starts gets, checked at the
+surface of whoever starts it (the runner itself, a backend, the Ray slot worker, the
+agent proposer): subclass it and implement ``launch`` (a :class:`Launched` for a
+:class:`~autoswarm.process.ProcessSpec`); :class:`RunnerLaunch` and
+:class:`BackendLaunch` are the launches of the runner and of any backend.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
 from autoswarm.backends.base import Backend
 from autoswarm.backends.fake import Outcome
+from autoswarm.process import ProcessRunner, ProcessSpec
 from autoswarm.proposers.base import Context, Proposer
 from autoswarm.types import Direction, Experiment, Job, Kind, RunResult, Status
 
@@ -208,10 +221,289 @@ class ProposerContract:
             p.close()
 
 
+# ---------------------------------------------------------------------------
+# The process runner, and every user of it
+
+PROCESS_SCRIPT = """\
+import json, os, subprocess, sys, time
+b = os.environ["CONTRACT_BEHAVIOUR"]
+# A child in the same process group: whatever ends this process must end it too.
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+pids = os.environ["CONTRACT_PIDS"]
+with open(pids + ".tmp", "w") as f:
+    f.write(f"{os.getpid()} {child.pid}\\n")
+os.replace(pids + ".tmp", pids)
+print("HEAD-MARKER")
+print("ENV>" + json.dumps(sorted(os.environ)) + "<ENV", flush=True)
+if os.path.exists("train.py"):  # an agent's scratch copy: edit it, as an agent would
+    with open("train.py", "a") as f:
+        f.write("# edited by the contract script\\n")
+if b == "hang":
+    time.sleep(3600)
+if b == "flood":
+    sys.stdout.write(("x" * 99 + "\\n") * int(os.environ["CONTRACT_FLOOD_LINES"]))
+if b == "fail":
+    print("Traceback (most recent call last):\\nValueError: broken on purpose", flush=True)
+    sys.exit(3)
+print("---")
+print("val_bpb: 1.234500")
+"""
+
+_SECRETS = {
+    "OPENAI_API_KEY": "sk-contract-secret",
+    "HF_TOKEN": "hf_contract_secret",
+    "MY_SERVICE_PASSWORD": "contract-secret",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessOutcome:
+    """What a user of the process runner reported about one process, in common terms.
+
+    ``exit_code`` is None when that user does not report it (or it never started).
+    """
+
+    exit_code: int | None
+    timed_out: bool
+    cancelled: bool
+    duration_s: float
+    log: str
+    error: str = ""
+
+
+class Launched(Protocol):
+    """One process started through some user of the runner."""
+
+    def cancel(self) -> None:
+        """Stop it the way that user stops a process."""
+        ...
+
+    def outcome(self, limit: float) -> ProcessOutcome:
+        """Wait up to ``limit`` seconds for its end (AssertionError if it does not come)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the launch made (backend, proposer, runner)."""
+        ...
+
+
+class RunnerLaunch:
+    """:class:`ProcessContract`'s launch on a fresh :class:`~autoswarm.process.ProcessRunner`."""
+
+    def __init__(self, spec: ProcessSpec) -> None:
+        self.runner = ProcessRunner()
+        self.proc = self.runner.start(spec)
+
+    def cancel(self) -> None:
+        self.proc.cancel(grace_s=1.0)
+
+    def outcome(self, limit: float) -> ProcessOutcome:
+        r = self.proc.wait(limit)
+        assert r is not None, f"no result within {limit}s"
+        return ProcessOutcome(
+            exit_code=r.exit_code,
+            timed_out=r.timed_out,
+            cancelled=r.cancelled,
+            duration_s=r.duration_s,
+            log=r.log_path.read_text(errors="replace"),
+            error=r.error,
+        )
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+class BackendLaunch:
+    """:class:`ProcessContract`'s launch as a job in slot 0 of ``backend`` (closed by close)."""
+
+    def __init__(self, backend: Backend, spec: ProcessSpec) -> None:
+        assert spec.timeout_s is not None
+        self.backend = backend
+        self.job = Job(
+            experiment_id=1,
+            workdir=spec.cwd,
+            argv=spec.argv,
+            env=dict(spec.env),
+            timeout_s=spec.timeout_s,
+            slot=0,
+            log_path=spec.log_path,
+            budget_s=1.0,
+        )
+        backend.submit(self.job)
+
+    def cancel(self) -> None:
+        self.backend.cancel(self.job.experiment_id)
+
+    def outcome(self, limit: float) -> ProcessOutcome:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            for r in self.backend.poll(timeout=0.1):
+                assert r.experiment_id == self.job.experiment_id
+                return ProcessOutcome(
+                    exit_code=r.exit_code,
+                    timed_out=r.timed_out,
+                    cancelled=r.cancelled,
+                    duration_s=r.duration_s,
+                    log=r.log_path.read_text(errors="replace"),
+                    error=r.error,
+                )
+        raise AssertionError(f"no result within {limit}s")
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _gone(pid: int, limit: float = 5.0) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+class ProcessContract:
+    """What every process autoswarm starts gets, whoever starts it (see autoswarm.process)."""
+
+    timeout_s = 1.5  # the hang test waits this long
+    log_max_bytes = 50_000  # the cap the launch's user applies (override if it has its own)
+
+    def launch(self, spec: ProcessSpec) -> Launched:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _spec(
+        self,
+        tmp_path: Path,
+        behaviour: str,
+        *,
+        timeout_s: float = 60.0,
+        env: Mapping[str, str] | None = None,
+        argv: tuple[str, ...] | None = None,
+    ) -> ProcessSpec:
+        script = tmp_path / "contract_process.py"
+        script.write_text(PROCESS_SCRIPT)
+        workdir = tmp_path / "work"
+        workdir.mkdir(exist_ok=True)
+        return ProcessSpec(
+            argv=argv or (sys.executable, str(script)),
+            cwd=workdir,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "CONTRACT_BEHAVIOUR": behaviour,
+                "CONTRACT_PIDS": str(tmp_path / "pids"),
+                "CONTRACT_FLOOD_LINES": str(4 * self.log_max_bytes // 100),
+                **(env or {}),
+            },
+            log_path=tmp_path / "logs" / "process.log",
+            timeout_s=timeout_s,
+            log_max_bytes=self.log_max_bytes,
+        )
+
+    def _pids(self, tmp_path: Path, limit: float = 30.0) -> tuple[int, int]:
+        """The process's pid and its child's, once it has written them."""
+        path = tmp_path / "pids"
+        deadline = time.monotonic() + limit
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                pid, child = (int(x) for x in path.read_text().split())
+                return pid, child
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"the process did not start within {limit}s")
+            time.sleep(0.02)
+
+    def _run(self, spec: ProcessSpec, limit: float = 60.0) -> ProcessOutcome:
+        launched = self.launch(spec)
+        try:
+            return launched.outcome(limit)
+        finally:
+            launched.close()
+
+    @pytest.fixture(autouse=True)
+    def _no_leftovers(self, tmp_path: Path) -> Iterator[None]:
+        yield
+        # Whatever a failing test left running must not outlive it.
+        with contextlib.suppress(AssertionError):
+            for pid in self._pids(tmp_path, limit=0.0):
+                if _alive(pid):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+
+    def test_exit_zero_and_the_children_it_left_are_killed(self, tmp_path: Path) -> None:
+        out = self._run(self._spec(tmp_path, "ok"))
+        assert out.exit_code == 0 and not out.timed_out and not out.cancelled, out
+        assert not out.error and "val_bpb: 1.234500" in out.log
+        pid, child = self._pids(tmp_path)
+        assert _gone(pid) and _gone(child), "a child left behind by a finished process must die"
+
+    def test_non_zero_exit(self, tmp_path: Path) -> None:
+        out = self._run(self._spec(tmp_path, "fail"))
+        assert out.exit_code == 3 and not out.timed_out and not out.cancelled, out
+        assert "broken on purpose" in out.log
+
+    def test_a_hung_process_and_its_child_are_killed_at_the_timeout(self, tmp_path: Path) -> None:
+        out = self._run(self._spec(tmp_path, "hang", timeout_s=self.timeout_s))
+        assert out.timed_out and not out.cancelled and out.exit_code != 0, out
+        assert out.duration_s == pytest.approx(self.timeout_s, abs=2.0)
+        assert f"killed after the {self.timeout_s:g}s timeout" in out.log
+        pid, child = self._pids(tmp_path)
+        assert _gone(pid), "the process survived its timeout"
+        assert _gone(child), "the process's child survived the timeout"
+
+    def test_a_log_over_the_cap_is_cut_with_a_marker(self, tmp_path: Path) -> None:
+        out = self._run(self._spec(tmp_path, "flood"))
+        assert out.exit_code == 0, out
+        assert len(out.log.encode()) <= self.log_max_bytes + 200
+        assert out.log.startswith("HEAD-MARKER\n")
+        assert "bytes of log cut here]" in out.log
+        assert out.log.endswith("---\nval_bpb: 1.234500\n")  # the tail is kept
+
+    def test_the_environment_has_no_credentials(self, tmp_path: Path) -> None:
+        out = self._run(self._spec(tmp_path, "ok", env={**_SECRETS, "CONTRACT_VISIBLE": "1"}))
+        assert out.exit_code == 0, out
+        seen = set(json.loads(out.log.split("ENV>", 1)[1].split("<ENV", 1)[0]))
+        assert not seen & set(_SECRETS), seen & set(_SECRETS)
+        assert "CONTRACT_VISIBLE" in seen and "PATH" in seen
+        assert "contract-secret" not in out.log and "contract_secret" not in out.log
+
+    def test_cancel_kills_the_process_and_its_child(self, tmp_path: Path) -> None:
+        launched = self.launch(self._spec(tmp_path, "hang"))
+        try:
+            pid, child = self._pids(tmp_path)
+            started = time.monotonic()
+            launched.cancel()
+            out = launched.outcome(30.0)
+        finally:
+            launched.close()
+        assert out.cancelled and not out.timed_out, out
+        assert time.monotonic() - started < 10
+        assert _gone(pid) and _gone(child)
+
+    def test_a_command_that_cannot_start_is_an_outcome(self, tmp_path: Path) -> None:
+        missing = str(tmp_path / "no-such-command")
+        out = self._run(self._spec(tmp_path, "ok", argv=(missing, "x")))
+        assert out.exit_code is None and not out.timed_out, out
+        assert f"could not start {missing}" in out.error
+
+
 __all__ = [
     "CONTRACT_SCRIPT",
+    "PROCESS_SCRIPT",
     "BackendContract",
+    "BackendLaunch",
+    "Launched",
+    "ProcessContract",
+    "ProcessOutcome",
     "ProposerContract",
+    "RunnerLaunch",
     "contract_context",
     "fake_contract_outcome",
 ]

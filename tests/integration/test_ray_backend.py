@@ -1,10 +1,11 @@
 """The Ray backend on a real local Ray cluster that this module starts (and stops by pid).
 
 One head node with 32 logical CPUs, 16 logical GPUs and two tier resources (12 ``h100``,
-4 ``h200``) is shared by every test here. What is shown: the backend contract, 16 slots
-in two tiers pinned to their resources and GPUs, a killed worker retried on the slot's
-restarted actor, cancel (own jobs and orphans), timeouts that kill the whole process
-group, and a restarted orchestrator re-attaching to a job started by one that died.
+4 ``h200``) is shared by every test here. What is shown: the backend and process
+contracts, 16 slots in two tiers pinned to their resources and GPUs, a killed worker
+retried on the slot's restarted actor, cancel (own jobs and orphans), timeouts that kill
+the whole process group, and a restarted orchestrator re-attaching to a job started by
+one that died.
 
 Run: .venv/bin/pytest -q tests/integration/test_ray_backend.py
 """
@@ -32,7 +33,13 @@ from autoswarm.backends.ray import RayBackend, read_snapshot, slot_spec, write_s
 from autoswarm.bench.systems import run_local  # noqa: E402
 from autoswarm.config import Config, PoolConfig, RunConfig, TierConfig  # noqa: E402
 from autoswarm.errors import ConfigError  # noqa: E402
-from autoswarm.testing.contract import BackendContract  # noqa: E402
+from autoswarm.process import ProcessSpec  # noqa: E402
+from autoswarm.testing.contract import (  # noqa: E402
+    BackendContract,
+    BackendLaunch,
+    Launched,
+    ProcessContract,
+)
 from autoswarm.testing.raycluster import LocalRayCluster  # noqa: E402
 from autoswarm.types import Job, RunResult  # noqa: E402
 
@@ -151,6 +158,20 @@ class TestRayContract(BackendContract):
 
     def make_backend(self, slots: int) -> Backend:
         return RayBackend([CPU] * slots, address=self.address, kill_grace_s=1.0)
+
+
+class TestRayProcessContract(ProcessContract):
+    """Every process contract, through the backend: Ray ships the job to the slot actor."""
+
+    @pytest.fixture(autouse=True)
+    def _on_cluster(self, cluster: LocalRayCluster) -> None:
+        self.address = cluster.address
+
+    def launch(self, spec: ProcessSpec) -> Launched:
+        backend = RayBackend(
+            [CPU], address=self.address, kill_grace_s=1.0, log_max_bytes=self.log_max_bytes
+        )
+        return BackendLaunch(backend, spec)
 
 
 def test_is_a_reattachable_backend(tiered: RayBackend) -> None:
