@@ -22,7 +22,7 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 class Status(enum.Enum):
-    """Where an experiment is in its life. Finished states never change again."""
+    """Where an experiment is in its life. Finished states change only by a later verdict: a keep can be revoked (KEEP -> REVOKED), a slowed baseline repeat discarded."""
 
     QUEUED = (
         "queued"  # recorded, waiting for a slot (also: re-queued after a crash of the orchestrator)

@@ -3,10 +3,11 @@
 Monte Carlo over :mod:`autoswarm.judge` exactly as the scheduler drives it (screen, the
 fresh-seed confirmations, the second look), in units of the baseline's σ: a candidate
 whose true value is ``gain`` σ better than the baseline, with ``spread`` × its noise,
-compared with three baseline runs, the noise model fitted on the baseline and
+compared with five baseline runs (``baseline_repeats``), the noise model fitted on the baseline and
 ``earlier`` repeated commits of three runs each (how much the run has measured so far)
 plus the candidate's own runs. A kept candidate is then re-measured as a run does it:
-``confirm_runs`` re-measurements (``best_runs`` = 0), then the three end-of-run
+re-measurements until its bar rests on as many fresh runs as the baseline has
+(``best_runs`` = 0, five baseline runs), then the three end-of-run
 validation runs (``final_runs`` with several slots), each reviewed as it comes in
 (:func:`autoswarm.judge.review`); the table gives what still stands after each. Run
 with ``autoswarm bench rule``.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from autoswarm.judge import Action, Rule, judge, noise_model, review, screen
 
 FINAL_RUNS = 3  # the end-of-run validation with several slots (final_runs = -1)
+BASELINE_RUNS = 5  # baseline_repeats
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ def _candidate(
     if j.action is not Action.KEEP:
         return 0, len(values)
     runs, decided, reached = len(values), len(values), 1
-    for stage, more in ((2, rule.confirm_runs), (3, FINAL_RUNS)):
+    remeasure = max(0, len(base) - (decided - 1))  # best_runs = baseline_repeats
+    for stage, more in ((2, remeasure), (3, FINAL_RUNS)):
         for _ in range(more):
             values.append(draw())
             noise = noise_model([*groups, values])
@@ -90,7 +93,8 @@ def keep_rates(
                 reached = [0, 0, 0, 0]
                 runs = 0
                 for _ in range(count):
-                    groups = [[rng.gauss(0, 1) for _ in range(3)] for _ in range(n + 1)]
+                    groups = [[rng.gauss(0, 1) for _ in range(BASELINE_RUNS)]]
+                    groups += [[rng.gauss(0, 1) for _ in range(3)] for _ in range(n)]
                     got, r = _candidate(rule, gain, spread, groups, rng)
                     reached[got] += 1
                     runs += r
