@@ -58,7 +58,7 @@ def lr_diff(old: str, new: str) -> str:
 
 
 def test_external_agent_drives_a_real_run(tmp_path: Path) -> None:
-    ws = make_workspace(tmp_path / "ws", budget=0.3)
+    ws = make_workspace(tmp_path / "ws", budget=0.3, baseline_repeats=3)
     toml = ws / "autoswarm.toml"
     text = toml.read_text().replace("confirm_runs = 2", "confirm_runs = 0")
     toml.write_text(text.replace("best_runs = 0", "best_runs = 1"))

@@ -73,7 +73,7 @@ def cli(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
-    ws = make_workspace(tmp_path / "ws", budget=1.5)
+    ws = make_workspace(tmp_path / "ws", budget=1.5, baseline_repeats=3)
     proc = start_run(ws, "--workers", "2", "--max-experiments", "12", "--tag", "t")
     final = ("keep", "discard", "crash", "rejected")
     wait_for(
@@ -159,7 +159,7 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_marks_running_interrupted_then_resume_finishes(tmp_path: Path) -> None:
-    ws = make_workspace(tmp_path / "ws", budget=2.0)
+    ws = make_workspace(tmp_path / "ws", budget=2.0, baseline_repeats=3)
     proc = start_run(ws, "--workers", "2", "--max-experiments", "8", "--tag", "t")
     wait_for(lambda: sum(r["status"] == "running" for r in rows(ws)) == 2)
     proc.send_signal(signal.SIGINT)
@@ -187,7 +187,7 @@ def test_ctrl_c_marks_running_interrupted_then_resume_finishes(tmp_path: Path) -
 
 
 def test_second_orchestrator_on_the_same_workspace_is_refused(tmp_path: Path) -> None:
-    ws = make_workspace(tmp_path / "ws", budget=3.0)
+    ws = make_workspace(tmp_path / "ws", budget=3.0, baseline_repeats=3)
     first = start_run(ws, "--workers", "1", "--max-experiments", "3", "--tag", "t")
     try:
         wait_for(lambda: any(r["status"] == "running" for r in rows(ws)))

@@ -72,7 +72,7 @@ def marking_train_py(marks: Path) -> str:
 
 def ray_workspace(root: Path, pool_toml: str, *, budget: float, marks: Path) -> Path:
     marks.mkdir(parents=True, exist_ok=True)
-    ws = make_workspace(root, train_py=marking_train_py(marks), budget=budget)
+    ws = make_workspace(root, train_py=marking_train_py(marks), budget=budget, baseline_repeats=3)
     with (ws / "autoswarm.toml").open("a") as f:
         f.write("\n" + pool_toml)
     subprocess.run(
