@@ -33,7 +33,7 @@ pytest.importorskip("ray")
 
 from autoswarm.backends.factory import make_backend
 from autoswarm.backends.ray import _POOL_OPTIONS, RayBackend, slot_spec
-from autoswarm.config import load_config
+from autoswarm.config import load_config, with_overrides
 from autoswarm.ledger import Ledger
 from autoswarm.outputs import TSV_HEADER, status_record, tsv_rows
 from autoswarm.scheduler import Scheduler
@@ -124,7 +124,7 @@ options = {{ resources = {{ h200 = 1 }} }}
 """
     marks = tmp_path / "marks"
     root = ray_workspace(tmp_path / "ws", pool, budget=1.0, marks=marks)
-    cfg = load_config(root)
+    cfg = with_overrides(load_config(root), best_runs=2)  # written for a bar on its 2 confirmations
     ws = Workspace(root, cfg)
     backend = make_backend(cfg, workspace_root=ws.root, state_dir=ws.state_dir)
     assert isinstance(backend, RayBackend) and backend.capacity() == 4
@@ -166,7 +166,7 @@ options = {{ resources = {{ h200 = 1 }} }}
     assert all(p.meta.get("promoted") is True and p.tier == "h200" for p in promos)
     assert all(p.commit == lr.commit and p.status is Status.KEEP for p in promos)
     assert sorted(p.seed for p in promos) == [lr.seed + 1, lr.seed + 2]
-    # Its bar rests on those two fresh runs (best_runs = confirm_runs): no re-measurement;
+    # Its bar rests on those two fresh runs (best_runs = 2 here): no re-measurement;
     # the proposer exhausted, the best is validated at the end (final_runs: 3 with several
     # slots), on the tier it was kept on, with the next seeds.
     again = [e for e in rows if e.meta.get("replicates")]
