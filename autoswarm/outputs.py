@@ -10,17 +10,17 @@ finish, so a reader never sees half a file.
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from autoswarm.analysis.noise import Baseline, baseline_of, groups_of
 from autoswarm.config import Config, PoolConfig
 from autoswarm.costs import cost_by_tier, experiment_cost, prices_of, total_cost
+from autoswarm.judge import Noise, Rule, noise_model, standard_error
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.policy import best_of
 from autoswarm.tiers import deciding_tier, tier_key
@@ -151,12 +151,9 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
     by_tier = cost_by_tier(exps, pool, now)
     spent = total_cost(by_tier)
     best = best_of(exps, metric, baseline)
-    noise = _noise_record(
-        [e for e in exps if tier_key(pool, e.tier, e.meta.get("tier")) == deciding],
-        metric,
-        run.base_commit,
-        baseline,
-    )
+    on_tier = [e for e in exps if tier_key(pool, e.tier, e.meta.get("tier")) == deciding]
+    model = noise_model(groups_of(on_tier, metric, run.base_commit))
+    noise = _noise_record(model, on_tier, baseline)
     active = [s for s in sessions if s.ended_at is None and now - s.heartbeat_at < 30]
     elapsed = sum(s.seconds for s in sessions)
     for s in active:  # a live session: count up to now, not to its last heartbeat
@@ -207,7 +204,7 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
             "commit": best.commit if best else None,
             "id": best.experiment_id if best else None,
             "description": best_row.description if best_row else None,
-            **_best_evidence(best_row, best.values if best else (), noise),
+            **_best_evidence(best_row, best.values if best else (), model),
         },
         "improvement_pct": (
             100.0 * abs(baseline.mean - best.value) / abs(baseline.mean)
@@ -232,16 +229,12 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
 
 
 def _noise_record(
-    exps: Sequence[Experiment], metric: str, base_commit: str, baseline: Baseline | None
+    noise: Noise, exps: Sequence[Experiment], baseline: Baseline | None
 ) -> dict[str, Any]:
     """σ̂ as the keep rule uses it now (re-estimated from every repeated commit)."""
-    from autoswarm.judge import noise_model
-
-    noise = noise_model(groups_of(exps, metric, base_commit))
     return {
         "sigma": noise.sigma if noise.known else None,
         "df": noise.df,
-        "prior_df": noise.prior_df if math.isfinite(noise.prior_df) else None,
         "groups": noise.groups,
         "unstable": noise.unstable,
         "baseline_sigma": baseline.sigma if baseline and len(baseline.values) > 1 else None,
@@ -251,21 +244,11 @@ def _noise_record(
     }
 
 
-def _best_evidence(
-    row: Experiment | None, values: Sequence[float], noise: Mapping[str, Any]
-) -> dict[str, Any]:
+def _best_evidence(row: Experiment | None, values: Sequence[float], noise: Noise) -> dict[str, Any]:
     """The best's winner's curse (selected vs replicated) and its end-of-run validation."""
-    from autoswarm.judge import Noise, Rule, standard_error
-
     ev = dict(row.meta.get("evidence") or {}) if row is not None else {}
-    sigma = noise.get("sigma")
-    model = Noise(
-        sigma=float(sigma or 0.0),
-        df=float(noise.get("df") or 0.0),
-        prior_df=math.inf if noise.get("prior_df") is None else float(noise["prior_df"]),
-    )
     # With the best's own spread where that is wider than σ̂ (an unstable variant).
-    se = standard_error(Rule(), values, model) if values else None
+    se = standard_error(Rule(), values, noise) if values else None
     return {
         "runs": len(values),
         "selected": ev.get("selected_mean"),

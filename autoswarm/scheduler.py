@@ -1347,9 +1347,11 @@ class Scheduler:
         fresh: dict[str, list[float]] = {}
         kept: list[Experiment] = []
         with self._lock:
+            exps = list(self._all.values())
+        if without:
             exps = [
                 e
-                for e in self._all.values()
+                for e in exps
                 if e.id not in without and int(e.meta.get("confirms", 0) or 0) not in without
             ]
         for e in exps:
