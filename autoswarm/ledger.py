@@ -447,17 +447,29 @@ class Ledger:
         return _experiment(row)
 
     def experiments(
-        self, run_id: int, *, statuses: Sequence[Status] | None = None, since_id: int = 0
+        self,
+        run_id: int,
+        *,
+        statuses: Sequence[Status] | None = None,
+        since_id: int = 0,
+        summary: bool = False,
     ) -> list[Experiment]:
-        """Experiments of a run in id order, optionally filtered by status."""
-        sql = "SELECT * FROM experiments WHERE run_id=? AND id>?"
+        """Experiments of a run in id order, optionally filtered by status.
+
+        ``summary``: for a view over the whole run that reads a few facts of each row
+        (``autoswarm status``): the rows come without their diff, and each one's meta is
+        parsed when first read (a long run's rows are mostly meta, and parsing all of it
+        was most of the time ``status`` took).
+        """
+        columns = _SUMMARY_COLUMNS if summary else "*"
+        sql = f"SELECT {columns} FROM experiments WHERE run_id=? AND id>?"
         args: list[Any] = [run_id, since_id]
         if statuses:
             sql += f" AND status IN ({','.join('?' * len(statuses))})"
             args += [s.value for s in statuses]
         with self._lock:
             rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
-        return [_experiment(r) for r in rows]
+        return [_experiment(r, summary=summary) for r in rows]
 
     def attempts(self, exp_id: int) -> int:
         with self._lock:
@@ -575,18 +587,76 @@ def _jsonable(v: float) -> float | str:
     return v
 
 
-def _experiment(row: sqlite3.Row) -> Experiment:
+# Every column but the diff (Ledger.experiments(summary=True)).
+_SUMMARY_COLUMNS = (
+    "id, run_id, kind, status, parent, commit_sha, description, proposer, seed, slot, "
+    "metrics, metric, created_at, started_at, finished_at, log_path, reason, meta, tier"
+)
+_KINDS = {k.value: k for k in Kind}
+_STATUSES = {s.value: s for s in Status}
+
+
+class _LazyJSON(Mapping[str, Any]):
+    """A JSON object of the ledger, parsed when first read.
+
+    Asked for a plain key (an identifier, as every meta key autoswarm reads is) that its
+    text does not contain in quotes, it answers without parsing: the ledger writes meta
+    with ``json.dumps``, which spells such a key as itself between quotes.
+    """
+
+    __slots__ = ("_text", "_value")
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._value: dict[str, Any] | None = None
+
+    def _data(self) -> dict[str, Any]:
+        if self._value is None:
+            self._value = json.loads(self._text)
+        return self._value
+
+    def _absent(self, key: object) -> bool:
+        return (
+            self._value is None
+            and isinstance(key, str)
+            and key.isascii()
+            and key.isidentifier()
+            and f'"{key}"' not in self._text
+        )
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return default if self._absent(key) else self._data().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return not self._absent(key) and key in self._data()
+
+    def __getitem__(self, key: str) -> Any:
+        if self._absent(key):
+            raise KeyError(key)
+        return self._data()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+    def __repr__(self) -> str:
+        return repr(self._data())
+
+
+def _experiment(row: sqlite3.Row, *, summary: bool = False) -> Experiment:
     metrics = {k: float(v) for k, v in json.loads(row["metrics"]).items()}
     return Experiment(
         id=row["id"],
         run_id=row["run_id"],
-        kind=Kind(row["kind"]),
-        status=Status(row["status"]),
+        kind=_KINDS.get(row["kind"]) or Kind(row["kind"]),
+        status=_STATUSES.get(row["status"]) or Status(row["status"]),
         parent=row["parent"],
         commit=row["commit_sha"],
         description=row["description"],
         proposer=row["proposer"],
-        diff=row["diff"],
+        diff="" if summary else row["diff"],
         seed=row["seed"],
         slot=row["slot"],
         metrics=metrics,
@@ -595,7 +665,7 @@ def _experiment(row: sqlite3.Row) -> Experiment:
         finished_at=row["finished_at"],
         log_path=row["log_path"],
         reason=row["reason"],
-        meta=json.loads(row["meta"]),
+        meta=_LazyJSON(row["meta"]) if summary else json.loads(row["meta"]),
         tier=row["tier"],
     )
 

@@ -137,7 +137,7 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
     cfg = run.config
     metric = cfg.get("metric", {}).get("name", "val_bpb")
     repeats = int(cfg.get("run", {}).get("baseline_repeats", 3))
-    exps = ledger.experiments(run.id)
+    exps = ledger.experiments(run.id, summary=True)  # meta parsed only where it is read
     sessions = ledger.sessions(run.id)
     counts = {s.value: 0 for s in Status}
     for e in exps:
