@@ -441,7 +441,9 @@ class Ledger:
 
     def get(self, exp_id: int) -> Experiment:
         with self._lock:
-            row = self._conn.execute("SELECT * FROM experiments WHERE id=?", (exp_id,)).fetchone()
+            row = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM experiments WHERE id=?", (exp_id,)
+            ).fetchone()
         if row is None:
             raise LedgerError(f"no experiment with id {exp_id} in {self.path}")
         return _experiment(row)
@@ -461,14 +463,16 @@ class Ledger:
         parsed when first read (a long run's rows are mostly meta, and parsing all of it
         was most of the time ``status`` took).
         """
-        columns = _SUMMARY_COLUMNS if summary else "*"
+        columns = _SUMMARY_COLUMNS if summary else _COLUMNS
         sql = f"SELECT {columns} FROM experiments WHERE run_id=? AND id>?"
         args: list[Any] = [run_id, since_id]
         if statuses:
             sql += f" AND status IN ({','.join('?' * len(statuses))})"
             args += [s.value for s in statuses]
         with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+            cur = self._conn.cursor()
+            cur.row_factory = None  # plain tuples (read by position): a run has many rows
+            rows = cur.execute(sql + " ORDER BY id", args).fetchall()
         return [_experiment(r, summary=summary) for r in rows]
 
     def attempts(self, exp_id: int) -> int:
@@ -551,7 +555,9 @@ class Ledger:
     def find(self, exp_id: int) -> Experiment | None:
         """The experiment with this id, or None (``get`` raises instead)."""
         with self._lock:
-            row = self._conn.execute("SELECT * FROM experiments WHERE id=?", (exp_id,)).fetchone()
+            row = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM experiments WHERE id=?", (exp_id,)
+            ).fetchone()
         return None if row is None else _experiment(row)
 
 
@@ -587,11 +593,15 @@ def _jsonable(v: float) -> float | str:
     return v
 
 
-# Every column but the diff (Ledger.experiments(summary=True)).
-_SUMMARY_COLUMNS = (
-    "id, run_id, kind, status, parent, commit_sha, description, proposer, seed, slot, "
-    "metrics, metric, created_at, started_at, finished_at, log_path, reason, meta, tier"
+# The columns an Experiment is read from, in the order _experiment reads them; a summary
+# row (Ledger.experiments(summary=True)) has an empty diff.
+_FIELDS = (
+    *("id", "run_id", "kind", "status", "parent", "commit_sha", "diff", "description"),
+    *("proposer", "seed", "slot", "metrics", "created_at", "started_at", "finished_at"),
+    *("log_path", "reason", "meta", "tier"),
 )
+_COLUMNS = ", ".join(_FIELDS)
+_SUMMARY_COLUMNS = ", ".join("'' AS diff" if c == "diff" else c for c in _FIELDS)
 _KINDS = {k.value: k for k in Kind}
 _STATUSES = {s.value: s for s in Status}
 
@@ -645,28 +655,30 @@ class _LazyJSON(Mapping[str, Any]):
         return repr(self._data())
 
 
-def _experiment(row: sqlite3.Row, *, summary: bool = False) -> Experiment:
-    metrics = {k: float(v) for k, v in json.loads(row["metrics"]).items()}
+def _experiment(row: Sequence[Any], *, summary: bool = False) -> Experiment:
+    """An Experiment from a row of ``_COLUMNS`` (a tuple or an sqlite3.Row)."""
+    id_, run_id, kind, status, parent, commit, diff, description, proposer, seed, slot = row[:11]
+    metrics, created_at, started_at, finished_at, log_path, reason, meta, tier = row[11:]
     return Experiment(
-        id=row["id"],
-        run_id=row["run_id"],
-        kind=_KINDS.get(row["kind"]) or Kind(row["kind"]),
-        status=_STATUSES.get(row["status"]) or Status(row["status"]),
-        parent=row["parent"],
-        commit=row["commit_sha"],
-        description=row["description"],
-        proposer=row["proposer"],
-        diff="" if summary else row["diff"],
-        seed=row["seed"],
-        slot=row["slot"],
-        metrics=metrics,
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        log_path=row["log_path"],
-        reason=row["reason"],
-        meta=_LazyJSON(row["meta"]) if summary else json.loads(row["meta"]),
-        tier=row["tier"],
+        id=id_,
+        run_id=run_id,
+        kind=_KINDS.get(kind) or Kind(kind),
+        status=_STATUSES.get(status) or Status(status),
+        parent=parent,
+        commit=commit,
+        description=description,
+        proposer=proposer,
+        diff=diff,
+        seed=seed,
+        slot=slot,
+        metrics={k: float(v) for k, v in json.loads(metrics).items()},
+        created_at=created_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        log_path=log_path,
+        reason=reason,
+        meta=_LazyJSON(meta) if summary else json.loads(meta),
+        tier=tier,
     )
 
 
