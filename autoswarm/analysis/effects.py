@@ -187,18 +187,24 @@ def estimate_effects(
             y, coded, factors, interactions, known_sigma
         )
 
-    terms: list[Effect] = []
-    for idx, name in enumerate(names):
-        if name is None:
-            continue
+    rows = [(idx, name) for idx, name in enumerate(names) if name is not None]
+    zs = []
+    for idx, _ in rows:
         est, err = 2.0 * params[idx], 2.0 * se[idx]
-        z = est / err if err > 0 else math.nan
-        if not math.isfinite(z):
-            p = math.nan
-        elif source == "sigma":
-            p = float(2.0 * stats.norm.sf(abs(z)))
-        else:
-            p = float(2.0 * stats.t.sf(abs(z), df_resid))
+        zs.append(est / err if err > 0 else math.nan)
+    # The p-values in one call (scipy's per-call overhead is most of a one-wave fit).
+    finite = [abs(z) for z in zs if math.isfinite(z)]
+    if not finite:
+        sf = np.zeros(0)
+    elif source == "sigma":
+        sf = stats.norm.sf(np.array(finite))
+    else:
+        sf = stats.t.sf(np.array(finite), df_resid)
+    tails = iter(sf)
+    terms: list[Effect] = []
+    for (idx, name), z in zip(rows, zs, strict=True):
+        est, err = 2.0 * params[idx], 2.0 * se[idx]
+        p = float(2.0 * next(tails)) if math.isfinite(z) else math.nan
         cols = [factors.index(f) for f in name]
         n = int(np.sum(np.all(coded[:, cols] != 0, axis=1)))
         terms.append(Effect(":".join(name), name, float(est), float(err), float(z), p, n))
@@ -237,7 +243,7 @@ def _fit_ols(
     interactions: bool,
     known_sigma: float | None,
 ) -> _Fit:
-    """One wave: intercept, main effects, interactions by OLS (statsmodels)."""
+    """One wave: intercept, main effects, interactions by OLS (the pseudo-inverse)."""
     # Candidate columns in order of importance: the intercept, main effects,
     # interactions. A column is kept only if it adds rank, so the aliased ones go.
     columns: list[tuple[tuple[str, ...] | None, np.ndarray]] = [(None, np.ones(len(y)))]
@@ -254,25 +260,44 @@ def _fit_ols(
         elif name is not None:
             dropped.append(":".join(name))
     X = np.column_stack([c for _, c in kept])
-
-    from statsmodels.regression.linear_model import OLS  # slow import: only when fitting
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fit = OLS(y, X).fit()
-        params = np.asarray(fit.params, dtype=float)
-        df_resid = round(float(fit.df_resid))
-        if known_sigma is not None:
-            cov = known_sigma**2 * np.asarray(fit.normalized_cov_params, dtype=float)
-            se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-            source = "sigma"
-        elif df_resid > 0:
-            se = np.asarray(fit.bse, dtype=float)
-            source = "residual"
-        else:
-            se = np.full(len(params), math.nan)
-            source = "none"
+    pinv, singular = _pinv(X)
+    params = np.dot(pinv, y)
+    normalized_cov = np.dot(pinv, np.transpose(pinv))
+    df = float(X.shape[0]) - int(np.linalg.matrix_rank(np.diag(singular)))
+    df_resid = round(df)
+    if known_sigma is not None:
+        cov = known_sigma**2 * normalized_cov
+        se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        source = "sigma"
+    elif df_resid > 0:
+        resid = y - np.dot(X, params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            se = np.sqrt(np.diag(normalized_cov * (np.dot(resid, resid) / df)))
+        source = "residual"
+    else:
+        se = np.full(len(params), math.nan)
+        source = "none"
     return [name for name, _ in kept], params, se, df_resid, source, dropped
+
+
+def _pinv(x: np.ndarray, rcond: float = 1e-15) -> tuple[np.ndarray, np.ndarray]:
+    """The pseudo-inverse of ``x`` and its singular values, as statsmodels computes them.
+
+    ``statsmodels.OLS(y, X).fit()`` (method "pinv", which this fit used) is
+    ``params = pinv·y``, ``normalized_cov_params = pinv·pinvᵀ``, ``df_resid = n - rank``
+    and ``bse = sqrt(diag(normalized_cov_params · residᵀresid / df_resid))`` with this
+    pinv (its ``tools.pinv_extended``); the same operations in the same order give the
+    same numbers (tests/unit/test_effects.py compares them bit for bit) without its
+    model and results objects, which cost more than the fit of one wave (a resumed
+    run re-analyses each of its waves) and two seconds of imports.
+    """
+    u, s, vt = np.linalg.svd(x.conjugate(), False)
+    singular = np.copy(s)
+    cutoff = rcond * np.maximum.reduce(s)
+    for i in range(min(u.shape[0], vt.shape[1])):
+        s[i] = 1.0 / s[i] if s[i] > cutoff else 0.0
+    return np.dot(np.transpose(vt), np.multiply(s[:, np.newaxis], np.transpose(u))), singular
 
 
 def _fit_within(

@@ -212,3 +212,40 @@ def test_thousands_of_waves_fit_in_a_moment() -> None:
     a = table.get("A")
     assert a is not None and abs(a.estimate - TRUE["A"]) < 4 * a.stderr
     assert table.df_resid == len(rows) - 3000 - 6
+
+
+@pytest.mark.parametrize("sigma", [SIGMA, None])
+def test_one_wave_fit_is_statsmodels_ols_bit_for_bit(sigma: float | None) -> None:
+    # One wave is fitted by the pseudo-inverse as statsmodels' OLS(...).fit() does it
+    # (without its objects): the same numbers to the last bit, so the factorial
+    # proposer's decisions are what they were.
+    import warnings
+
+    from statsmodels.regression.linear_model import OLS
+
+    from autoswarm.analysis.effects import _candidates, _fit_ols
+
+    rng = np.random.default_rng(11)
+    designs = [ff2n(2), ff2n(3), fracfact("a b ab"), fracfact("a b c abc"), ff2n(4)]
+    for i in range(60):
+        design = designs[i % len(designs)]
+        factors = tuple("ABCD"[: design.shape[1]])
+        reps = 1 + i % 3
+        coded = np.tile(design, (reps, 1))[: len(design) * reps - (i % 2)]
+        y = 1.0 + coded @ rng.normal(0, 0.02, coded.shape[1]) + rng.normal(0, SIGMA, len(coded))
+        names, params, se, df_resid, source, _ = _fit_ols(y, coded, factors, i % 4 != 0, sigma)
+        cols = {n: c for n, c in _candidates(coded, factors, i % 4 != 0)}
+        X = np.column_stack([np.ones(len(y)) if n is None else cols[n] for n in names])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = OLS(y, X).fit()
+            bse = np.asarray(fit.bse)
+        assert np.array_equal(params, np.asarray(fit.params))
+        assert df_resid == round(float(fit.df_resid))
+        if sigma is not None:
+            ref = np.sqrt(np.clip(np.diag(sigma**2 * fit.normalized_cov_params), 0.0, None))
+            assert source == "sigma" and np.array_equal(se, ref)
+        elif df_resid > 0:
+            assert source == "residual" and np.array_equal(se, bse)
+        else:
+            assert source == "none" and np.isnan(se).all()
