@@ -3,7 +3,7 @@
 A *wave* is a two-level design around one centre (see
 :mod:`autoswarm.proposers.factorial`): every run sets each factor to a coded level
 -1 (one step down) or +1 (one step up). This module fits, by ordinary least squares
-(statsmodels)::
+(the pseudo-inverse, computed as statsmodels' OLS computes it)::
 
     y = Σ_g α_g·[wave = g]  +  Σ_i β_i·x_i  +  Σ_{i<j} β_ij·x_i·x_j  +  ε
 
