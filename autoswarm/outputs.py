@@ -145,20 +145,16 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
     pool = pool_from_record(cfg)
     # With tiers, each tier has its own baseline: report the one whose results advance the branch.
     deciding = deciding_tier(pool)
-    baseline = baseline_of(
-        [e for e in exps if tier_key(pool, e.tier, e.meta.get("tier")) == deciding],
-        metric,
-        repeats,
+    on_deciding = (
+        [e for e in exps if tier_key(pool, e.tier, e.meta.get("tier")) == deciding]
+        if pool.tiers
+        else exps  # without tiers every experiment is on the implicit tier
     )
+    baseline = baseline_of(on_deciding, metric, repeats)
     by_tier = cost_by_tier(exps, pool, now)
     spent = total_cost(by_tier)
     best = best_of(exps, metric, baseline)
-    noise = _noise_record(
-        [e for e in exps if tier_key(pool, e.tier, e.meta.get("tier")) == deciding],
-        metric,
-        run.base_commit,
-        baseline,
-    )
+    noise = _noise_record(on_deciding, metric, run.base_commit, baseline)
     active = [s for s in sessions if s.ended_at is None and now - s.heartbeat_at < 30]
     elapsed = sum(s.seconds for s in sessions)
     for s in active:  # a live session: count up to now, not to its last heartbeat
