@@ -18,6 +18,7 @@ Tables::
 
 from __future__ import annotations
 
+import gc
 import json
 import sqlite3
 import threading
@@ -122,6 +123,23 @@ class SessionRecord:
     def seconds(self) -> float:
         end = self.ended_at if self.ended_at is not None else self.heartbeat_at
         return max(0.0, end - self.started_at)
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused (rows have no reference cycles to collect).
+
+    Building a long run's rows makes millions of objects, and every one of the collector's
+    passes over the ones made so far costs more than the last: with it running, reading
+    100,000 experiments took 40% longer.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _retry_locked(op: Callable[[], object], patience_s: float = 30.0) -> None:
@@ -464,16 +482,20 @@ class Ledger:
         was most of the time ``status`` took).
         """
         columns = _SUMMARY_COLUMNS if summary else _COLUMNS
-        sql = f"SELECT {columns} FROM experiments WHERE run_id=? AND id>?"
+        # Without a status filter, "+run_id" keeps SQLite off the (run_id, status) index:
+        # through it, every row of the run is found and then sorted by id (half a second
+        # at 100,000); walking the ids from since_id needs no sort and reads only the tail.
+        sql = f"SELECT {columns} FROM experiments WHERE +run_id=? AND id>?"
         args: list[Any] = [run_id, since_id]
         if statuses:
+            sql = f"SELECT {columns} FROM experiments WHERE run_id=? AND id>?"
             sql += f" AND status IN ({','.join('?' * len(statuses))})"
             args += [s.value for s in statuses]
-        with self._lock:
+        with self._lock, _no_gc():
             cur = self._conn.cursor()
             cur.row_factory = None  # plain tuples (read by position): a run has many rows
             rows = cur.execute(sql + " ORDER BY id", args).fetchall()
-        return [_experiment(r, summary=summary) for r in rows]
+            return [_experiment(r, summary=summary) for r in rows]
 
     def attempts(self, exp_id: int) -> int:
         with self._lock:
