@@ -187,9 +187,9 @@ def estimate_effects(
             y, coded, factors, interactions, known_sigma
         )
 
-    rows = [(idx, name) for idx, name in enumerate(names) if name is not None]
+    estimated = [(idx, name) for idx, name in enumerate(names) if name is not None]
     zs = []
-    for idx, _ in rows:
+    for idx, _ in estimated:
         est, err = 2.0 * params[idx], 2.0 * se[idx]
         zs.append(est / err if err > 0 else math.nan)
     # The p-values in one call (scipy's per-call overhead is most of a one-wave fit).
@@ -202,7 +202,7 @@ def estimate_effects(
         sf = stats.t.sf(np.array(finite), df_resid)
     tails = iter(sf)
     terms: list[Effect] = []
-    for (idx, name), z in zip(rows, zs, strict=True):
+    for (idx, name), z in zip(estimated, zs, strict=True):
         est, err = 2.0 * params[idx], 2.0 * se[idx]
         p = float(2.0 * next(tails)) if math.isfinite(z) else math.nan
         cols = [factors.index(f) for f in name]
@@ -229,7 +229,9 @@ def _candidates(
     coded: np.ndarray, factors: tuple[str, ...], interactions: bool
 ) -> list[tuple[tuple[str, ...], np.ndarray]]:
     """Main-effect then interaction columns, in the order they are offered to the fit."""
-    columns = [((f,), coded[:, i]) for i, f in enumerate(factors)]
+    columns: list[tuple[tuple[str, ...], np.ndarray]] = [
+        ((f,), coded[:, i]) for i, f in enumerate(factors)
+    ]
     if interactions:
         for i, j in combinations(range(len(factors)), 2):
             columns.append(((factors[i], factors[j]), coded[:, i] * coded[:, j]))

@@ -295,7 +295,11 @@ class _History:
 
     def _baseline(self, base: str) -> None:
         files = {"train.py": TRAIN_PY}
-        meta = {"fingerprint": fingerprint(files), "dedup": dedup_key(files), "knobs": dict(_START)}
+        meta: dict[str, Any] = {
+            "fingerprint": fingerprint(files),
+            "dedup": dedup_key(files),
+            "knobs": dict(_START),
+        }
         values: list[float] = []
         ids: list[int] = []
         for i in range(self.cfg.run.baseline_repeats):
@@ -357,10 +361,10 @@ class _History:
             settings = {f: w.levels[f][0 if s < 0 else 1] for f, s in design.items()}
             signs = " ".join("+" if s > 0 else "-" for s in design.values())
             desc = f"wave {w.id} [{signs}]: " + _describe(best, settings)
-            meta = {"wave": w.id, "design": design, "settings": settings, "step": 1}
+            point = {"wave": w.id, "design": design, "settings": settings, "step": 1}
             if not w.points:
                 self.wave = None
-            return {**best, **settings}, desc, "factorial", meta
+            return {**best, **settings}, desc, "factorial", point
         if self.wave_id and self.rng.random() < 0.03:  # a combination of an earlier wave
             names = self.rng.sample(sorted(_GRID), 2)
             settings = {k: self._step(k, best[k], self.rng.choice((1, -1))) for k in names}
