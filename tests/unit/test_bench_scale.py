@@ -97,7 +97,7 @@ def test_status_results_and_resume_succeed_on_it(built: scale.Built, tmp_path: P
     for m in list(by.values())[1:]:
         assert m["experiments"] == N and m["wall_s"] > 0 and m["cpu_s"] > 0
         assert m["peak_rss_mb"] > 0
-    assert by["status"]["goal_s"] == 1.0 and by["resume"]["goal_s"] == 10.0
+    assert by["status"]["goal_s"] == 1.0 and by["resume-first"]["goal_s"] == 10.0
     # The resume probe filled every slot: the orphans first, then the proposer's variants.
     assert by["resume"]["extra"]["slots_busy"] == scale.WORKERS
     assert by["resume-first"]["wall_s"] <= by["resume"]["wall_s"]
