@@ -82,8 +82,13 @@ def experiment_cost(
         end = now
     else:
         return Cost()
-    price = prices.get(tier_key(pool, e.tier, e.meta.get("tier")), Price())
+    price = prices.get(_tier_of(e, pool), Price())
     return slot_cost(price, end - e.started_at)
+
+
+def _tier_of(e: Experiment, pool: PoolConfig) -> str:
+    # Without tiers, the implicit one (and no need to look into the meta of every row).
+    return tier_key(pool, e.tier, e.meta.get("tier")) if pool.tiers else IMPLICIT
 
 
 def cost_by_tier(
@@ -95,7 +100,7 @@ def cost_by_tier(
     for e in experiments:
         c = experiment_cost(e, pool, prices, now)
         if c.experiments:
-            key = tier_key(pool, e.tier, e.meta.get("tier"))
+            key = _tier_of(e, pool)
             out[key] = out.get(key, Cost()) + c
     return out
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 import statistics
 from collections.abc import Sequence
@@ -190,6 +191,15 @@ class Verdict:
 
 
 def _var(values: Sequence[float]) -> float:
+    return _variance(tuple(values))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _variance(values: tuple[float, ...]) -> float:
+    # statistics.variance is exact (rational arithmetic) and slow: a run of 100,000
+    # experiments has some 25,000 repeated commits, and the noise model (per result, and
+    # in `status`) reads each one's variance three times. Between two results only one
+    # commit's runs change, so the others' come from here.
     return statistics.variance(values) if len(values) > 1 else 0.0
 
 

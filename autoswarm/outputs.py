@@ -136,24 +136,24 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
     """Everything ``autoswarm status --json`` prints, derived from the ledger alone."""
     cfg = Config.from_record(run.config)
     metric, repeats, pool = cfg.metric.name, cfg.run.baseline_repeats, cfg.pool
-    exps = ledger.experiments(run.id)
+    exps = ledger.experiments(run.id, summary=True)  # meta parsed only where it is read
     sessions = ledger.sessions(run.id)
     counts = {s.value: 0 for s in Status}
     for e in exps:
         counts[e.status.value] += 1
     # With tiers, each tier has its own baseline: report the one whose results advance the branch.
     deciding = deciding_tier(pool)
-    baseline = baseline_of(
-        [e for e in exps if tier_key(pool, e.tier, e.meta.get("tier")) == deciding],
-        metric,
-        repeats,
+    on_deciding = (
+        [e for e in exps if tier_key(pool, e.tier, e.meta.get("tier")) == deciding]
+        if pool.tiers
+        else exps  # without tiers every experiment is on the implicit tier
     )
+    baseline = baseline_of(on_deciding, metric, repeats)
     by_tier = cost_by_tier(exps, pool, now)
     spent = total_cost(by_tier)
     best = best_of(exps, metric, baseline)
-    on_tier = [e for e in exps if tier_key(pool, e.tier, e.meta.get("tier")) == deciding]
-    model = noise_model(groups_of(on_tier, metric, run.base_commit))
-    noise = _noise_record(model, on_tier, baseline)
+    model = noise_model(groups_of(on_deciding, metric, run.base_commit))
+    noise = _noise_record(model, on_deciding, baseline)
     active = [s for s in sessions if s.ended_at is None and now - s.heartbeat_at < 30]
     elapsed = sum(s.seconds for s in sessions)
     for s in active:  # a live session: count up to now, not to its last heartbeat

@@ -34,6 +34,7 @@ import concurrent.futures
 import dataclasses
 import difflib
 import fcntl
+import gc
 import math
 import os
 import shutil
@@ -261,7 +262,16 @@ class Scheduler:
             self._last_beat = now
             try:
                 self._recover()
-                self._rebuild()
+                # The rows rebuilt from the ledger live as long as the run: kept out of the
+                # cyclic collector's passes (a long run's rows are millions of objects).
+                collecting = gc.isenabled()
+                gc.disable()
+                try:
+                    self._rebuild()
+                finally:
+                    gc.freeze()  # gc.unfreeze() when the run ends
+                    if collecting:
+                        gc.enable()
                 if reproduce is not None:
                     self._start_reproduce(reproduce)
                 else:
@@ -278,6 +288,7 @@ class Scheduler:
                 self._shutdown(reason)
             return RunOutcome(run=run, reason=reason, best=self.best, counts=self._counts())
         finally:
+            gc.unfreeze()
             lock.release()
 
     def snapshot(self) -> Snapshot:

@@ -38,13 +38,7 @@ class Status(enum.Enum):
 
     def is_finished(self) -> bool:
         """True for states a resumed run must never run again."""
-        return self in (
-            Status.KEEP,
-            Status.DISCARD,
-            Status.CRASH,
-            Status.REJECTED,
-            Status.REVOKED,
-        )
+        return self in _FINISHED
 
     @property
     def tsv(self) -> str:
@@ -54,6 +48,10 @@ class Status(enum.Enum):
         if self is Status.REVOKED:
             return "discard"
         return "crash"
+
+
+# Asked of every row, often (results.tsv, the live view, a resume): a set, made once.
+_FINISHED = frozenset((Status.KEEP, Status.DISCARD, Status.CRASH, Status.REJECTED, Status.REVOKED))
 
 
 class Kind(enum.Enum):

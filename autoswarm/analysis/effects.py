@@ -3,14 +3,16 @@
 A *wave* is a two-level design around one centre (see
 :mod:`autoswarm.proposers.factorial`): every run sets each factor to a coded level
 -1 (one step down) or +1 (one step up). This module fits, by ordinary least squares
-(statsmodels)::
+(the pseudo-inverse, computed as statsmodels' OLS computes it)::
 
     y = Σ_g α_g·[wave = g]  +  Σ_i β_i·x_i  +  Σ_{i<j} β_ij·x_i·x_j  +  ε
 
 with one intercept per wave (each wave has its own centre, so its own level), the
 main effects and every estimable two-way interaction. Interaction columns that are
 aliased in the data (a resolution III/IV fraction, a partial wave) are dropped by a
-rank check, so a rank-deficient design never crashes the fit.
+rank check, so a rank-deficient design never crashes the fit. With several waves the
+intercepts are not columns: each wave's mean is subtracted instead (the same fit, see
+``_fit_within``), so a run's thousands of waves cost no more than one.
 
 **Convention.** An effect is the change of the metric when a factor goes from its
 -1 level to its +1 level, i.e. ``2·β`` (for an interaction: half the difference
@@ -176,58 +178,33 @@ def estimate_effects(
     if coded.size == 0:
         coded = np.zeros((len(data), 0))
 
-    # Candidate columns in order of importance: wave intercepts, main effects,
-    # interactions. A column is kept only if it adds rank, so the aliased ones go.
-    columns: list[tuple[tuple[str, ...] | None, np.ndarray]] = [
-        (None, np.array([1.0 if g == grp else 0.0 for _, _, g in data])) for grp in groups
-    ]
-    columns += [((f,), coded[:, i]) for i, f in enumerate(factors)]
-    if interactions:
-        for i, j in combinations(range(len(factors)), 2):
-            columns.append(((factors[i], factors[j]), coded[:, i] * coded[:, j]))
-    kept: list[tuple[tuple[str, ...] | None, np.ndarray]] = []
-    dropped: list[str] = []
-    rank = 0
-    for name, col in columns:
-        trial = np.column_stack([c for _, c in kept] + [col])
-        r = int(np.linalg.matrix_rank(trial))
-        if r > rank:
-            kept.append((name, col))
-            rank = r
-        elif name is not None:
-            dropped.append(":".join(name))
-    X = np.column_stack([c for _, c in kept])
+    if len(groups) > 1:
+        names, params, se, df_resid, source, dropped = _fit_within(
+            y, coded, [g for _, _, g in data], groups, factors, interactions, known_sigma
+        )
+    else:
+        names, params, se, df_resid, source, dropped = _fit_ols(
+            y, coded, factors, interactions, known_sigma
+        )
 
-    from statsmodels.regression.linear_model import OLS  # slow import: only when fitting
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fit = OLS(y, X).fit()
-        params = np.asarray(fit.params, dtype=float)
-        df_resid = round(float(fit.df_resid))
-        if known_sigma is not None:
-            cov = known_sigma**2 * np.asarray(fit.normalized_cov_params, dtype=float)
-            se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-            source = "sigma"
-        elif df_resid > 0:
-            se = np.asarray(fit.bse, dtype=float)
-            source = "residual"
-        else:
-            se = np.full(len(params), math.nan)
-            source = "none"
-
-    terms: list[Effect] = []
-    for idx, (name, _) in enumerate(kept):
-        if name is None:
-            continue
+    estimated = [(idx, name) for idx, name in enumerate(names) if name is not None]
+    zs = []
+    for idx, _ in estimated:
         est, err = 2.0 * params[idx], 2.0 * se[idx]
-        z = est / err if err > 0 else math.nan
-        if not math.isfinite(z):
-            p = math.nan
-        elif source == "sigma":
-            p = float(2.0 * stats.norm.sf(abs(z)))
-        else:
-            p = float(2.0 * stats.t.sf(abs(z), df_resid))
+        zs.append(est / err if err > 0 else math.nan)
+    # The p-values in one call (scipy's per-call overhead is most of a one-wave fit).
+    finite = [abs(z) for z in zs if math.isfinite(z)]
+    if not finite:
+        sf = np.zeros(0)
+    elif source == "sigma":
+        sf = stats.norm.sf(np.array(finite))
+    else:
+        sf = stats.t.sf(np.array(finite), df_resid)
+    tails = iter(sf)
+    terms: list[Effect] = []
+    for (idx, name), z in zip(estimated, zs, strict=True):
+        est, err = 2.0 * params[idx], 2.0 * se[idx]
+        p = float(2.0 * next(tails)) if math.isfinite(z) else math.nan
         cols = [factors.index(f) for f in name]
         n = int(np.sum(np.all(coded[:, cols] != 0, axis=1)))
         terms.append(Effect(":".join(name), name, float(est), float(err), float(z), p, n))
@@ -241,6 +218,148 @@ def estimate_effects(
         se_source=source,
         dropped=tuple(dropped),
     )
+
+
+# One fit's result: the column names (None = an intercept), coefficients, their standard
+# errors, residual degrees of freedom, the source of the errors, the terms dropped.
+_Fit = tuple[list[tuple[str, ...] | None], np.ndarray, np.ndarray, int, str, list[str]]
+
+
+def _candidates(
+    coded: np.ndarray, factors: tuple[str, ...], interactions: bool
+) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    """Main-effect then interaction columns, in the order they are offered to the fit."""
+    columns: list[tuple[tuple[str, ...], np.ndarray]] = [
+        ((f,), coded[:, i]) for i, f in enumerate(factors)
+    ]
+    if interactions:
+        for i, j in combinations(range(len(factors)), 2):
+            columns.append(((factors[i], factors[j]), coded[:, i] * coded[:, j]))
+    return columns
+
+
+def _fit_ols(
+    y: np.ndarray,
+    coded: np.ndarray,
+    factors: tuple[str, ...],
+    interactions: bool,
+    known_sigma: float | None,
+) -> _Fit:
+    """One wave: intercept, main effects, interactions by OLS (the pseudo-inverse)."""
+    # Candidate columns in order of importance: the intercept, main effects,
+    # interactions. A column is kept only if it adds rank, so the aliased ones go.
+    columns: list[tuple[tuple[str, ...] | None, np.ndarray]] = [(None, np.ones(len(y)))]
+    columns += _candidates(coded, factors, interactions)
+    kept: list[tuple[tuple[str, ...] | None, np.ndarray]] = []
+    dropped: list[str] = []
+    rank = 0
+    for name, col in columns:
+        trial = np.column_stack([c for _, c in kept] + [col])
+        r = int(np.linalg.matrix_rank(trial))
+        if r > rank:
+            kept.append((name, col))
+            rank = r
+        elif name is not None:
+            dropped.append(":".join(name))
+    X = np.column_stack([c for _, c in kept])
+    pinv, singular = _pinv(X)
+    params = np.dot(pinv, y)
+    normalized_cov = np.dot(pinv, np.transpose(pinv))
+    df = float(X.shape[0]) - int(np.linalg.matrix_rank(np.diag(singular)))
+    df_resid = round(df)
+    if known_sigma is not None:
+        cov = known_sigma**2 * normalized_cov
+        se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        source = "sigma"
+    elif df_resid > 0:
+        resid = y - np.dot(X, params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            se = np.sqrt(np.diag(normalized_cov * (np.dot(resid, resid) / df)))
+        source = "residual"
+    else:
+        se = np.full(len(params), math.nan)
+        source = "none"
+    return [name for name, _ in kept], params, se, df_resid, source, dropped
+
+
+def _pinv(x: np.ndarray, rcond: float = 1e-15) -> tuple[np.ndarray, np.ndarray]:
+    """The pseudo-inverse of ``x`` and its singular values, as statsmodels computes them.
+
+    ``statsmodels.OLS(y, X).fit()`` (method "pinv", which this fit used) is
+    ``params = pinv·y``, ``normalized_cov_params = pinv·pinvᵀ``, ``df_resid = n - rank``
+    and ``bse = sqrt(diag(normalized_cov_params · residᵀresid / df_resid))`` with this
+    pinv (its ``tools.pinv_extended``); the same operations in the same order give the
+    same numbers (tests/unit/test_effects.py compares them bit for bit) without its
+    model and results objects, which cost more than the fit of one wave (a resumed
+    run re-analyses each of its waves) and two seconds of imports.
+    """
+    u, s, vt = np.linalg.svd(x.conjugate(), False)
+    singular = np.copy(s)
+    cutoff = rcond * np.maximum.reduce(s)
+    for i in range(min(u.shape[0], vt.shape[1])):
+        s[i] = 1.0 / s[i] if s[i] > cutoff else 0.0
+    return np.dot(np.transpose(vt), np.multiply(s[:, np.newaxis], np.transpose(u))), singular
+
+
+def _fit_within(
+    y: np.ndarray,
+    coded: np.ndarray,
+    labels: Sequence[Hashable],
+    groups: Sequence[Hashable],
+    factors: tuple[str, ...],
+    interactions: bool,
+    known_sigma: float | None,
+) -> _Fit:
+    """Several waves: the same fit as one intercept column per wave, without the columns.
+
+    By the Frisch-Waugh-Lovell theorem, regressing the wave-demeaned metric on the
+    wave-demeaned columns gives the same coefficients, residuals and covariance of the
+    effects as the fit with an intercept per wave; a column adds rank to the intercepts
+    exactly when its demeaned copy adds rank. So a run with thousands of waves costs a
+    fit of a dozen columns, not of thousands: with a column per wave, each rank check was
+    an SVD of every row by every column kept so far, and ``autoswarm status`` took 6 s at
+    10,000 experiments (200 waves) and did not finish in two minutes at 100,000 (2,000
+    waves; docs/bench-scale.md).
+    """
+    index = {g: i for i, g in enumerate(groups)}
+    gi = np.array([index[g] for g in labels])
+    counts = np.bincount(gi, minlength=len(groups)).astype(float)
+
+    def within(col: np.ndarray) -> np.ndarray:
+        return col - (np.bincount(gi, weights=col, minlength=len(groups)) / counts)[gi]
+
+    kept: list[tuple[tuple[str, ...], np.ndarray]] = []
+    dropped: list[str] = []
+    rank = 0
+    for name, col in _candidates(coded, factors, interactions):
+        d = within(col)
+        r = int(np.linalg.matrix_rank(np.column_stack([c for _, c in kept] + [d])))
+        if r > rank:
+            kept.append((name, d))
+            rank = r
+        else:
+            dropped.append(":".join(name))
+    df_resid = len(y) - len(groups) - len(kept)
+    if not kept:
+        return [], np.zeros(0), np.zeros(0), df_resid, "none", dropped
+    X = np.column_stack([c for _, c in kept])
+    yd = within(y)
+    params = np.linalg.pinv(X) @ yd
+    normalized_cov = np.linalg.pinv(X.T @ X)
+    if known_sigma is not None:
+        se = np.sqrt(np.clip(np.diag(known_sigma**2 * normalized_cov), 0.0, None))
+        source = "sigma"
+    elif df_resid > 0:
+        resid = yd - X @ params
+        scale = float(resid @ resid) / df_resid
+        se = np.sqrt(np.clip(np.diag(scale * normalized_cov), 0.0, None))
+        source = "residual"
+    else:
+        se = np.full(len(params), math.nan)
+        source = "none"
+    names: list[tuple[str, ...] | None] = [name for name, _ in kept]
+    return names, params, se, df_resid, source, dropped
 
 
 # ---------------------------------------------------------------------------

@@ -300,3 +300,31 @@ def test_a_second_connection_reads_while_the_first_is_open(tmp_path: Path) -> No
             reader.close()
     finally:
         writer.close()
+
+
+def test_summary_rows_are_the_rows_without_their_diff(ledger: Ledger) -> None:
+    # `status` reads every row of a run but only a few facts of each: summary rows come
+    # without the diff, and their meta is parsed when (and only if) it is read.
+    run = new_run(ledger)
+    meta = {"evidence": {"values": [1.0, 0.99]}, "knobs": {"LR": 0.01}, "tier": "a100"}
+    add(ledger, run.id, diff="--- a/train.py\n+++ b/train.py\n", meta=meta)
+    add(ledger, run.id, kind=Kind.CONFIRM, meta={"confirms": 1, "z_before": None})
+    add(ledger, run.id, status=Status.REJECTED, reason="changes nothing")
+    full = ledger.experiments(run.id)
+    summary = ledger.experiments(run.id, summary=True)
+    assert [replace(e, diff="") for e in full] == summary
+    assert summary[0].diff == "" and full[0].diff.startswith("---")
+    first, confirm, rejected = summary
+    assert first.meta.get("tier") == "a100" and first.meta["knobs"] == {"LR": 0.01}
+    assert first.meta == meta and dict(first.meta) == meta and len(first.meta) == 3
+    assert "evidence" in first.meta and "design" not in first.meta
+    assert first.meta.get("design") is None and first.meta.get("design", 7) == 7
+    with pytest.raises(KeyError):
+        _ = first.meta["design"]
+    assert confirm.meta.get("confirms") == 1 and confirm.meta["z_before"] is None
+    assert dict(rejected.meta) == {} and rejected.meta.get("tier") is None
+    # A key that is not a plain identifier is looked up in the parsed object.
+    odd = add(ledger, run.id, meta={"a b": 1, 'q"uote': 2})
+    [row] = ledger.experiments(run.id, since_id=odd.id - 1, summary=True)
+    assert row.meta.get("a b") == 1 and row.meta['q"uote'] == 2 and "x y" not in row.meta
+    assert repr(row.meta) == repr({"a b": 1, 'q"uote': 2})
