@@ -34,7 +34,7 @@ import pytest
 from autoswarm.backends.base import Backend
 from autoswarm.backends.fake import Outcome
 from autoswarm.process import ProcessRunner, ProcessSpec
-from autoswarm.proposers.base import Context, Proposer
+from autoswarm.proposers.base import Composite, Context, Proposer
 from autoswarm.types import Direction, Experiment, Job, Kind, RunResult, Status
 
 CONTRACT_SCRIPT = """\
@@ -178,7 +178,7 @@ class ProposerContract:
                     assert any(prop.files[f] != ctx.best_files.get(f) for f in prop.files)
                     # A composite proposer (auto, hybrid) hands out its parts' proposals
                     # under their own names, so the ledger says which part made what.
-                    parts = getattr(p, "parts", ())
+                    parts = p.parts if isinstance(p, Composite) else ()
                     assert prop.proposer in {p.name, *(q.name for q in parts)}
             assert p.propose(ctx, 0) == []
         finally:
