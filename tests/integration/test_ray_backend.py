@@ -39,6 +39,7 @@ from autoswarm.testing.contract import (  # noqa: E402
     BackendLaunch,
     Launched,
     ProcessContract,
+    ReattachableContract,
 )
 from autoswarm.testing.raycluster import LocalRayCluster  # noqa: E402
 from autoswarm.types import Job, RunResult  # noqa: E402
@@ -172,6 +173,24 @@ class TestRayProcessContract(ProcessContract):
             [CPU], address=self.address, kill_grace_s=1.0, log_max_bytes=self.log_max_bytes
         )
         return BackendLaunch(backend, spec)
+
+
+class TestRayReattachable(ReattachableContract):
+    """``--resume``'s contract: the slot actors are detached and named by the prefix, so a
+    second backend with the same prefix (a restarted orchestrator) finds them again."""
+
+    @pytest.fixture(autouse=True)
+    def _on_cluster(self, cluster: LocalRayCluster, tmp_path: Path) -> None:
+        self.address = cluster.address
+        self.prefix = f"contract-{os.getpid()}-{tmp_path.name}"
+
+    def make_backend(self, slots: int) -> Backend:
+        return RayBackend(
+            [CPU] * slots, address=self.address, name_prefix=self.prefix, kill_grace_s=1.0
+        )
+
+    def abandon(self, backend: Backend) -> None:
+        pass  # no close(): the detached actors and their processes live on
 
 
 def test_is_a_reattachable_backend(tiered: RayBackend) -> None:

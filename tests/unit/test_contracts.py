@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from autoswarm.backends.base import Backend, Reattachable
-from autoswarm.backends.fake import FakeBackend
+from autoswarm.backends.fake import FakeBackend, Outcome, ReattachableFakeBackend
 from autoswarm.backends.local import LocalBackend
 from autoswarm.clock import FakeClock
 from autoswarm.config import Config, RunConfig
@@ -13,9 +15,15 @@ from autoswarm.proposers.base import Composite, IdlePolling, Proposer
 from autoswarm.proposers.external import ExternalProposer
 from autoswarm.proposers.knobs import KnobProposer, RandomProposer
 from autoswarm.proposers.registry import make_proposer
-from autoswarm.testing.contract import BackendContract, ProposerContract, fake_contract_outcome
+from autoswarm.testing.contract import (
+    BackendContract,
+    ProposerContract,
+    ReattachableContract,
+    fake_contract_outcome,
+)
 from autoswarm.testing.proposers import ScriptedProposer, replace_in
 from autoswarm.testing.synthetic import TRAIN_PY
+from autoswarm.types import Job
 
 
 class TestFakeBackend(BackendContract):
@@ -32,6 +40,25 @@ class TestLocalBackend(BackendContract):
         backend = LocalBackend(slots, gpus=[], kill_grace_s=0.5)
         assert isinstance(backend, Backend)
         return backend
+
+
+class TestReattachableFakeBackend(ReattachableContract):
+    """The fake the scheduler's resume tests use: its "remote" jobs are the survivors dict."""
+
+    @pytest.fixture(autouse=True)
+    def _world(self) -> None:
+        self.clock = FakeClock()
+        self.survivors: dict[int, tuple[float, Outcome]] = {}
+
+    def make_backend(self, slots: int) -> Backend:
+        return ReattachableFakeBackend(slots, self.clock, fake_contract_outcome, self.survivors)
+
+    def abandon(self, backend: Backend) -> None:
+        assert isinstance(backend, ReattachableFakeBackend)
+        self.survivors.update(backend.still_running())
+
+    def until_running(self, backend: Backend, job: Job, limit: float = 30.0) -> None:
+        pass  # a fake job runs from its submission
 
 
 def test_the_local_backend_is_not_reattachable() -> None:

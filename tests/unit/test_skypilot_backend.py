@@ -25,7 +25,7 @@ from autoswarm.backends.skypilot import (
 )
 from autoswarm.backends.skytask import parse_pool
 from autoswarm.config import PoolConfig, TierConfig
-from autoswarm.testing.contract import BackendContract
+from autoswarm.testing.contract import BackendContract, ReattachableContract
 from autoswarm.testing.fakesky import FakeOutcome, FakeSky
 from autoswarm.types import Job, RunResult
 
@@ -127,6 +127,55 @@ class TestSkyPilotContract(BackendContract):
         )
         state = Path(tempfile.mkdtemp(prefix="autoswarm-sky-"))
         return SkyPilotBackend(opts, state_dir=state, sdk=FakeSky(self._outcome))
+
+
+class TestSkyPilotReattachableClusters(ReattachableContract):
+    """``--resume``'s contract on the fake cloud: one FakeSky and state directory per test."""
+
+    mode = "clusters"
+
+    @pytest.fixture(autouse=True)
+    def _world(self, tmp_path: Path) -> None:
+        self.fake = FakeSky(self._outcome)
+        self.state = tmp_path / "state"
+
+    @staticmethod
+    def _outcome(task: Any) -> FakeOutcome:
+        b = task.envs["CONTRACT_BEHAVIOUR"]
+        nap = float(task.envs["CONTRACT_NAP"]) if b == "nap" else 0.05
+        return FakeOutcome(duration=nap, log="---\nval_bpb: 1.234500\n")
+
+    def make_backend(self, slots: int) -> Backend:
+        opts = parse_pool(
+            PoolConfig(
+                backend="skypilot",
+                options={
+                    "mode": self.mode,
+                    "poll_interval_s": 0.05,
+                    "timeout_slack_s": 0,
+                    "forward_env": ["CONTRACT_BEHAVIOUR", "CONTRACT_NAP"],
+                },
+                tiers=(TierConfig(name="h100", accelerator="H100:1", slots=slots),),
+            )
+        )
+        return SkyPilotBackend(opts, state_dir=self.state, tag="t", sdk=self.fake)
+
+    def abandon(self, backend: Backend) -> None:
+        assert isinstance(backend, SkyPilotBackend)
+        backend._stop.set()  # no close(): nothing cancelled or downed
+
+    def until_running(self, backend: Backend, job: Job, limit: float = 30.0) -> None:
+        assert isinstance(backend, SkyPilotBackend)
+        _until(lambda: backend.states[job.experiment_id][-1] is SkyState.RUNNING, limit)
+
+
+class TestSkyPilotReattachableJobs(TestSkyPilotReattachableClusters):
+    mode = "jobs"
+
+    def stale(self, handle: str) -> str:
+        # Managed jobs keep their finished records (adopting one would collect its result):
+        # a stale handle names a job the controller never had.
+        return json.dumps({**json.loads(handle), "job_id": 9999, "name": "autoswarm-t-e9999"})
 
 
 # ---------------------------------------------------------------------------
