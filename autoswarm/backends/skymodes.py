@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from autoswarm.backends.skytask import MODES, SkyOptions, SkyTier
-from autoswarm.errors import BackendCallError
+from autoswarm.errors import AutoswarmError, BackendCallError
 from autoswarm.types import Job
 
 log = logging.getLogger("autoswarm.backends.skypilot")
@@ -56,13 +56,13 @@ def sdk_errors(sdk: Any, what: str, *, hint: str = API_HINT) -> Iterator[None]:
     """Map whatever a SkyPilot SDK call in the block raises to :class:`BackendCallError`.
 
     ``ClusterNotUpError`` and ``ClusterDoesNotExist`` are answers ("that cluster is gone",
-    ``gone=True``); everything else is a failed call. A BackendCallError from a nested
-    boundary passes through unchanged.
+    ``gone=True``); everything else is a failed call. autoswarm's own errors (a nested
+    boundary's BackendCallError) pass through unchanged.
     """
     try:
         yield
-    except BackendCallError:
-        raise
+    except AutoswarmError:
+        raise  # a nested boundary's BackendCallError, or autoswarm's own error: as it is
     except (sdk.exceptions.ClusterNotUpError, sdk.exceptions.ClusterDoesNotExist) as e:
         raise BackendCallError(what, e, hint=hint, gone=True) from e
     except Exception as e:

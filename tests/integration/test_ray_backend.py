@@ -29,10 +29,16 @@ ray = pytest.importorskip("ray")
 
 from autoswarm.backends.base import Backend, Reattachable  # noqa: E402
 from autoswarm.backends.factory import make_backend  # noqa: E402
-from autoswarm.backends.ray import RayBackend, read_snapshot, slot_spec, write_snapshot  # noqa: E402
+from autoswarm.backends.ray import (  # noqa: E402
+    RayBackend,
+    ray_errors,
+    read_snapshot,
+    slot_spec,
+    write_snapshot,
+)
 from autoswarm.bench.systems import run_local  # noqa: E402
 from autoswarm.config import Config, PoolConfig, RunConfig, TierConfig  # noqa: E402
-from autoswarm.errors import ConfigError  # noqa: E402
+from autoswarm.errors import BackendCallError, ConfigError  # noqa: E402
 from autoswarm.process import ProcessSpec  # noqa: E402
 from autoswarm.testing.contract import (  # noqa: E402
     BackendContract,
@@ -191,6 +197,28 @@ class TestRayReattachable(ReattachableContract):
 
     def abandon(self, backend: Backend) -> None:
         pass  # no close(): the detached actors and their processes live on
+
+
+def test_ray_errors_maps_every_failure_to_one_type() -> None:
+    with pytest.raises(BackendCallError) as lost, ray_errors("the result of experiment 1"):
+        raise ray.exceptions.WorkerCrashedError()
+    assert lost.value.gone and lost.value.reason.startswith("WorkerCrashedError: ")
+    assert str(lost.value).startswith("the result of experiment 1 failed (WorkerCrashedError: ")
+    assert str(lost.value).endswith("): check the cluster with `ray status`")
+    with (
+        pytest.raises(BackendCallError) as failed,
+        ray_errors("re-attaching", hint="resume later"),
+    ):
+        raise ValueError("Failed to look up actor with name 'x'")
+    assert not failed.value.gone
+    assert str(failed.value) == (
+        "re-attaching failed (ValueError: Failed to look up actor with name 'x'): resume later"
+    )
+    with (
+        pytest.raises(ConfigError, match="autoswarm's own"),
+        ray_errors("x"),
+    ):  # passes through as it is
+        raise ConfigError("autoswarm's own")
 
 
 def test_is_a_reattachable_backend(tiered: RayBackend) -> None:

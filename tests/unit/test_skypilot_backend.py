@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autoswarm.backends.base import Backend, Reattachable
+from autoswarm.backends.skymodes import sdk_errors
 from autoswarm.backends.skypilot import (
     SkyPilotBackend,
     SkyState,
@@ -25,6 +26,7 @@ from autoswarm.backends.skypilot import (
 )
 from autoswarm.backends.skytask import parse_pool
 from autoswarm.config import PoolConfig, TierConfig
+from autoswarm.errors import BackendCallError, BackendError, ConfigError
 from autoswarm.testing.contract import BackendContract, ReattachableContract
 from autoswarm.testing.fakesky import FakeOutcome, FakeSky
 from autoswarm.types import Job, RunResult
@@ -441,6 +443,82 @@ def test_managed_job_failure(tmp_path: Path) -> None:
         b.close()
     assert r.exit_code == 2 and "managed job ended FAILED" in r.error
     assert "boom" in r.log_path.read_text()
+
+
+# ---------------------------------------------------------------------------
+# The SDK's failures are mapped once (skymodes.sdk_errors) and become data
+
+
+def test_sdk_errors_maps_every_failure_to_one_type() -> None:
+    import sky.exceptions
+
+    fake = FakeSky()
+    with (
+        pytest.raises(BackendCallError) as gone,
+        sdk_errors(fake, "`sky down c`", hint="run it by hand"),
+    ):
+        raise sky.exceptions.ClusterDoesNotExist("cluster c does not exist")
+    assert gone.value.gone
+    assert str(gone.value) == (
+        "`sky down c` failed (ClusterDoesNotExist: cluster c does not exist): run it by hand"
+    )
+    with pytest.raises(BackendCallError) as failed, sdk_errors(fake, "`sky jobs queue`"):
+        raise ConnectionError("refused\nand a long explanation")
+    assert not failed.value.gone and failed.value.reason == "ConnectionError: refused"
+    assert isinstance(failed.value, BackendError) and "`sky api status`" in str(failed.value)
+    with (
+        pytest.raises(ConfigError, match="autoswarm's own"),
+        sdk_errors(fake, "x"),
+    ):  # passes through as it is
+        raise ConfigError("autoswarm's own")
+
+
+@pytest.mark.parametrize("mode", ["clusters", "jobs"])
+def test_failed_status_polls_are_tried_again(tmp_path: Path, mode: str) -> None:
+    fake = FakeSky(lambda task: FakeOutcome(duration=0.2, log=SUMMARY))
+    poll = "jobs.queue_v2" if mode == "jobs" else "job_status"
+    fake.fail_next(poll, 3)
+    b = _backend(tmp_path, fake, mode=mode)
+    try:
+        b.submit(_job(tmp_path, 1))
+        r = _wait(b, 1)[1]
+    finally:
+        b.close()
+    assert r.exit_code == 0 and r.metrics["val_bpb"] == pytest.approx(0.9979) and not r.error
+    assert len(fake.called(poll)) > 3
+    assert b.states[1][-1] is SkyState.SUCCEEDED
+
+
+@pytest.mark.parametrize("mode", ["clusters", "jobs"])
+def test_failed_cancel_and_log_download_are_notes(tmp_path: Path, mode: str) -> None:
+    fake = FakeSky(lambda task: FakeOutcome(duration=None))
+    b = _backend(tmp_path, fake, mode=mode)
+    prefix = "jobs." if mode == "jobs" else ""
+    try:
+        b.submit(_job(tmp_path, 1))
+        _until(lambda: b.states[1][-1] is SkyState.RUNNING)
+        fake.fail_next(prefix + "cancel")
+        fake.fail_next(prefix + "tail_logs")
+        b.cancel(1)
+        r = _wait(b, 1)[1]
+    finally:
+        b.close()
+    assert r.cancelled and not r.metrics
+    text = r.log_path.read_text()
+    assert "autoswarm: cancel failed: ConnectionError: fake: could not reach the API server" in text
+    assert "autoswarm: could not download the log: ConnectionError: fake:" in text
+
+
+def test_a_cluster_that_will_not_go_down_stays_recorded(tmp_path: Path) -> None:
+    fake = FakeSky(lambda task: FakeOutcome(duration=0.02, log=SUMMARY))
+    b = _backend(tmp_path, fake, slots=1)
+    b.submit(_job(tmp_path, 1))
+    _wait(b, 1)
+    fake.fail_next("down")
+    b.close()  # logs the failure; does not raise
+    assert list(read_state(tmp_path / "state")["clusters"]) == ["autoswarm-t-h100-0"]
+    assert down_recorded(tmp_path / "state", sdk=fake) == (["autoswarm-t-h100-0"], [])
+    assert fake.clusters == {}
 
 
 # ---------------------------------------------------------------------------
