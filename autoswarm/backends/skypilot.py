@@ -503,9 +503,8 @@ class SkyPilotBackend:
         try:
             return fut.result(timeout=SYNC_CALL_TIMEOUT_S)
         except FutureTimeout as e:
-            raise BackendCallError(
-                what, e, hint=f"no answer within {SYNC_CALL_TIMEOUT_S:g}s; {API_HINT}"
-            ) from e
+            late = FutureTimeout(f"no answer within {SYNC_CALL_TIMEOUT_S:g}s")
+            raise BackendCallError(what, late, hint=API_HINT) from e
 
     def _completed(self, h: Handle, experiment_id: int) -> Handle:
         """``h`` with the job id the state file recorded if the handle has none."""

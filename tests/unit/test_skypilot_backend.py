@@ -552,6 +552,25 @@ def test_reattach_after_restart(tmp_path: Path, mode: str) -> None:
         assert [c["cluster_name"] for c in fake.called("down")] == ["autoswarm-t-h100-0"]
 
 
+@pytest.mark.parametrize("mode", ["clusters", "jobs"])
+def test_reattach_while_the_api_server_is_down_is_refused(tmp_path: Path, mode: str) -> None:
+    fake = FakeSky(lambda task: FakeOutcome(duration=None))
+    first = _backend(tmp_path, fake, mode=mode)
+    job = _job(tmp_path, 1)
+    handle = first.submit(job)
+    _until(lambda: first.states[1][-1] is SkyState.RUNNING)
+    first._stop.set()
+    second = _backend(tmp_path, fake, mode=mode)
+    try:
+        fake.fail_next("jobs.queue_v2" if mode == "jobs" else "job_status")
+        assert not second.reattach(job, handle), "a failed lookup is a refusal, not a crash"
+        assert second.reattach(job, handle), "and the next try succeeds"
+        fake.finish(fake.job_by_name("autoswarm-t-e1").job_id, log=SUMMARY)
+        assert _wait(second, 1)[1].exit_code == 0
+    finally:
+        second.close()
+
+
 def test_orphan_cancel_by_handle(tmp_path: Path) -> None:
     fake = FakeSky(lambda task: FakeOutcome(duration=None))
     first = _backend(tmp_path, fake, mode="jobs")
