@@ -17,7 +17,7 @@ the baseline repeats run on every tier (each tier has its own baseline and σ), 
 run goes to the cheapest screening tier with a free slot, and a result is only ever
 compared with the best measured *on its own tier*. With a validation tier, a screening
 result whose gain clears the confirm margin is promoted (a CONFIRM row with
-``meta["promoted"]``, run on the validation tier) and only the validation verdict can
+purpose ``Purpose.VALIDATE``, run on the validation tier) and only the validation verdict can
 advance the branch. Costs (tier price × measured duration) count toward --max-cost and
 --max-gpu-hours, which stop dispatching like --time-limit does.
 
@@ -64,7 +64,7 @@ from autoswarm.policy import Best, best_of, kept_chain
 from autoswarm.proposers.base import Context, Proposer, fingerprint
 from autoswarm.sandbox import scrubbed_env
 from autoswarm.tiers import TierPlan, plan_tiers, tier_key
-from autoswarm.types import Experiment, Job, Kind, Proposal, RunResult, Status
+from autoswarm.types import Experiment, Job, Kind, Problem, Proposal, Purpose, RunResult, Status
 from autoswarm.workspace import Workspace
 
 # ---------------------------------------------------------------------------
@@ -409,17 +409,18 @@ class Scheduler:
         self._confirm_ids.clear()
         for e in sorted(exps, key=lambda e: e.id):
             if e.kind is Kind.CONFIRM:
-                self._confirm_ids[int(e.meta["confirms"])].append(e.id)
+                assert e.rerun_of is not None
+                self._confirm_ids[e.rerun_of].append(e.id)
         self._keeps += 1
         self._running = {i: (slot, self._all[i]) for i, slot in self._reattached.items()}
         self._reject_unplaceable()
         exps = list(self._all.values())
         for e in exps:
-            fp = e.meta.get("fingerprint")
+            fp = e.fingerprint
             if fp and e.status is not Status.REJECTED:
                 self._seen.setdefault(str(fp), e.id)
             if e.status is not Status.REJECTED and e.kind is not Kind.CONFIRM and e.commit:
-                key = e.meta.get("dedup") or dedup_key(self._files(e.commit))  # older rows: none
+                key = e.dedup or dedup_key(self._files(e.commit))  # older rows: none
                 self._twins.setdefault(str(key), e.id)
         queued = [e for e in exps if e.status is Status.QUEUED]
         queued.sort(key=lambda e: (e.kind is not Kind.BASELINE, e.id))
@@ -480,12 +481,12 @@ class Scheduler:
                     proposer="baseline",
                     seed=self.cfg.run.seed + i,
                     now=self.clock.now(),
-                    meta={
+                    facts={
                         "fingerprint": fingerprint(files),
                         "dedup": dedup_key(files),
                         "knobs": _knob_values(files),
                     }
-                    | ({"tier": tier} if tier else {}),
+                    | ({"pinned_tier": tier} if tier else {}),
                 )
                 self._all[exp.id] = exp
                 self._seen.setdefault(fingerprint(files), exp.id)
@@ -620,7 +621,7 @@ class Scheduler:
         for exp_id in self._queue:
             if self._final is not None and exp_id not in self._final_ids:
                 continue  # validating the best at the end: nothing else starts
-            pin = self._all[exp_id].meta.get("tier")
+            pin = self._all[exp_id].pinned_tier
             if pin is not None and plan.slot_tiers and pin not in plan.tiers:
                 pin = None  # pinned to a tier the pool no longer has (see _reject_unplaceable)
             wanted = (pin,) if pin is not None else plan.screening
@@ -679,21 +680,22 @@ class Scheduler:
             proposer=p.proposer,
             seed=self.cfg.run.seed,
             now=now,
-            meta={**dict(p.meta), "fingerprint": fp, "dedup": key, "knobs": _knob_values(full)},
+            meta=dict(p.meta),
+            facts={"fingerprint": fp, "dedup": key, "knobs": _knob_values(full)},
         )
         twin = self._seen.get(fp)
         if twin is None:  # near-identical: same code up to layout and comments
             twin = self._twins.get(key)
-        if check.problem and not check.problem.startswith("syntax error"):
+        if check.problem is not None and check.problem is not Problem.SYNTAX:
             exp = self.ledger.add_experiment(
                 status=Status.REJECTED,
                 commit="",
                 diff=_text_diff(self.ws, p),
-                reason=check.problem,
+                reason=check.message,
                 **common,
             )
         elif twin is not None:
-            common["meta"] = {**common["meta"], "duplicate_of": twin}
+            common["facts"] = {**common["facts"], "duplicate_of": twin}
             exp = self.ledger.add_experiment(
                 status=Status.REJECTED,
                 commit="",
@@ -709,9 +711,9 @@ class Scheduler:
             changed = {path: files[path] for path in check.changed}
             commit = self.ws.commit_files(p.parent, changed, f"autoswarm: {common['description']}")
             diff = self.ws.diff(p.parent, commit)
-            if check.problem:  # syntax error: recorded as a crash without spending a slot
+            if check.problem is Problem.SYNTAX:  # a crash, without spending a slot
                 exp = self.ledger.add_experiment(
-                    status=Status.CRASH, commit=commit, diff=diff, reason=check.problem, **common
+                    status=Status.CRASH, commit=commit, diff=diff, reason=check.message, **common
                 )
             else:
                 exp = self.ledger.add_experiment(
@@ -801,11 +803,11 @@ class Scheduler:
                     f"Read its log ({r.log_path}), fix the files so that `python train.py` prints the "
                     f"'---' summary block with '{self.metric}:', commit, and start a new run"
                 )
-            if exp.kind is Kind.CONFIRM and exp.meta.get("replicates"):
+            if exp.is_remeasure:
                 self.proposer.observe(done)  # the kept variant stays kept on its evidence
             elif exp.kind is Kind.CONFIRM:
-                parent = self._all[int(exp.meta["confirms"])]
-                what = "validation" if exp.meta.get("promoted") else "confirmation"
+                parent = self._rerun_parent(exp)
+                what = "validation" if exp.purpose is Purpose.VALIDATE else "confirmation"
                 self._conclude_discard(parent, f"{what} run #{exp.id} crashed: {reason}")
             else:
                 self.proposer.observe(done)
@@ -815,8 +817,8 @@ class Scheduler:
             self.proposer.observe(self._finish(exp, Status.KEEP, r, metrics, ""))
             self._check_baseline(self._tier(exp))
             return
-        if exp.kind is Kind.CONFIRM and exp.meta.get("replicates"):
-            parent = self._all[int(exp.meta["confirms"])]
+        if exp.is_remeasure:
+            parent = self._rerun_parent(exp)
             if parent.status is Status.REVOKED:  # revoked while this one ran
                 why = f"a run of #{parent.id}, whose keep was revoked"
                 self.proposer.observe(self._finish(exp, Status.REVOKED, r, metrics, why))
@@ -825,7 +827,7 @@ class Scheduler:
             self._replicated(self._finish(exp, Status.KEEP, r, metrics, ""))
             return
         if exp.kind is Kind.CONFIRM:
-            parent = self._all[int(exp.meta["confirms"])]
+            parent = self._rerun_parent(exp)
             if parent.status is not Status.PENDING:  # decided while this one ran
                 self.proposer.observe(
                     self._finish(
@@ -881,6 +883,11 @@ class Scheduler:
         )
         for e in pending:
             self._verdict(e)
+
+    def _rerun_parent(self, e: Experiment) -> Experiment:
+        """The experiment a re-run belongs to."""
+        assert e.rerun_of is not None, f"#{e.id} is not a re-run"
+        return self._all[e.rerun_of]
 
     def _confirmations(self, cand: Experiment) -> list[Experiment]:
         """``cand``'s re-runs (confirmation, validation, re-measurement), oldest first."""
@@ -940,10 +947,10 @@ class Scheduler:
         assert self.run_rec is not None
         if cand.status is not Status.PENDING:
             return  # already decided (a sibling re-run crashed and discarded it)
-        confirms = [c for c in self._confirmations(cand) if not c.meta.get("replicates")]
+        confirms = [c for c in self._confirmations(cand) if not c.is_remeasure]
         if any(c.status in (Status.QUEUED, Status.RUNNING, Status.INTERRUPTED) for c in confirms):
             return  # evidence still on its way
-        promoted = [c for c in confirms if c.meta.get("promoted")]
+        promoted = [c for c in confirms if c.purpose is Purpose.VALIDATE]
         rows = promoted if promoted else [cand, *confirms]
         tier = self._tier(rows[0])
         base = self._baselines.get(tier)
@@ -1028,55 +1035,54 @@ class Scheduler:
             missing = min(missing, m - len(self._all))  # --max-experiments counts these too
         self._queue_replicates(cand, missing, "re-measure kept")
 
-    def _queue_replicates(self, cand: Experiment, n: int, what: str, **flags: Any) -> list[int]:
+    def _queue_replicates(
+        self, cand: Experiment, n: int, what: str, purpose: Purpose = Purpose.REPLICATE
+    ) -> list[int]:
         confirms = [c for c in self._confirmations(cand) if c.kind is Kind.CONFIRM]
-        promoted = [c for c in confirms if c.meta.get("promoted")]
+        promoted = [c for c in confirms if c.purpose is Purpose.VALIDATE]
         rows = promoted if promoted else [cand, *confirms]
-        meta: dict[str, Any] = {"confirms": cand.id, "replicates": True, **flags}
+        facts: dict[str, Any] = {"purpose": purpose, "rerun_of": cand.id}
         if tier := self._tier(rows[0]):
-            meta["tier"] = tier
+            facts["pinned_tier"] = tier
         seed = max(e.seed for e in [cand, *confirms]) + 1
         ids = []
         for i in range(n):
-            ids.append(self._queue_rerun(cand, f"{what} #{cand.id}", seed + i, meta))
+            ids.append(self._queue_rerun(cand, f"{what} #{cand.id}", seed + i, facts))
         return ids
 
     def _replicated(self, rep: Experiment) -> None:
         """A re-run of a kept variant is in: its value joins the variant's fresh runs, and
         the keep is reviewed against the bar it replaced (and revoked if it no longer holds)."""
-        cand = self._all[int(rep.meta["confirms"])]
+        cand = self._rerun_parent(rep)
         value = rep.value(self.metric)
-        evidence = dict(cand.meta.get("evidence") or {})
-        fresh = [float(v) for v in evidence.get("fresh") or []]
-        values = [float(v) for v in evidence.get("values") or []]
-        if value is not None and values and cand.status is Status.KEEP:
-            # The runs the keep was decided on; every later one is a replicate.
-            evidence.setdefault("decided_runs", len(values))
-            fresh.append(value)
-            values.append(value)
-            evidence.update(
-                values=values,
-                runs=len(values),
-                mean=statistics.fmean(values),
-                fresh=fresh,
-                replicated_mean=statistics.fmean(fresh),
-            )
-            updated = self._update_meta(cand, {"evidence": evidence})
+        before = cand.evidence
+        if (
+            value is not None
+            and before is not None
+            and before.values
+            and cand.status is Status.KEEP
+        ):
+            # The runs the keep was decided on are remembered (decided_runs); every later
+            # one is a replicate.
+            evidence = before.with_run(value)
+            fresh, values = list(evidence.fresh), list(evidence.values)
+            updated = self._update_facts(cand, {"evidence": evidence})
             standing = updated.status is Status.KEEP
             if standing and self.best is not None and self.best.experiment_id == cand.id:
                 self.best = Best(
                     statistics.fmean(fresh), cand.commit, cand.id, len(fresh), tuple(fresh)
                 )
-            bar = [float(v) for v in evidence.get("bar") or []]
+            bar = list(evidence.bar)
             noise = self._noise(self._tier(rep))
+            assert evidence.decided_runs is not None
             action, why = judge.review(
-                self.rule, fresh, bar, noise, values=values, kept_with=evidence["decided_runs"]
+                self.rule, fresh, bar, noise, values=values, kept_with=evidence.decided_runs
             )
             if standing and action is Action.REVOKE:
                 self._revoke(
                     updated,
                     f"revoked: re-measured at {statistics.fmean(fresh):.6f} on {len(fresh)} fresh "
-                    f"run(s); {why} (#{evidence.get('bar_id')} at {statistics.fmean(bar):.6f})",
+                    f"run(s); {why} (#{evidence.bar_id} at {statistics.fmean(bar):.6f})",
                 )
         self.proposer.observe(rep)
         self._write_outputs()
@@ -1092,8 +1098,7 @@ class Scheduler:
         later = [
             k
             for k in kept_chain(list(self._all.values()), self.metric)
-            if k.id != cand.id
-            and float(k.meta.get("kept_at", 0.0)) >= float(cand.meta.get("kept_at", 0.0))
+            if k.id != cand.id and (k.kept_at or 0.0) >= (cand.kept_at or 0.0)
         ]
         self._set_status(cand, Status.REVOKED, why, {"revoked_at": self.clock.now()})
         self._event(f"#{cand.id} {why}")
@@ -1111,9 +1116,8 @@ class Scheduler:
                 else self.best
             )
             waiting.discard(k.id)
-            ev = dict(k.meta.get("evidence") or {})
-            values = [float(v) for v in ev.get("values") or []]
-            selected = len(ev.get("selected") or [])
+            values = list(k.evidence.values) if k.evidence else []
+            selected = len(k.evidence.selected) if k.evidence else 0
             if bar is None or not values:
                 continue
             v = judge.judge(
@@ -1140,10 +1144,10 @@ class Scheduler:
         self.best = best_of(list(self._all.values()), self.metric, self.baseline)
 
     def _set_status(
-        self, e: Experiment, status: Status, reason: str, meta: Mapping[str, Any]
+        self, e: Experiment, status: Status, reason: str, facts: Mapping[str, Any]
     ) -> Experiment:
         with self._lock:
-            done = self._refinish(e, status, reason, {**e.meta, **meta})
+            done = self._refinish(e, status, reason, facts)
             if status is Status.REVOKED:  # its re-runs were kept with it: withdrawn with it
                 for c in self._confirmations(e):
                     if c.status is Status.KEEP:
@@ -1160,7 +1164,7 @@ class Scheduler:
         e: Experiment,
         status: Status,
         reason: str = "",
-        meta: Mapping[str, Any] | None = None,
+        facts: Mapping[str, Any] | None = None,
     ) -> Experiment:
         """Give a finished row a new status (a verdict, a revocation), keeping its metrics."""
         done = self.ledger.finish(
@@ -1170,7 +1174,7 @@ class Scheduler:
             metric=e.value(self.metric),
             finished_at=e.finished_at or self.clock.now(),
             reason=reason,
-            meta=meta,
+            facts=facts,
         )
         self._all[e.id] = done
         return done
@@ -1190,8 +1194,8 @@ class Scheduler:
         self._all[e.id] = done
         return done
 
-    def _update_meta(self, e: Experiment, meta: Mapping[str, Any]) -> Experiment:
-        return self._set_status(e, e.status, e.reason, meta)
+    def _update_facts(self, e: Experiment, facts: Mapping[str, Any]) -> Experiment:
+        return self._set_status(e, e.status, e.reason, facts)
 
     def _add_reruns(
         self,
@@ -1205,20 +1209,20 @@ class Scheduler:
     ) -> None:
         """Queue ``n`` confirmation (same tier) or validation (another tier) runs of ``cand``,
         with fresh seeds: they are the evidence its verdict, and its bar, rest on."""
-        meta: dict[str, Any] = {
-            "confirms": cand.id,
+        facts: dict[str, Any] = {
+            "purpose": Purpose.VALIDATE if promoted else Purpose.CONFIRM,
+            "rerun_of": cand.id,
             "z_before": ev.t if math.isfinite(ev.t) else None,
         }
         if tier:
-            meta["tier"] = tier
+            facts["pinned_tier"] = tier
         if promoted:
-            meta["promoted"] = True
-            meta["screening"] = ev.as_meta()  # the evidence that earned the promotion
+            facts["screening"] = ev  # the evidence that earned the promotion
         for i in range(n):
             what = f"validate #{cand.id} on {tier}" if promoted else f"confirm #{cand.id}"
-            self._queue_rerun(cand, what, (cand.seed + 1 if seed is None else seed) + i, meta)
+            self._queue_rerun(cand, what, (cand.seed + 1 if seed is None else seed) + i, facts)
 
-    def _queue_rerun(self, cand: Experiment, what: str, seed: int, meta: dict[str, Any]) -> int:
+    def _queue_rerun(self, cand: Experiment, what: str, seed: int, facts: dict[str, Any]) -> int:
         """Record a CONFIRM row re-running ``cand``'s commit with ``seed``, first in the queue."""
         assert self.run_rec is not None
         row = self.ledger.add_experiment(
@@ -1231,7 +1235,7 @@ class Scheduler:
             proposer=cand.proposer,
             seed=seed,
             now=self.clock.now(),
-            meta=meta,
+            facts=facts,
         )
         with self._lock:
             self._all[row.id] = row
@@ -1257,11 +1261,11 @@ class Scheduler:
         cand = self._all.get(best.experiment_id)
         if cand is None or cand.kind is not Kind.CANDIDATE:
             return False  # the baseline is the best: its repeats already measure it
-        if cand.meta.get("validated"):
+        if cand.validated:
             return False
-        self._update_meta(cand, {"validated": True})
+        self._update_facts(cand, {"validated": True})
         self._event(f"validating the best #{cand.id}: {self._final_runs()} more runs, fresh seeds")
-        ids = self._queue_replicates(cand, self._final_runs(), "validate best", final=True)
+        ids = self._queue_replicates(cand, self._final_runs(), "validate best", Purpose.FINAL)
         self._final_ids.update(ids)
         return bool(ids)
 
@@ -1299,15 +1303,11 @@ class Scheduler:
             )
         self._final = "reproduced"
         seed = max(e.seed for e in self._all.values() if e.commit == exp.commit) + 1
-        meta: dict[str, Any] = {
-            "confirms": exp.id,
-            "replicates": True,
-            "reproduce": True,
-        }
+        facts: dict[str, Any] = {"purpose": Purpose.REPRODUCE, "rerun_of": exp.id}
         if r.tier or self._tier(exp):
-            meta["tier"] = r.tier or self._tier(exp)
+            facts["pinned_tier"] = r.tier or self._tier(exp)
         for i in range(r.runs):
-            rid = self._queue_rerun(exp, f"reproduce #{exp.id}", seed + i, meta)
+            rid = self._queue_rerun(exp, f"reproduce #{exp.id}", seed + i, facts)
             self._final_ids.add(rid)
 
     def _event(self, text: str) -> None:
@@ -1321,7 +1321,7 @@ class Scheduler:
 
     def _tier(self, e: Experiment) -> str:
         """Tier key of an experiment: where it ran, else where it is pinned ("" without tiers)."""
-        return tier_key(self.cfg.pool, e.tier, e.meta.get("tier"))
+        return tier_key(self.cfg.pool, e.tier, e.pinned_tier)
 
     def _refresh_baselines(self) -> None:
         """Each tier's own baseline; ``self.baseline`` is the deciding tier's."""
@@ -1360,11 +1360,7 @@ class Scheduler:
         with self._lock:
             exps = list(self._all.values())
         if without:
-            exps = [
-                e
-                for e in exps
-                if e.id not in without and int(e.meta.get("confirms", 0) or 0) not in without
-            ]
+            exps = [e for e in exps if e.id not in without and (e.rerun_of or 0) not in without]
         for e in exps:
             if e.kind is Kind.CANDIDATE and e.status is Status.KEEP:
                 kept.append(e)
@@ -1377,7 +1373,7 @@ class Scheduler:
                 values.setdefault(e.commit, []).append(v)
                 if e.kind is Kind.CONFIRM:
                     fresh.setdefault(e.commit, []).append(v)
-        kept.sort(key=lambda e: (float(e.meta.get("kept_at", e.finished_at or 0.0)), e.id))
+        kept.sort(key=lambda e: (_kept_at(e), e.id))
         order = [self.best] if self.best else []
         for k in reversed(kept):
             order.append(Best(value=0.0, commit=k.commit, experiment_id=k.id))
@@ -1409,7 +1405,7 @@ class Scheduler:
         if not self.cfg.pool.tiers:
             return
         for e in list(self._all.values()):
-            pin = e.meta.get("tier")
+            pin = e.pinned_tier
             if e.status is Status.QUEUED and pin and pin not in self.tiers.used:
                 self._withdraw(e, f"its tier {pin!r} is no longer in [pool]; it cannot run")
 
@@ -1426,21 +1422,21 @@ class Scheduler:
         self, cand: Experiment, status: Status, ev: judge.Evidence | None, reason: str
     ) -> None:
         assert self.run_rec is not None
-        meta: dict[str, Any] = dict(cand.meta)
+        facts: dict[str, Any] = {}
         if ev is not None:
-            meta["evidence"] = ev.as_meta()
-        promoted = [c for c in self._confirmations(cand) if c.meta.get("promoted")]
+            facts["evidence"] = ev
+        promoted = [c for c in self._confirmations(cand) if c.purpose is Purpose.VALIDATE]
         if promoted:
-            meta["screening"] = promoted[0].meta.get("screening")
-            meta["validated_on"] = promoted[0].meta.get("tier", "")
+            facts["screening"] = promoted[0].screening
+            facts["validated_on"] = promoted[0].pinned_tier or ""
         if status is Status.KEEP:
-            meta["kept_at"] = self.clock.now()
+            facts["kept_at"] = self.clock.now()
             self._keeps += 1
         finished_confirms: list[Experiment] = []
         with self._lock:
-            done = self._refinish(cand, status, reason, meta)
+            done = self._refinish(cand, status, reason, facts)
             for c in self._confirmations(cand):
-                if c.status is Status.QUEUED and not c.meta.get("replicates"):
+                if c.status is Status.QUEUED and not c.is_remeasure:
                     self._withdraw(c, f"not run: #{cand.id} was decided without it")
                 if c.status is Status.PENDING:
                     finished_confirms.append(self._refinish(c, status))
@@ -1575,6 +1571,10 @@ class Scheduler:
 
 # Statuses whose value is a measurement of its commit (the noise model's input).
 _MEASURED = (Status.KEEP, Status.DISCARD, Status.PENDING, Status.REVOKED)
+
+
+def _kept_at(e: Experiment) -> float:
+    return e.kept_at if e.kept_at is not None else (e.finished_at or 0.0)
 
 
 def _knob_values(files: Mapping[str, str]) -> dict[str, Any]:
