@@ -14,7 +14,8 @@ import json
 import os
 import statistics
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,48 @@ def write_results_tsv(
 ) -> None:
     text = "\n".join([TSV_HEADER, *tsv_rows(experiments, metric)]) + "\n"
     atomic_write(path, text)
+
+
+class ResultsTsvWriter:
+    """An observer of the run's state: rewrites results.tsv when a row changes.
+
+    At most once a second (a write is O(experiments)): a change inside that second is
+    written by the next :meth:`flush` (the scheduler's loop calls it each turn), and
+    ``flush(force=True)`` writes whatever is pending when the run ends.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        rows: Callable[[], Sequence[Experiment]],
+        metric: str,
+        *,
+        on_write: Callable[[], None] | None = None,
+        interval_s: float = 1.0,
+    ) -> None:
+        self.path = path
+        self.rows = rows
+        self.metric = metric
+        self.on_write = on_write
+        self.interval_s = interval_s
+        self.dirty = False
+        self._written = 0.0
+
+    def changed(self) -> None:
+        self.dirty = True
+        self.flush()
+
+    def flush(self, *, force: bool = False) -> None:
+        if not (self.dirty or force):
+            return
+        now = time.monotonic()
+        if not force and now - self._written < self.interval_s:
+            return
+        write_results_tsv(self.path, self.rows(), self.metric)
+        self._written = now
+        self.dirty = False
+        if self.on_write is not None:
+            self.on_write()
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -298,6 +341,7 @@ def _best_evidence(row: Experiment | None, values: Sequence[float], noise: Noise
 
 __all__ = [
     "TSV_HEADER",
+    "ResultsTsvWriter",
     "atomic_write",
     "effects_record",
     "experiment_record",

@@ -1,6 +1,25 @@
 """The scheduler: the research loop. Decides *when and where* experiments run.
 
-One :meth:`Scheduler.run` call owns a workspace until the run ends::
+One :meth:`Scheduler.run` call owns a workspace until the run ends. The loop itself,
+:meth:`Scheduler._loop`, reads on one screen::
+
+    ask → admit → dispatch      (_fill_slots: Proposer.propose, _admit, _dispatch)
+    on each result: classify → record → judge → apply
+                                (_on_result: _classify, _finish, _verdict, _conclude ...)
+
+over parts with one job each:
+
+- :mod:`autoswarm.lifecycle`: the run lock, opening or resuming the run, recovering
+  what a crash left, reconciling the branch with the ledger;
+- :mod:`autoswarm.run_state`: the run's rows in memory, loaded in one place
+  (:meth:`Scheduler._load`, on start and resume) and kept by ``RunState.record``, which
+  tells the observers (results.tsv: ``outputs.ResultsTsvWriter``; the live view);
+- :mod:`autoswarm.admission`: locked files, duplicates, syntax errors;
+- :mod:`autoswarm.limits`: time, experiments, money and GPU-hours;
+- :mod:`autoswarm.judge`: the keep rule, pure functions whose answers the scheduler
+  applies (re-runs, keeps, discards, revocations, the branch).
+
+The run, step by step::
 
     open or resume the run in the ledger (tag, branch autoswarm/<tag>)
     recover: orphaned and interrupted experiments go back to the queue
@@ -16,8 +35,8 @@ With hardware tiers ([[pool.tiers]], see docs/pools.md) every slot belongs to a 
 the baseline repeats run on every tier (each tier has its own baseline and σ), a first
 run goes to the cheapest screening tier with a free slot, and a result is only ever
 compared with the best measured *on its own tier*. With a validation tier, a screening
-result whose gain clears the confirm margin is promoted (a CONFIRM row with
-purpose ``Purpose.VALIDATE``, run on the validation tier) and only the validation verdict can
+result whose gain clears the confirm margin is promoted (a CONFIRM row with purpose
+``Purpose.VALIDATE``, run on the validation tier) and only the validation verdict can
 advance the branch. Costs (tier price × measured duration) count toward --max-cost and
 --max-gpu-hours, which stop dispatching like --time-limit does.
 
@@ -32,8 +51,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import difflib
-import fcntl
 import gc
 import math
 import os
@@ -45,64 +62,30 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from autoswarm import judge
+from autoswarm import judge, lifecycle
+from autoswarm.admission import Admission, knob_values, one_line
 from autoswarm.analysis.noise import Baseline, baseline_of
 from autoswarm.backends.base import Backend, Reattachable
 from autoswarm.clock import Clock, SystemClock
 from autoswarm.config import Config
-from autoswarm.costs import Cost, cost_by_tier, prices_of, slot_cost, total_cost
+from autoswarm.costs import Cost, cost_by_tier, prices_of
 from autoswarm.dedup import dedup_key
-from autoswarm.errors import BaselineError, RunLockedError, RunStateError
+from autoswarm.errors import BaselineError, RunStateError
 from autoswarm.judge import Action, Noise, Rule, Verdict
-from autoswarm.knobs import knobs_of
 from autoswarm.ledger import Ledger, RunRecord
+from autoswarm.lifecycle import RunLock
+from autoswarm.limits import Limits
 from autoswarm.metrics import crash_reason, read_tail
-from autoswarm.outputs import write_results_tsv
+from autoswarm.outputs import ResultsTsvWriter
 from autoswarm.policy import Best, best_of, kept_chain
 from autoswarm.proposers.base import Context, Proposer, fingerprint
+from autoswarm.run_state import RunState
 from autoswarm.sandbox import scrubbed_env
 from autoswarm.tiers import TierPlan, plan_tiers, tier_key
-from autoswarm.types import Experiment, Job, Kind, Problem, Proposal, Purpose, RunResult, Status
+from autoswarm.types import Experiment, Job, Kind, Proposal, Purpose, RunResult, Status
 from autoswarm.workspace import Workspace
-
-# ---------------------------------------------------------------------------
-# Ownership of a workspace: one orchestrator at a time
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``.autoswarm/run.lock``; the kernel releases it if we die."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "run.lock"
-        self._f: IO[str] | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = self.path.open("a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            owner = f.read().strip() or "unknown"
-            f.close()
-            raise RunLockedError(
-                f"another `autoswarm run` (pid {owner}) is active on this workspace: wait for it, "
-                f"watch it with `autoswarm status`, or stop it with `kill {owner}` (then --resume)"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        self._f = f
-
-    def release(self) -> None:
-        if self._f is not None:
-            fcntl.flock(self._f, fcntl.LOCK_UN)
-            self._f.close()
-            self._f = None
-
 
 # ---------------------------------------------------------------------------
 # What the live view reads
@@ -154,6 +137,16 @@ class RunOutcome:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+class _LiveView:
+    """The observer that tells ``Scheduler.on_change`` (the live view, event lines)."""
+
+    def __init__(self, sched: Scheduler) -> None:
+        self.sched = sched
+
+    def changed(self) -> None:
+        self.sched._changed()
+
+
 # ---------------------------------------------------------------------------
 # The scheduler
 
@@ -193,48 +186,42 @@ class Scheduler:
             min_delta=config.run.min_delta,
         )
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        # State rebuilt from the ledger at start, then kept up to date.
+        # Tiers: known once the backend says how many slots it has.
+        self.tiers: TierPlan = plan_tiers(config.pool, backend.capacity())
+        self.limits = Limits.from_config(config, prices_of(config.pool), self.tiers.screening[0])
+        # The parts (see the module docstring); the state is loaded from the ledger by run().
+        self.state = RunState(config, self._tier)
+        self.admission = Admission(workspace, config)
+        self.results = ResultsTsvWriter(
+            workspace.results_path, self.state.rows, self.metric, on_write=self._changed
+        )
+        self.state.observers += [self.results, _LiveView(self)]
         self.run_rec: RunRecord | None = None
         self._session = 0
-        self._session_start = 0.0
-        self._prior_seconds = 0.0
         self._last_beat = 0.0
-        self._queue: collections.deque[int] = collections.deque()
-        self._running: dict[int, tuple[int, Experiment]] = {}
-        self._all: dict[int, Experiment] = {}
-        self._seen: dict[str, int] = {}
-        self._twins: dict[str, int] = {}  # normalised key (autoswarm.dedup) -> first experiment
-        self._files_cache: dict[str, dict[str, str]] = {}
-        # Indexes that keep per-result work independent of the run's length.
-        self._confirm_ids: dict[int, list[int]] = collections.defaultdict(list)
-        self._best_cache: dict[str, tuple[tuple[Any, ...], Best]] = {}
-        self._keeps = 0  # bumped on every candidate keep (and rebuild): invalidates _best_cache
         # Finished experiments' work directories are removed off the dispatch path; one
         # executor per run() (it is shut down, and waited for, when the run ends).
         self._cleanup: concurrent.futures.ThreadPoolExecutor
-        self._durations: collections.deque[float] = collections.deque(maxlen=50)
-        self._outputs_written = 0.0
-        self._outputs_dirty = False
         self._idle_wait = 0.0
-        self.baseline: Baseline | None = None
-        self.best: Best | None = None
         self._ended = ""
-        # Tiers: known once the backend says how many slots it has (see run()).
-        self.tiers: TierPlan = plan_tiers(config.pool, backend.capacity())
-        self._baselines: dict[str, Baseline | None] = {}
-        self._prices = prices_of(config.pool)
         self._reattached: dict[int, int] = {}  # experiment id -> slot, adopted on --resume
         self._events: collections.deque[tuple[int, str]] = collections.deque(maxlen=50)
         self._event_count = 0
-        # The noise model per tier, re-estimated whenever a commit gets another run.
-        self._groups: dict[str, dict[str, list[float]]] = collections.defaultdict(dict)
-        self._noise_cache: dict[str, tuple[int, Noise]] = {}
-        self._measured = 0
+        # The bars: each tier's baseline, the best, and the best as measured per tier
+        # (cached; _keeps is bumped on every keep, revocation and load to invalidate it).
+        self.baseline: Baseline | None = None
+        self.best: Best | None = None
+        self._baselines: dict[str, Baseline | None] = {}
+        self._best_cache: dict[str, tuple[tuple[Any, ...], Best]] = {}
+        self._keeps = 0
         # End-of-run validation of the best ([run] final_runs) and `autoswarm reproduce`:
         # once started, only rows of that purpose are dispatched.
         self._final: str | None = None  # the reason the run ends, once validation started
         self._final_ids: set[int] = set()
+
+    @property
+    def _lock(self) -> threading.RLock:
+        return self.state.lock
 
     # -- public ----------------------------------------------------------------
 
@@ -251,32 +238,14 @@ class Scheduler:
         self._cleanup = concurrent.futures.ThreadPoolExecutor(1, "autoswarm-cleanup")
         reason = "error"
         try:
-            run = self._open_run(tag, resume or reproduce is not None)
-            self.run_rec = run
-            now = self.clock.now()
-            self._prior_seconds = sum(s.seconds for s in self.ledger.sessions(run.id))
-            self._session = self.ledger.start_session(
-                run.id, pid=os.getpid(), workers=self.backend.capacity(), now=now
-            )
-            self._session_start = now
-            self._last_beat = now
+            run = self._start(tag, resume or reproduce is not None)
             try:
-                self._recover()
-                # The rows rebuilt from the ledger live as long as the run: kept out of the
-                # cyclic collector's passes (a long run's rows are millions of objects).
-                collecting = gc.isenabled()
-                gc.disable()
-                try:
-                    self._rebuild()
-                finally:
-                    gc.freeze()  # gc.unfreeze() when the run ends
-                    if collecting:
-                        gc.enable()
+                self._load()
                 if reproduce is not None:
                     self._start_reproduce(reproduce)
                 else:
                     self._ensure_baseline()
-                self._write_outputs()
+                self.results.changed()
                 reason = self._loop()
             except KeyboardInterrupt:
                 reason = "interrupted"
@@ -286,7 +255,7 @@ class Scheduler:
                 raise
             finally:
                 self._shutdown(reason)
-            return RunOutcome(run=run, reason=reason, best=self.best, counts=self._counts())
+            return RunOutcome(run=run, reason=reason, best=self.best, counts=self.state.counts())
         finally:
             gc.unfreeze()
             lock.release()
@@ -294,22 +263,19 @@ class Scheduler:
     def snapshot(self) -> Snapshot:
         with self._lock:
             slots: list[SlotView | None] = [None] * self.backend.capacity()
-            for exp_id, (slot, exp) in self._running.items():
+            for exp_id, (slot, exp) in self.state.running.items():
                 if 0 <= slot < len(slots):
                     slots[slot] = SlotView(
                         slot, exp_id, exp.description, exp.kind, exp.started_at or 0.0
                     )
-            finished = sorted(
-                (e for e in self._all.values() if e.status.is_finished()),
-                key=lambda e: (e.finished_at or 0.0, e.id),
-            )
+            finished = sorted(self.state.finished(), key=lambda e: (e.finished_at or 0.0, e.id))
             return Snapshot(
                 tag=self.run_rec.tag if self.run_rec else "",
                 slots=tuple(slots),
-                counts=self._counts(),
+                counts=self.state.counts(),
                 best=self.best,
                 baseline=self.baseline,
-                elapsed_s=self._elapsed(self.clock.now()),
+                elapsed_s=self.state.elapsed(self.clock.now()),
                 time_limit_s=self.cfg.run.time_limit,
                 max_experiments=self.cfg.run.max_experiments,
                 recent=tuple(finished[-8:]),
@@ -318,77 +284,28 @@ class Scheduler:
                 events=tuple(self._events),
             )
 
-    # -- opening and recovering a run -----------------------------------------
-
-    def _open_run(self, tag: str | None, resume: bool) -> RunRecord:
-        tag = tag or self.cfg.run.tag or None
-        if resume:
-            run = self.ledger.get_run(tag)
-            if run is None:
-                what = f"tagged {tag!r}" if tag else "at all"
-                raise RunStateError(
-                    f"there is no run {what} to resume in {self.ws.root}: start one with `autoswarm run`"
-                )
-            if not self.ws.ref_exists(f"refs/heads/{run.branch}"):
-                self.ws.ensure_branch(run.branch, run.base_commit)
-            config = self.cfg.to_record()
-            if config != dict(run.config):  # flags of the resuming command (a longer limit, ...)
-                self.ledger.update_run_config(run.id, config)
-                run = self.ledger.get_run(run.tag) or run
-            return run
-        if tag is None:
-            tag = self._fresh_tag()
-        elif self.ledger.get_run(tag) is not None:
-            raise RunStateError(
-                f"a run tagged {tag!r} already exists: continue it with "
-                f"`autoswarm run --resume --tag {tag}`, or choose a new --tag"
-            )
-        dirty = self.ws.dirty_files()
-        if dirty:
-            raise RunStateError(
-                f"{', '.join(dirty)} has uncommitted changes; the baseline must be a commit: "
-                f"`git -C {self.ws.root} commit -am 'my change'` (or `git stash`) and run again"
-            )
-        base = self.ws.head()
-        branch = f"autoswarm/{tag}"
-        if self.ws.ref_exists(f"refs/heads/{branch}"):
-            raise RunStateError(
-                f"branch {branch} already exists but the ledger has no run {tag!r}: "
-                f"choose another --tag or delete it with `git branch -D {branch}`"
-            )
-        self.ws.ensure_branch(branch, base)
-        config = self.cfg.to_record()
-        return self.ledger.create_run(
-            tag=tag, branch=branch, base_commit=base, config=config, now=self.clock.now()
+    def cost(self, now: float | None = None) -> dict[str, Cost]:
+        """Tier key -> dollars and GPU-hours so far (running experiments up to ``now``)."""
+        return cost_by_tier(
+            self.state.rows(), self.cfg.pool, self.clock.now() if now is None else now
         )
 
-    def _fresh_tag(self) -> str:
-        base = time.strftime("%b%d", time.localtime(self.clock.now())).lower()
-        tag, n = base, 1
-        while self.ledger.get_run(tag) is not None or self.ws.ref_exists(
-            f"refs/heads/autoswarm/{tag}"
-        ):
-            n += 1
-            tag = f"{base}-{n}"
-        return tag
+    # -- starting: the run, its recovery, its state --------------------------------
 
-    def _recover(self) -> None:
-        """Orphans (RUNNING from a dead orchestrator) are re-attached if the backend can and
-        they still run; the others are killed and, with interrupted ones, re-queued (same id)."""
-        assert self.run_rec is not None
+    def _start(self, tag: str | None, resume: bool) -> RunRecord:
+        """Open the run (lifecycle.open_run), start this session, recover what a crash left."""
+        run = lifecycle.open_run(self.ws, self.ledger, self.cfg, self.clock, tag, resume)
+        self.run_rec = run
+        now = self.clock.now()
+        self.state.prior_seconds = sum(s.seconds for s in self.ledger.sessions(run.id))
+        self._session = self.ledger.start_session(
+            run.id, pid=os.getpid(), workers=self.backend.capacity(), now=now
+        )
+        self.state.session_start = now
+        self._last_beat = now
         self._reattached = {}
-        for exp in self.ledger.experiments(
-            self.run_rec.id, statuses=[Status.RUNNING, Status.INTERRUPTED]
-        ):
-            if exp.status is Status.RUNNING:
-                handle = self.ledger.handle(exp.id)
-                if handle and self._reattach(exp, handle):
-                    continue
-                self.backend.cancel(exp.id, handle)
-                why = "orphaned by an orchestrator that died; re-queued"
-            else:
-                why = "interrupted; re-queued"
-            self.ledger.requeue(exp.id, reason=why)
+        lifecycle.recover(self.ledger, self.backend, run, self._reattach)
+        return run
 
     def _reattach(self, exp: Experiment, handle: str) -> bool:
         """Offer a still-running orphan to a :class:`Reattachable` backend; True if adopted."""
@@ -402,66 +319,47 @@ class Scheduler:
         self._reattached[exp.id] = exp.slot
         return True
 
-    def _rebuild(self) -> None:
-        assert self.run_rec is not None
-        exps = self.ledger.experiments(self.run_rec.id)
-        self._all = {e.id: e for e in exps}
-        self._confirm_ids.clear()
-        for e in sorted(exps, key=lambda e: e.id):
-            if e.kind is Kind.CONFIRM:
-                assert e.rerun_of is not None
-                self._confirm_ids[e.rerun_of].append(e.id)
-        self._keeps += 1
-        self._running = {i: (slot, self._all[i]) for i, slot in self._reattached.items()}
-        self._reject_unplaceable()
-        exps = list(self._all.values())
-        for e in exps:
-            fp = e.fingerprint
-            if fp and e.status is not Status.REJECTED:
-                self._seen.setdefault(str(fp), e.id)
-            if e.status is not Status.REJECTED and e.kind is not Kind.CONFIRM and e.commit:
-                key = e.dedup or dedup_key(self._files(e.commit))  # older rows: none
-                self._twins.setdefault(str(key), e.id)
-        queued = [e for e in exps if e.status is Status.QUEUED]
-        queued.sort(key=lambda e: (e.kind is not Kind.BASELINE, e.id))
-        self._queue = collections.deque(e.id for e in queued)
-        self._durations.extend(
-            d
-            for e in sorted(exps, key=lambda e: e.finished_at or 0.0)
-            if e.status in (Status.KEEP, Status.DISCARD, Status.PENDING)
-            and (d := e.duration_s) is not None
-        )
-        self._groups.clear()
-        for e in sorted(exps, key=lambda e: e.id):
-            self._measure(e)
-        self._refresh_baselines()
-        self.best = best_of(exps, self.metric, self.baseline)
-        finished = sorted(
-            (e for e in exps if e.status.is_finished()), key=lambda e: (e.finished_at or 0, e.id)
-        )
-        for e in finished:
-            self.proposer.observe(e)
-        self._judge_pending()
-        self._reconcile_branch()
+    def _load(self) -> None:
+        """The run's state from the ledger: the one place it is loaded, on start and resume.
 
-    def _reconcile_branch(self) -> None:
-        """The branch head must hold the best's files (a crash may have cut a keep short)."""
+        Rows, queue and indexes (RunState.load), what was tried (Admission.index), the
+        bars (baselines, best); then the proposer is replayed every finished row, waiting
+        verdicts are decided and the branch is made to match the best.
+        """
         assert self.run_rec is not None
-        target = self.best.commit if self.best else self.run_rec.base_commit
-        head = self.ws.rev_parse(f"refs/heads/{self.run_rec.branch}")
-        if self.ws.tree_id(head) != self.ws.tree_id(target):
-            self.ws.advance_branch(
-                self.run_rec.branch, target, f"autoswarm: restore best ({target[:10]})"
+        # The rows live as long as the run: kept out of the cyclic collector's passes (a
+        # long run's rows are millions of objects); gc.unfreeze() when the run ends.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self.state.load(self.ledger.experiments(self.run_rec.id), self._reattached)
+            self._keeps += 1
+            self._reject_unplaceable()
+            for e in self.state.rows():
+                self.admission.index(e)
+            self._refresh_baselines()
+            self.best = best_of(self.state.rows(), self.metric, self.baseline)
+            for e in sorted(self.state.finished(), key=lambda e: (e.finished_at or 0, e.id)):
+                self.proposer.observe(e)
+            self._judge_pending()
+            lifecycle.reconcile_branch(
+                self.ws, self.run_rec, self.best.commit if self.best else None
             )
+        finally:
+            gc.freeze()
+            if collecting:
+                gc.enable()
 
     def _ensure_baseline(self) -> None:
         """Queue the baseline repeats still missing, on every tier (each tier has its own)."""
         assert self.run_rec is not None
         base = self.run_rec.base_commit
-        files = self._files(base)
+        files = self.admission.files(base)
         for tier in self.tiers.used:
             rows = [
-                e for e in self._all.values() if e.kind is Kind.BASELINE and self._tier(e) == tier
+                e
+                for e in self.state.all.values()
+                if e.kind is Kind.BASELINE and self._tier(e) == tier
             ]
             # A repeat left out as slowed by other load (DISCARD) is replaced, at most once each.
             left_out = sum(1 for e in rows if e.status is Status.DISCARD)
@@ -484,110 +382,67 @@ class Scheduler:
                     facts={
                         "fingerprint": fingerprint(files),
                         "dedup": dedup_key(files),
-                        "knobs": _knob_values(files),
+                        "knobs": knob_values(files),
                     }
                     | ({"pinned_tier": tier} if tier else {}),
                 )
-                self._all[exp.id] = exp
-                self._seen.setdefault(fingerprint(files), exp.id)
-                self._twins.setdefault(dedup_key(files), exp.id)
-                self._queue.append(exp.id)
+                self.state.record(exp)
+                self.admission.index(exp)
+                self.state.queue.append(exp.id)
         self._refresh_baselines()
         # Baselines go first, whatever else was queued.
-        self._queue = collections.deque(
-            sorted(self._queue, key=lambda i: (self._all[i].kind is not Kind.BASELINE, i))
+        self.state.queue = collections.deque(
+            sorted(self.state.queue, key=lambda i: (self.state.all[i].kind is not Kind.BASELINE, i))
         )
 
     # -- the loop ------------------------------------------------------------------
 
     def _loop(self) -> str:
+        """ask → admit → dispatch; on each result: classify → record → judge → apply."""
         while True:
             if self._stop.is_set():
                 return "interrupted"
             now = self.clock.now()
             self._heartbeat(now)
-            if self._outputs_dirty:
-                self._write_outputs()
-            limit = None if self._final else self._limit_reason(now)
-            proposed_any = self._fill_slots(can_dispatch=limit is None)
-            if not self._running:
-                ending = self._final
-                if ending is None and limit is not None:
-                    ending = limit
-                if ending is None and not self._queue and self._count_limit():
-                    ending = "max experiments"
-                if ending is None and not self._queue and self.proposer.exhausted:
-                    ending = "proposer exhausted"
+            self.results.flush()
+            limit = None if self._final else self.limits.reason(self.state, now)
+            acted = limit is None and self._fill_slots()  # ask → admit → dispatch
+            if not self.state.running:
+                ending = self._final or limit or self._done()
                 if ending is not None:
                     if self._final is None and self._start_final(ending):
                         continue
                     return ending
-                if not proposed_any:
-                    # Nothing to run now (an asynchronous proposer is thinking): wait, a
-                    # little longer each time, so an idle proposer is not asked in a busy loop.
-                    # A proposer that waits on others (agents, submissions) may ask for a
-                    # shorter cap through an ``idle_poll_s`` attribute.
-                    cap = float(getattr(self.proposer, "idle_poll_s", 5.0))
-                    self._idle_wait = min(cap, max(0.2, self._idle_wait * 2))
-                    self.clock.sleep(self._idle_wait)
+                if not acted:
+                    self._idle()
                     continue
             self._idle_wait = 0.0
             for result in self.backend.poll(timeout=0.5):
-                self._on_result(result)
+                self._on_result(result)  # classify → record → judge → apply
 
-    def _limit_reason(self, now: float) -> str | None:
-        r = self.cfg.run
-        elapsed = self._elapsed(now)
-        if r.time_limit and elapsed >= r.time_limit:
-            return "time limit"
-        if r.time_limit and elapsed + self._expected_duration() > r.time_limit:
-            return "time limit (no time for another experiment)"
-        if r.max_cost or r.max_gpu_hours:
-            return self._cost_limit(now)
+    def _done(self) -> str | None:
+        """Why the run ends once nothing runs and nothing is queued, or None."""
+        if self.state.queue:
+            return None
+        if self.limits.count_reached(self.state):
+            return "max experiments"
+        if self.proposer.exhausted:
+            return "proposer exhausted"
         return None
 
-    def cost(self, now: float | None = None) -> dict[str, Cost]:
-        """Tier key -> dollars and GPU-hours so far (running experiments up to ``now``)."""
-        with self._lock:
-            exps = list(self._all.values())
-        return cost_by_tier(exps, self.cfg.pool, self.clock.now() if now is None else now)
+    def _idle(self) -> None:
+        """Nothing to run now (an asynchronous proposer is thinking): wait, a little longer
+        each time, so an idle proposer is not asked in a busy loop. A proposer that waits on
+        others (agents, submissions) may ask for a shorter cap through ``idle_poll_s``."""
+        cap = float(getattr(self.proposer, "idle_poll_s", 5.0))
+        self._idle_wait = min(cap, max(0.2, self._idle_wait * 2))
+        self.clock.sleep(self._idle_wait)
 
-    def _cost_limit(self, now: float) -> str | None:
-        """Like the time limit: stop dispatching once the next experiment could overrun."""
-        r = self.cfg.run
-        spent = total_cost(self.cost(now))
-        expected = self._expected_duration()
-        # What the running experiments will have cost when they end, plus one more first run.
-        committed = spent
-        for _, exp in self._running.values():
-            ran = max(0.0, now - (exp.started_at or now))
-            price = self._prices.get(self._tier(exp))
-            if price is not None:
-                committed = committed + slot_cost(price, max(0.0, expected - ran))
-        nxt = slot_cost(self._prices[self.tiers.screening[0]], expected)
-        if r.max_cost and spent.usd >= r.max_cost:
-            return "cost limit"
-        if r.max_gpu_hours and spent.gpu_hours >= r.max_gpu_hours:
-            return "gpu-hour limit"
-        if r.max_cost and (committed + nxt).usd > r.max_cost:
-            return "cost limit (no budget for another experiment)"
-        if r.max_gpu_hours and (committed + nxt).gpu_hours > r.max_gpu_hours:
-            return "gpu-hour limit (no budget for another experiment)"
-        return None
+    # -- ask → admit → dispatch ------------------------------------------------------
 
-    def _count_limit(self) -> bool:
-        m = self.cfg.run.max_experiments
-        return bool(m) and len(self._all) >= m
-
-    def _expected_duration(self) -> float:
-        """Median duration of the last experiments that ran to the end (budget until one has)."""
-        return statistics.median(self._durations) if self._durations else self.cfg.run.budget
-
-    def _fill_slots(self, *, can_dispatch: bool) -> bool:
+    def _fill_slots(self) -> bool:
         """Start work in every free slot; True if anything was started or proposed."""
-        if not can_dispatch:
-            return False
-        busy = {slot for slot, _ in self._running.values()}
+        busy = {slot for slot, _ in self.state.running.values()}
         free = [s for s in range(self.backend.capacity()) if s not in busy]
         acted = False
         while free:
@@ -595,9 +450,10 @@ class Scheduler:
             if pick is None and self._final is None:
                 # Nothing queued fits a free slot: ask for first runs for the free screening slots.
                 want = sum(1 for s in free if self.tiers.screens(s))
-                if self.cfg.run.max_experiments:
-                    want = min(want, self.cfg.run.max_experiments - len(self._all))
-                if want > 0 and not self._count_limit():
+                left = self.limits.left(self.state)
+                if left is not None:
+                    want = min(want, left)
+                if want > 0 and not self.limits.count_reached(self.state):
                     for proposal in self.proposer.propose(self._context(), want)[:want]:
                         self._admit(proposal)
                         acted = True
@@ -605,7 +461,7 @@ class Scheduler:
             if pick is None:
                 break
             exp_id, slot = pick
-            self._queue.remove(exp_id)
+            self.state.queue.remove(exp_id)
             free.remove(slot)
             self._dispatch(exp_id, slot)
             acted = True
@@ -618,10 +474,10 @@ class Scheduler:
         first runs to the cheapest screening tier with a free slot.
         """
         plan = self.tiers
-        for exp_id in self._queue:
+        for exp_id in self.state.queue:
             if self._final is not None and exp_id not in self._final_ids:
                 continue  # validating the best at the end: nothing else starts
-            pin = self._all[exp_id].pinned_tier
+            pin = self.state.all[exp_id].pinned_tier
             if pin is not None and plan.slot_tiers and pin not in plan.tiers:
                 pin = None  # pinned to a tier the pool no longer has (see _reject_unplaceable)
             wanted = (pin,) if pin is not None else plan.screening
@@ -634,100 +490,53 @@ class Scheduler:
     def _context(self) -> Context:
         best_commit = self.best.commit if self.best else self._base()
         with self._lock:
-            running = tuple(exp for _, exp in self._running.values())
-            history = tuple(
-                sorted(
-                    (e for e in self._all.values() if e.status.is_finished()), key=lambda e: e.id
-                )
-            )
+            running = tuple(exp for _, exp in self.state.running.values())
+            history = tuple(sorted(self.state.finished(), key=lambda e: e.id))
+        complete = self.baseline is not None and self.baseline.complete
         return Context(
             best_commit=best_commit,
-            best_files=self._files(best_commit),
-            best_value=self.best.value
-            if self.best and self.baseline and self.baseline.complete
-            else None,
-            noise_sigma=self.baseline.sigma if self.baseline and self.baseline.complete else None,
+            best_files=self.admission.files(best_commit),
+            best_value=self.best.value if self.best and complete else None,
+            noise_sigma=self.baseline.sigma if self.baseline and complete else None,
             metric=self.metric,
             direction=self.cfg.metric.direction,
             running=running,
             history=history,
-            seen=frozenset(self._seen),
+            seen=frozenset(self.admission.seen),
             now=self.clock.now(),
             tag=self.run_rec.tag if self.run_rec else "",
         )
 
-    # -- admitting and dispatching -----------------------------------------------
-
     def _admit(self, p: Proposal) -> Experiment:
         """Record a proposal: QUEUED if it may run, REJECTED or CRASH (syntax) otherwise."""
         assert self.run_rec is not None
-        now = self.clock.now()
-        files = {os.path.normpath(k): v for k, v in p.files.items()}
-        check = self.ws.check_proposal(p.parent, files)
-        editable = self.cfg.workspace.editable
-        parent_files = self._files(p.parent)
-        full = {path: files.get(path, parent_files.get(path, "")) for path in editable}
-        fp = fingerprint(full)
-        key = dedup_key(full)
+        a = self.admission.admit(p)
         # `autoswarm submit` reserved the experiment's id (see Ledger.add_submission).
         reserved = p.meta.get("submission")
-        common: dict[str, Any] = dict(
+        exp = self.ledger.add_experiment(
             exp_id=int(reserved) if isinstance(reserved, int) else None,
             run_id=self.run_rec.id,
             kind=Kind.CANDIDATE,
+            status=a.status,
             parent=p.parent,
-            description=_one_line(p.description),
+            commit=a.commit,
+            description=a.description,
             proposer=p.proposer,
             seed=self.cfg.run.seed,
-            now=now,
+            now=self.clock.now(),
+            diff=a.diff,
+            reason=a.reason,
             meta=dict(p.meta),
-            facts={"fingerprint": fp, "dedup": key, "knobs": _knob_values(full)},
+            facts=a.facts,
         )
-        twin = self._seen.get(fp)
-        if twin is None:  # near-identical: same code up to layout and comments
-            twin = self._twins.get(key)
-        if check.problem is not None and check.problem is not Problem.SYNTAX:
-            exp = self.ledger.add_experiment(
-                status=Status.REJECTED,
-                commit="",
-                diff=_text_diff(self.ws, p),
-                reason=check.message,
-                **common,
-            )
-        elif twin is not None:
-            common["facts"] = {**common["facts"], "duplicate_of": twin}
-            exp = self.ledger.add_experiment(
-                status=Status.REJECTED,
-                commit="",
-                diff=_text_diff(self.ws, p),
-                reason=f"duplicate of #{twin}",
-                **common,
-            )
-        elif not check.changed:
-            exp = self.ledger.add_experiment(
-                status=Status.REJECTED, commit="", diff="", reason="changes nothing", **common
-            )
-        else:
-            changed = {path: files[path] for path in check.changed}
-            commit = self.ws.commit_files(p.parent, changed, f"autoswarm: {common['description']}")
-            diff = self.ws.diff(p.parent, commit)
-            if check.problem is Problem.SYNTAX:  # a crash, without spending a slot
-                exp = self.ledger.add_experiment(
-                    status=Status.CRASH, commit=commit, diff=diff, reason=check.message, **common
-                )
-            else:
-                exp = self.ledger.add_experiment(
-                    status=Status.QUEUED, commit=commit, diff=diff, **common
-                )
-                self._queue.append(exp.id)
-                self._seen[fp] = exp.id
-                self._twins.setdefault(key, exp.id)
-            self.ws.pin(f"refs/autoswarm/{self.run_rec.tag}/{exp.id}", commit)
-        with self._lock:
-            self._all[exp.id] = exp
+        if a.commit:
+            self.ws.pin(f"refs/autoswarm/{self.run_rec.tag}/{exp.id}", a.commit)
+        if exp.status is Status.QUEUED:
+            self.state.queue.append(exp.id)
+            self.admission.tried(exp)
+        self.state.record(exp)
         if exp.status.is_finished():
             self.proposer.observe(exp)
-            self._write_outputs()
         return exp
 
     def _job(self, exp: Experiment, slot: int, workdir: Path) -> Job:
@@ -753,7 +562,7 @@ class Scheduler:
         )
 
     def _dispatch(self, exp_id: int, slot: int) -> None:
-        exp = self._all[exp_id]
+        exp = self.state.all[exp_id]
         workdir = self.ws.materialize(exp.commit, self.ws.run_dir(exp_id))
         job = self._job(exp, slot, workdir)
         started = self.clock.now()
@@ -762,90 +571,112 @@ class Scheduler:
         )
         handle = self.backend.submit(job)
         self.ledger.set_handle(exp_id, handle)
-        with self._lock:
-            running = self.ledger.get(exp_id)
-            self._all[exp_id] = running
-            self._running[exp_id] = (slot, running)
-        self._changed()
+        self.state.start(self.ledger.get(exp_id), slot)
 
-    # -- results -------------------------------------------------------------------
+    # -- on each result: classify → record → judge → apply ---------------------------
 
     def _on_result(self, r: RunResult) -> None:
-        with self._lock:
-            entry = self._running.pop(r.experiment_id, None)
-        if entry is None:
+        exp = self.state.stop(r.experiment_id)
+        if exp is None:
             return  # a result for something we no longer track (already handled)
-        exp = entry[1]
-        metrics = dict(r.metrics)
+        status, reason = self._classify(exp, r)
+        if status not in (Status.INTERRUPTED, Status.CRASH):
+            self.state.took(r.duration_s)
+        done = self._finish(exp, status, r, reason)
+        self._apply(done, r)
+
+    def _classify(self, exp: Experiment, r: RunResult) -> tuple[Status, str]:
+        """The status a finished job's row gets, and why.
+
+        A cancelled job is INTERRUPTED; no usable metric is a CRASH (metrics.crash_reason);
+        a baseline repeat is KEEP (its repeats make the noise model); a re-measurement of a
+        keep is KEEP (REVOKED if the keep was revoked while it ran); a first run or a
+        confirmation waits for its verdict (PENDING), unless its candidate was decided
+        while it ran (DISCARD).
+        """
         if r.cancelled:
-            self._finish(
-                exp,
-                Status.INTERRUPTED,
-                r,
-                metrics,
-                "interrupted; `autoswarm run --resume` runs it again",
-            )
-            return
+            return Status.INTERRUPTED, "interrupted; `autoswarm run --resume` runs it again"
         reason = crash_reason(
             exit_code=r.exit_code,
             timed_out=r.timed_out,
             timeout_s=self.cfg.run.effective_timeout,
-            metrics=metrics,
+            metrics=dict(r.metrics),
             metric=self.metric,
             log_tail=read_tail(r.log_path),
             error=r.error,
         )
         if reason:
-            done = self._finish(exp, Status.CRASH, r, metrics, reason)
-            if exp.kind is Kind.BASELINE:
-                raise BaselineError(
-                    f"the baseline (the unmodified {', '.join(self.cfg.workspace.editable)}) crashed: {reason}. "
-                    f"Read its log ({r.log_path}), fix the files so that `python train.py` prints the "
-                    f"'---' summary block with '{self.metric}:', commit, and start a new run"
-                )
-            if exp.is_remeasure:
-                self.proposer.observe(done)  # the kept variant stays kept on its evidence
-            elif exp.kind is Kind.CONFIRM:
-                parent = self._rerun_parent(exp)
-                what = "validation" if exp.purpose is Purpose.VALIDATE else "confirmation"
-                self._conclude_discard(parent, f"{what} run #{exp.id} crashed: {reason}")
-            else:
-                self.proposer.observe(done)
-            return
-        self._durations.append(r.duration_s)
+            return Status.CRASH, reason
         if exp.kind is Kind.BASELINE:
-            self.proposer.observe(self._finish(exp, Status.KEEP, r, metrics, ""))
-            self._check_baseline(self._tier(exp))
-            return
+            return Status.KEEP, ""
         if exp.is_remeasure:
-            parent = self._rerun_parent(exp)
+            parent = self.state.rerun_parent(exp)
             if parent.status is Status.REVOKED:  # revoked while this one ran
-                why = f"a run of #{parent.id}, whose keep was revoked"
-                self.proposer.observe(self._finish(exp, Status.REVOKED, r, metrics, why))
-                self._write_outputs()
-                return
-            self._replicated(self._finish(exp, Status.KEEP, r, metrics, ""))
-            return
+                return Status.REVOKED, f"a run of #{parent.id}, whose keep was revoked"
+            return Status.KEEP, ""
         if exp.kind is Kind.CONFIRM:
-            parent = self._rerun_parent(exp)
+            parent = self.state.rerun_parent(exp)
             if parent.status is not Status.PENDING:  # decided while this one ran
-                self.proposer.observe(
-                    self._finish(
-                        exp, Status.DISCARD, r, metrics, f"#{parent.id} was already decided"
-                    )
-                )
-                return
-            self._finish(exp, Status.PENDING, r, metrics, "")
-            self._verdict(parent)
+                return Status.DISCARD, f"#{parent.id} was already decided"
+        return Status.PENDING, ""
+
+    def _apply(self, done: Experiment, r: RunResult) -> None:
+        """What a recorded result leads to: a verdict, a review of a keep, the end of the run."""
+        status = done.status
+        if status is Status.INTERRUPTED:
             return
-        self._verdict(self._finish(exp, Status.PENDING, r, metrics, ""))
+        if status is Status.CRASH:
+            if done.kind is Kind.BASELINE:
+                raise BaselineError(
+                    f"the baseline (the unmodified {', '.join(self.cfg.workspace.editable)}) "
+                    f"crashed: {done.reason}. Read its log ({r.log_path}), fix the files so "
+                    f"that `python train.py` prints the '---' summary block with "
+                    f"'{self.metric}:', commit, and start a new run"
+                )
+            if done.kind is Kind.CONFIRM and not done.is_remeasure:
+                parent = self.state.rerun_parent(done)
+                what = "validation" if done.purpose is Purpose.VALIDATE else "confirmation"
+                self._conclude_discard(parent, f"{what} run #{done.id} crashed: {done.reason}")
+            else:
+                self.proposer.observe(done)  # a kept variant stays kept on its evidence
+            return
+        if done.kind is Kind.BASELINE:
+            self.proposer.observe(done)
+            self._check_baseline(self._tier(done))
+        elif done.is_remeasure and status is Status.KEEP:
+            self._replicated(done)
+        elif status is Status.PENDING:
+            self._verdict(self.state.rerun_parent(done) if done.rerun_of is not None else done)
+        else:  # a re-measurement of a revoked keep, a confirmation of a decided candidate
+            self.proposer.observe(done)
+
+    def _finish(self, exp: Experiment, status: Status, r: RunResult, reason: str) -> Experiment:
+        """Record a job's end: the ledger row, the state, the noise groups; its run directory
+        is removed off the loop's path (the log stays)."""
+        metrics = dict(r.metrics)
+        value = metrics.get(self.metric)
+        done = self.ledger.finish(
+            exp.id,
+            status=status,
+            metrics=metrics,
+            metric=value if value is not None and value == value else None,
+            finished_at=r.finished_at,
+            started_at=r.started_at,
+            reason=reason,
+        )
+        self.state.record(done)
+        self.state.noise.measure(done)
+        self._cleanup.submit(shutil.rmtree, self.ws.run_dir(exp.id), ignore_errors=True)
+        return done
+
+    # -- judge → apply: verdicts, re-runs, keeps and revocations ---------------------
 
     def _check_baseline(self, tier: str) -> None:
         """Once a tier's repeats are in: leave out a repeat slowed by other load, then judge."""
         rows = sorted(
             (
                 e
-                for e in self._all.values()
+                for e in self.state.all.values()
                 if e.kind is Kind.BASELINE and self._tier(e) == tier and e.status is Status.KEEP
             ),
             key=lambda e: e.id,
@@ -861,12 +692,12 @@ class Scheduler:
                     f"slowed by other load on the machine ({steps[i]:g} steps, the other repeats "
                     f"a median of {others:g}): left out of the noise estimate and re-run"
                 )
-                self._unmeasure(self._refinish(e, Status.DISCARD, why))
+                self.state.noise.unmeasure(self._refinish(e, Status.DISCARD, why))
                 self._event(f"baseline #{e.id} {why}")
-            if any(self._all[e.id].status is Status.DISCARD for e in rows):
+            if any(self.state.all[e.id].status is Status.DISCARD for e in rows):
                 self._ensure_baseline()
         self._refresh_baselines()
-        self.best = best_of(list(self._all.values()), self.metric, self.baseline)
+        self.best = best_of(list(self.state.all.values()), self.metric, self.baseline)
         base = self._baselines.get(tier)
         if base and base.complete:
             self._judge_pending()
@@ -876,7 +707,7 @@ class Scheduler:
         pending = sorted(
             (
                 e
-                for e in self._all.values()
+                for e in self.state.all.values()
                 if e.status is Status.PENDING and e.kind is Kind.CANDIDATE
             ),
             key=lambda e: (e.finished_at or 0.0, e.id),
@@ -884,55 +715,11 @@ class Scheduler:
         for e in pending:
             self._verdict(e)
 
-    def _rerun_parent(self, e: Experiment) -> Experiment:
-        """The experiment a re-run belongs to."""
-        assert e.rerun_of is not None, f"#{e.id} is not a re-run"
-        return self._all[e.rerun_of]
-
-    def _confirmations(self, cand: Experiment) -> list[Experiment]:
-        """``cand``'s re-runs (confirmation, validation, re-measurement), oldest first."""
-        return [self._all[i] for i in self._confirm_ids.get(cand.id, ())]
-
-    def _noise(self, tier: str) -> Noise:
-        """The noise model of ``tier`` now (:func:`autoswarm.judge.noise_model`), cached."""
-        cached = self._noise_cache.get(tier)
-        if cached is not None and cached[0] == self._measured:
-            return cached[1]
-        groups = self._groups.get(tier, {})
-        base = self._baselines.get(tier)
-        first = groups.get(base.commit, []) if base else []
-        others = [g for c, g in groups.items() if len(g) > 1 and (base is None or c != base.commit)]
-        noise = judge.noise_model([first, *others])
-        self._noise_cache[tier] = (self._measured, noise)
-        return noise
-
-    def _measure(self, e: Experiment) -> None:
-        """Add ``e``'s value to its commit's group (the noise model's input)."""
-        v = e.value(self.metric)
-        if v is None or not e.commit or e.status not in _MEASURED:
-            return
-        if e.kind is Kind.BASELINE and e.status is not Status.KEEP:
-            return  # a repeat left out (slowed by other load)
-        group = self._groups[self._tier(e)].setdefault(e.commit, [])
-        group.append(v)
-        if len(group) > 1:
-            self._measured += 1
-
-    def _unmeasure(self, e: Experiment) -> None:
-        v = e.metrics.get(self.metric)
-        group = self._groups[self._tier(e)].get(e.commit, [])
-        if v in group:
-            group.remove(v)
-            self._measured += 1
-
     def _room(self, need: int = 1) -> bool:
         """Whether the run's limits leave room for ``need`` more runs (none once it ends)."""
         if self._final is not None:
             return False
-        m = self.cfg.run.max_experiments
-        if m and len(self._all) + need > m:
-            return False
-        return self._limit_reason(self.clock.now()) is None
+        return self.limits.room(self.state, self.clock.now(), need)
 
     def _verdict(self, cand: Experiment) -> None:
         """Screen, confirm, keep or discard ``cand`` (the rule: :mod:`autoswarm.judge`).
@@ -947,7 +734,7 @@ class Scheduler:
         assert self.run_rec is not None
         if cand.status is not Status.PENDING:
             return  # already decided (a sibling re-run crashed and discarded it)
-        confirms = [c for c in self._confirmations(cand) if not c.is_remeasure]
+        confirms = [c for c in self.state.reruns(cand) if not c.is_remeasure]
         if any(c.status in (Status.QUEUED, Status.RUNNING, Status.INTERRUPTED) for c in confirms):
             return  # evidence still on its way
         promoted = [c for c in confirms if c.purpose is Purpose.VALIDATE]
@@ -961,7 +748,7 @@ class Scheduler:
             self._conclude_discard(cand, "no usable run left to decide on")
             return
         best = self._best_on(tier)
-        noise = self._noise(tier)
+        noise = self._noise_of(tier)
         current = self.best.commit if self.best else best.commit
         final = bool(promoted) or (self.tiers.validation is None and best.commit == current)
         room = self._room(max(1, self.rule.confirm_runs))
@@ -1030,15 +817,15 @@ class Scheduler:
         missing = self._best_runs() - fresh
         if missing <= 0 or not self._room():
             return
-        m = self.cfg.run.max_experiments
-        if m:
-            missing = min(missing, m - len(self._all))  # --max-experiments counts these too
+        left = self.limits.left(self.state)
+        if left is not None:
+            missing = min(missing, left)  # --max-experiments counts these too
         self._queue_replicates(cand, missing, "re-measure kept")
 
     def _queue_replicates(
         self, cand: Experiment, n: int, what: str, purpose: Purpose = Purpose.REPLICATE
     ) -> list[int]:
-        confirms = [c for c in self._confirmations(cand) if c.kind is Kind.CONFIRM]
+        confirms = [c for c in self.state.reruns(cand) if c.kind is Kind.CONFIRM]
         promoted = [c for c in confirms if c.purpose is Purpose.VALIDATE]
         rows = promoted if promoted else [cand, *confirms]
         facts: dict[str, Any] = {"purpose": purpose, "rerun_of": cand.id}
@@ -1053,7 +840,7 @@ class Scheduler:
     def _replicated(self, rep: Experiment) -> None:
         """A re-run of a kept variant is in: its value joins the variant's fresh runs, and
         the keep is reviewed against the bar it replaced (and revoked if it no longer holds)."""
-        cand = self._rerun_parent(rep)
+        cand = self.state.rerun_parent(rep)
         value = rep.value(self.metric)
         before = cand.evidence
         if (
@@ -1073,7 +860,7 @@ class Scheduler:
                     statistics.fmean(fresh), cand.commit, cand.id, len(fresh), tuple(fresh)
                 )
             bar = list(evidence.bar)
-            noise = self._noise(self._tier(rep))
+            noise = self._noise_of(self._tier(rep))
             assert evidence.decided_runs is not None
             action, why = judge.review(
                 self.rule, fresh, bar, noise, values=values, kept_with=evidence.decided_runs
@@ -1085,7 +872,6 @@ class Scheduler:
                     f"run(s); {why} (#{evidence.bar_id} at {statistics.fmean(bar):.6f})",
                 )
         self.proposer.observe(rep)
-        self._write_outputs()
 
     def _revoke(self, cand: Experiment, why: str) -> None:
         """Withdraw a keep whose evidence no longer stands; the branch moves back.
@@ -1097,7 +883,7 @@ class Scheduler:
         assert self.run_rec is not None
         later = [
             k
-            for k in kept_chain(list(self._all.values()), self.metric)
+            for k in kept_chain(list(self.state.all.values()), self.metric)
             if k.id != cand.id and (k.kept_at or 0.0) >= (cand.kept_at or 0.0)
         ]
         self._set_status(cand, Status.REVOKED, why, {"revoked_at": self.clock.now()})
@@ -1106,7 +892,7 @@ class Scheduler:
         # and the keeps after it (those not yet judged again), with the ones that stood.
         waiting = {k.id for k in later}
         for k in later:
-            standing = [e for e in self._all.values() if e.id not in waiting]
+            standing = [e for e in self.state.all.values() if e.id not in waiting]
             self.best = best_of(standing, self.metric, self.baseline)
             self._keeps += 1  # the cached bars per tier are stale
             tier = self._tier(k)
@@ -1121,7 +907,7 @@ class Scheduler:
             if bar is None or not values:
                 continue
             v = judge.judge(
-                self.rule, values, selected, bar.samples, bar.experiment_id, self._noise(tier)
+                self.rule, values, selected, bar.samples, bar.experiment_id, self._noise_of(tier)
             )
             if v.action is not Action.KEEP:
                 self._set_status(
@@ -1136,12 +922,11 @@ class Scheduler:
         self.ws.advance_branch(
             self.run_rec.branch, target, f"autoswarm revoke #{cand.id}: back to {target[:10]}"
         )
-        self.proposer.observe(self._all[cand.id])
-        self._write_outputs()
+        self.proposer.observe(self.state.all[cand.id])
 
     def _refresh_best(self) -> None:
         self._keeps += 1
-        self.best = best_of(list(self._all.values()), self.metric, self.baseline)
+        self.best = best_of(list(self.state.all.values()), self.metric, self.baseline)
 
     def _set_status(
         self, e: Experiment, status: Status, reason: str, facts: Mapping[str, Any]
@@ -1149,7 +934,7 @@ class Scheduler:
         with self._lock:
             done = self._refinish(e, status, reason, facts)
             if status is Status.REVOKED:  # its re-runs were kept with it: withdrawn with it
-                for c in self._confirmations(e):
+                for c in self.state.reruns(e):
                     if c.status is Status.KEEP:
                         self._refinish(
                             c, Status.REVOKED, f"a run of #{e.id}, whose keep was revoked"
@@ -1176,13 +961,13 @@ class Scheduler:
             reason=reason,
             facts=facts,
         )
-        self._all[e.id] = done
+        self.state.record(done)
         return done
 
     def _withdraw(self, e: Experiment, reason: str) -> Experiment:
         """A queued row that will never run: out of the queue, recorded REJECTED with why."""
-        if e.id in self._queue:
-            self._queue.remove(e.id)
+        if e.id in self.state.queue:
+            self.state.queue.remove(e.id)
         done = self.ledger.finish(
             e.id,
             status=Status.REJECTED,
@@ -1191,7 +976,7 @@ class Scheduler:
             finished_at=self.clock.now(),
             reason=reason,
         )
-        self._all[e.id] = done
+        self.state.record(done)
         return done
 
     def _update_facts(self, e: Experiment, facts: Mapping[str, Any]) -> Experiment:
@@ -1237,10 +1022,8 @@ class Scheduler:
             now=self.clock.now(),
             facts=facts,
         )
-        with self._lock:
-            self._all[row.id] = row
-            self._confirm_ids[cand.id].append(row.id)
-        self._queue.appendleft(row.id)  # re-runs gate decisions and the bar: they go first
+        self.state.record(row)
+        self.state.queue.appendleft(row.id)  # re-runs gate decisions and the bar: they go first
         return row.id
 
     # -- the end of a run: validating the best ---------------------------------------
@@ -1258,7 +1041,7 @@ class Scheduler:
             return False
         if not (reason.startswith("time limit") or reason == "proposer exhausted"):
             return False  # a count or money limit is a hard stop: no runs beyond it
-        cand = self._all.get(best.experiment_id)
+        cand = self.state.all.get(best.experiment_id)
         if cand is None or cand.kind is not Kind.CANDIDATE:
             return False  # the baseline is the best: its repeats already measure it
         if cand.validated:
@@ -1273,17 +1056,17 @@ class Scheduler:
         """The run ends: candidates still waiting on re-runs that will not start now are
         decided on the evidence there is (their queued re-runs withdrawn), so that a run
         that ended leaves no verdict open. (Ctrl-C does not come here: --resume goes on.)"""
-        for cand in sorted(self._all.values(), key=lambda e: e.id):
+        for cand in sorted(self.state.all.values(), key=lambda e: e.id):
             if cand.kind is not Kind.CANDIDATE or cand.status is not Status.PENDING:
                 continue
-            rows = self._confirmations(cand)
+            rows = self.state.reruns(cand)
             if any(c.status in (Status.RUNNING, Status.INTERRUPTED) for c in rows):
                 continue
             for c in rows:
                 if c.status is Status.QUEUED:
                     with self._lock:
                         self._withdraw(c, f"not run: the run ended ({self._final}) first")
-            self._verdict(self._all[cand.id])
+            self._verdict(self.state.all[cand.id])
 
     def _start_reproduce(self, r: Reproduce) -> None:
         """Queue ``r.runs`` re-runs of experiment ``r.experiment_id`` with fresh seeds.
@@ -1291,7 +1074,7 @@ class Scheduler:
         For a kept variant they join its fresh runs, so a reproduction that contradicts
         the keep revokes it (as any re-measurement does).
         """
-        exp = self._all.get(r.experiment_id)
+        exp = self.state.all.get(r.experiment_id)
         if exp is None or not exp.commit or not exp.status.is_finished():
             raise RunStateError(
                 f"experiment #{r.experiment_id} is not a finished experiment of run "
@@ -1302,7 +1085,7 @@ class Scheduler:
                 f"tier {r.tier!r} is not in this run's pool ({', '.join(self.tiers.used) or 'no tiers'})"
             )
         self._final = "reproduced"
-        seed = max(e.seed for e in self._all.values() if e.commit == exp.commit) + 1
+        seed = max(e.seed for e in self.state.all.values() if e.commit == exp.commit) + 1
         facts: dict[str, Any] = {"purpose": Purpose.REPRODUCE, "rerun_of": exp.id}
         if r.tier or self._tier(exp):
             facts["pinned_tier"] = r.tier or self._tier(exp)
@@ -1314,7 +1097,7 @@ class Scheduler:
         """A line for the live view and the log of the orchestrator."""
         with self._lock:
             self._event_count += 1
-            self._events.append((self._event_count, _one_line(text)))
+            self._events.append((self._event_count, one_line(text)))
         self._changed()
 
     # -- tiers -----------------------------------------------------------------------
@@ -1325,7 +1108,7 @@ class Scheduler:
 
     def _refresh_baselines(self) -> None:
         """Each tier's own baseline; ``self.baseline`` is the deciding tier's."""
-        exps = list(self._all.values())
+        exps = list(self.state.all.values())
         rows: dict[str, list[Experiment]] = {t: [] for t in self.tiers.used}
         for e in exps:
             if e.kind is Kind.BASELINE:
@@ -1358,7 +1141,7 @@ class Scheduler:
         fresh: dict[str, list[float]] = {}
         kept: list[Experiment] = []
         with self._lock:
-            exps = list(self._all.values())
+            exps = list(self.state.all.values())
         if without:
             exps = [e for e in exps if e.id not in without and (e.rerun_of or 0) not in without]
         for e in exps:
@@ -1404,7 +1187,7 @@ class Scheduler:
         """Queued rows pinned to a tier the pool no longer has can never run: reject them."""
         if not self.cfg.pool.tiers:
             return
-        for e in list(self._all.values()):
+        for e in list(self.state.all.values()):
             pin = e.pinned_tier
             if e.status is Status.QUEUED and pin and pin not in self.tiers.used:
                 self._withdraw(e, f"its tier {pin!r} is no longer in [pool]; it cannot run")
@@ -1425,7 +1208,7 @@ class Scheduler:
         facts: dict[str, Any] = {}
         if ev is not None:
             facts["evidence"] = ev
-        promoted = [c for c in self._confirmations(cand) if c.purpose is Purpose.VALIDATE]
+        promoted = [c for c in self.state.reruns(cand) if c.purpose is Purpose.VALIDATE]
         if promoted:
             facts["screening"] = promoted[0].screening
             facts["validated_on"] = promoted[0].pinned_tier or ""
@@ -1435,7 +1218,7 @@ class Scheduler:
         finished_confirms: list[Experiment] = []
         with self._lock:
             done = self._refinish(cand, status, reason, facts)
-            for c in self._confirmations(cand):
+            for c in self.state.reruns(cand):
                 if c.status is Status.QUEUED and not c.is_remeasure:
                     self._withdraw(c, f"not run: #{cand.id} was decided without it")
                 if c.status is Status.PENDING:
@@ -1458,33 +1241,6 @@ class Scheduler:
         # Observed in the order a resume replays them: the candidate, then its confirmations.
         for e in (done, *finished_confirms):
             self.proposer.observe(e)
-        self._write_outputs()
-
-    def _finish(
-        self,
-        exp: Experiment,
-        status: Status,
-        r: RunResult,
-        metrics: Mapping[str, float],
-        reason: str,
-    ) -> Experiment:
-        value = metrics.get(self.metric)
-        done = self.ledger.finish(
-            exp.id,
-            status=status,
-            metrics=metrics,
-            metric=value if value is not None and value == value else None,
-            finished_at=r.finished_at,
-            started_at=r.started_at,
-            reason=reason,
-        )
-        with self._lock:
-            self._all[exp.id] = done
-        self._measure(done)
-        self._cleanup.submit(shutil.rmtree, self.ws.run_dir(exp.id), ignore_errors=True)
-        if status is not Status.PENDING:
-            self._write_outputs()
-        return done
 
     # -- shutdown and bookkeeping ---------------------------------------------------
 
@@ -1492,22 +1248,20 @@ class Scheduler:
         """Kill what still runs, mark it interrupted, close the session. Never raises."""
         self._ended = reason
         try:
-            for exp_id in list(self._running):
+            for exp_id in list(self.state.running):
                 self.backend.cancel(exp_id)
             deadline = time.monotonic() + 15.0
-            while self._running and time.monotonic() < deadline:
+            while self.state.running and time.monotonic() < deadline:
                 for r in self.backend.poll(timeout=0.5):
-                    with self._lock:
-                        entry = self._running.pop(r.experiment_id, None)
-                    if entry:
+                    exp = self.state.stop(r.experiment_id)
+                    if exp is not None:
                         self._finish(
-                            entry[1],
+                            exp,
                             Status.INTERRUPTED,
                             r,
-                            r.metrics,
                             f"interrupted ({reason}); re-queued by --resume",
                         )
-            for exp_id, (_, _exp) in list(self._running.items()):
+            for exp_id in list(self.state.running):
                 self.ledger.finish(
                     exp_id,
                     status=Status.INTERRUPTED,
@@ -1516,14 +1270,15 @@ class Scheduler:
                     finished_at=self.clock.now(),
                     reason=f"interrupted ({reason}); re-queued by --resume",
                 )
-                self._running.pop(exp_id, None)
+                self.state.stop(exp_id)
         finally:
             self.backend.close()
             self.proposer.close()
             self._cleanup.shutdown(wait=True)
             if self._session:
                 self.ledger.end_session(self._session, now=self.clock.now(), reason=reason)
-            self._write_outputs(force=True)
+            if self.run_rec is not None:
+                self.results.flush(force=True)
             self._changed()
 
     def _heartbeat(self, now: float) -> None:
@@ -1532,81 +1287,26 @@ class Scheduler:
             self._last_beat = now
             self._changed()
 
-    def _elapsed(self, now: float) -> float:
-        return self._prior_seconds + max(0.0, now - self._session_start)
-
-    def _counts(self) -> dict[str, int]:
-        c: dict[str, int] = collections.Counter(e.status.value for e in self._all.values())
-        return {s.value: c.get(s.value, 0) for s in Status} | {"total": len(self._all)}
-
-    def _write_outputs(self, *, force: bool = False) -> None:
-        """Rewrite results.tsv, at most once a second (it is O(experiments) per write)."""
-        if self.run_rec is None:
-            return
-        now = time.monotonic()
-        if not force and now - self._outputs_written < 1.0:
-            self._outputs_dirty = True
-            return
-        write_results_tsv(self.ws.results_path, list(self._all.values()), self.metric)
-        self._outputs_written = now
-        self._outputs_dirty = False
-        self._changed()
-
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
+
+    def _noise_of(self, tier: str) -> Noise:
+        """The noise model of ``tier`` now (:func:`autoswarm.judge.noise_model`)."""
+        base = self._baselines.get(tier)
+        return self.state.noise.model(tier, base.commit if base else None)
 
     def _base(self) -> str:
         assert self.run_rec is not None
         return self.run_rec.base_commit
 
-    def _files(self, commit: str) -> dict[str, str]:
-        if commit not in self._files_cache:
-            self._files_cache[commit] = self.ws.read_files(commit)
-        return self._files_cache[commit]
-
 
 # ---------------------------------------------------------------------------
 # Small helpers
 
-# Statuses whose value is a measurement of its commit (the noise model's input).
-_MEASURED = (Status.KEEP, Status.DISCARD, Status.PENDING, Status.REVOKED)
-
 
 def _kept_at(e: Experiment) -> float:
     return e.kept_at if e.kept_at is not None else (e.finished_at or 0.0)
-
-
-def _knob_values(files: Mapping[str, str]) -> dict[str, Any]:
-    """All knob values of a variant (for effect analysis); {} if a file does not parse."""
-    try:
-        return {name: k.value for name, k in knobs_of(files).items()}
-    except SyntaxError:
-        return {}
-
-
-def _one_line(text: str) -> str:
-    line = " ".join(text.split())
-    return line[:200] if line else "(no description)"
-
-
-def _text_diff(ws: Workspace, p: Proposal) -> str:
-    """A unified diff for a proposal that never became a commit (rejected)."""
-    out: list[str] = []
-    for path, new in sorted(p.files.items()):
-        try:
-            old = ws.read_file(p.parent, path)
-        except Exception:
-            old = ""
-        out.extend(
-            difflib.unified_diff(
-                old.splitlines(keepends=True),
-                new.splitlines(keepends=True),
-                f"a/{path}",
-                f"b/{path}",
-            )
-        )
-    return "".join(out)
 
 
 __all__ = ["Reproduce", "RunLock", "RunOutcome", "Scheduler", "SlotView", "Snapshot"]
