@@ -26,6 +26,7 @@ from autoswarm.clock import Clock
 from autoswarm.config import Config
 from autoswarm.errors import RunLockedError, RunStateError
 from autoswarm.ledger import Ledger, RunRecord
+from autoswarm.sandbox import kill_strays
 from autoswarm.types import Experiment, Status
 from autoswarm.workspace import Workspace
 
@@ -135,18 +136,25 @@ def recover(
     backend: Backend,
     run: RunRecord,
     reattach: Callable[[Experiment, str], bool],
+    run_dir: Callable[[int], Path],
 ) -> None:
     """Orphans (RUNNING from a dead orchestrator) are re-attached if ``reattach`` adopts
     them; the others are killed and, with interrupted ones, re-queued (same id).
 
-    A RUNNING row without a handle died between ``mark_running`` and ``set_handle``: its
-    job may have been submitted, so it is cancelled by id.
+    ``Ledger.mark_running`` (status RUNNING, no handle) is the intent to submit, written
+    before ``Backend.submit``; ``set_handle`` follows once the backend answers. A RUNNING
+    row without a handle is one whose orchestrator died in between: its job may have
+    started, so besides the backend's cancel by id, a local process still running in its
+    run directory with its id is killed (:func:`autoswarm.sandbox.kill_strays`): it
+    would otherwise run on unwatched beside its re-run.
     """
     for exp in ledger.experiments(run.id, statuses=[Status.RUNNING, Status.INTERRUPTED]):
         if exp.status is Status.RUNNING:
             handle = ledger.handle(exp.id)
             if handle and reattach(exp, handle):
                 continue
+            if not handle:
+                kill_strays(run_dir(exp.id), exp.id)
             backend.cancel(exp.id, handle)
             why = "orphaned by an orchestrator that died; re-queued"
         else:

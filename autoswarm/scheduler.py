@@ -304,7 +304,7 @@ class Scheduler:
         self.state.session_start = now
         self._last_beat = now
         self._reattached = {}
-        lifecycle.recover(self.ledger, self.backend, run, self._reattach)
+        lifecycle.recover(self.ledger, self.backend, run, self._reattach, self.ws.run_dir)
         return run
 
     def _reattach(self, exp: Experiment, handle: str) -> bool:
@@ -566,6 +566,8 @@ class Scheduler:
         workdir = self.ws.materialize(exp.commit, self.ws.run_dir(exp_id))
         job = self._job(exp, slot, workdir)
         started = self.clock.now()
+        # The intent first: a crash after this line leaves a RUNNING row without a handle,
+        # whose job lifecycle.recover kills (it may have started) before re-queueing it.
         self.ledger.mark_running(
             exp_id, slot=slot, started_at=started, log_path=str(job.log_path), tier=job.tier
         )
