@@ -66,8 +66,9 @@ from typing import Any
 
 from autoswarm import judge, lifecycle
 from autoswarm.admission import Admission, knob_values, one_line
-from autoswarm.analysis.noise import Baseline, baseline_of
+from autoswarm.analysis.noise import Baseline
 from autoswarm.backends.base import Backend, Reattachable
+from autoswarm.bars import Bars
 from autoswarm.clock import Clock, SystemClock
 from autoswarm.config import Config
 from autoswarm.costs import Cost, cost_by_tier, prices_of
@@ -207,13 +208,8 @@ class Scheduler:
         self._reattached: dict[int, int] = {}  # experiment id -> slot, adopted on --resume
         self._events: collections.deque[tuple[int, str]] = collections.deque(maxlen=50)
         self._event_count = 0
-        # The bars: each tier's baseline, the best, and the best as measured per tier
-        # (cached; _keeps is bumped on every keep, revocation and load to invalidate it).
-        self.baseline: Baseline | None = None
-        self.best: Best | None = None
-        self._baselines: dict[str, Baseline | None] = {}
-        self._best_cache: dict[str, tuple[tuple[Any, ...], Best]] = {}
-        self._keeps = 0
+        # What results are compared with: each tier's baseline, the best, the best per tier.
+        self.bars = Bars(config, self.tiers, self._tier, self.state.rows)
         # End-of-run validation of the best ([run] final_runs) and `autoswarm reproduce`:
         # once started, only rows of that purpose are dispatched.
         self._final: str | None = None  # the reason the run ends, once validation started
@@ -222,6 +218,24 @@ class Scheduler:
     @property
     def _lock(self) -> threading.RLock:
         return self.state.lock
+
+    @property
+    def baseline(self) -> Baseline | None:
+        """The deciding tier's baseline (None until its first repeat is in)."""
+        return self.bars.baseline
+
+    @property
+    def best(self) -> Best | None:
+        """The bar a candidate must beat: the last keep that stands, else the baseline."""
+        return self.bars.best
+
+    @best.setter
+    def best(self, best: Best | None) -> None:
+        self.bars.best = best
+
+    @property
+    def _baselines(self) -> dict[str, Baseline | None]:
+        return self.bars.baselines
 
     # -- public ----------------------------------------------------------------
 
@@ -333,11 +347,11 @@ class Scheduler:
         gc.disable()
         try:
             self.state.load(self.ledger.experiments(self.run_rec.id), self._reattached)
-            self._keeps += 1
+            self.bars.stale()
             self._reject_unplaceable()
             for e in self.state.rows():
                 self.admission.index(e)
-            self._refresh_baselines()
+            self.bars.refresh_baselines()
             self.best = best_of(self.state.rows(), self.metric, self.baseline)
             for e in sorted(self.state.finished(), key=lambda e: (e.finished_at or 0, e.id)):
                 self.proposer.observe(e)
@@ -389,7 +403,7 @@ class Scheduler:
                 self.state.record(exp)
                 self.admission.index(exp)
                 self.state.queue.append(exp.id)
-        self._refresh_baselines()
+        self.bars.refresh_baselines()
         # Baselines go first, whatever else was queued.
         self.state.queue = collections.deque(
             sorted(self.state.queue, key=lambda i: (self.state.all[i].kind is not Kind.BASELINE, i))
@@ -698,9 +712,9 @@ class Scheduler:
                 self._event(f"baseline #{e.id} {why}")
             if any(self.state.all[e.id].status is Status.DISCARD for e in rows):
                 self._ensure_baseline()
-        self._refresh_baselines()
+        self.bars.refresh_baselines()
         self.best = best_of(list(self.state.all.values()), self.metric, self.baseline)
-        base = self._baselines.get(tier)
+        base = self.bars.baselines.get(tier)
         if base and base.complete:
             self._judge_pending()
 
@@ -742,14 +756,14 @@ class Scheduler:
         promoted = [c for c in confirms if c.purpose is Purpose.VALIDATE]
         rows = promoted if promoted else [cand, *confirms]
         tier = self._tier(rows[0])
-        base = self._baselines.get(tier)
+        base = self.bars.baselines.get(tier)
         if base is None or not base.complete:
             return  # judged once this tier's own baseline is complete
         values = [v for e in rows if (v := e.value(self.metric)) is not None]
         if not values:  # its runs were withdrawn (a tier left the pool)
             self._conclude_discard(cand, "no usable run left to decide on")
             return
-        best = self._best_on(tier)
+        best = self.bars.best_on(tier)
         noise = self._noise_of(tier)
         current = self.best.commit if self.best else best.commit
         final = bool(promoted) or (self.tiers.validation is None and best.commit == current)
@@ -761,7 +775,7 @@ class Scheduler:
             runs = max(1, self.rule.confirm_runs)
             if not final and sv.action is not Action.DISCARD:
                 # A screen on a tier that does not decide: run it where it counts.
-                target = self._promotion_tier(current)
+                target = self.bars.promotion_tier(current)
                 if room and target is not None:
                     self._add_reruns(cand, target, runs, promoted=True, ev=sv.evidence)
                     return
@@ -896,11 +910,11 @@ class Scheduler:
         for k in later:
             standing = [e for e in self.state.all.values() if e.id not in waiting]
             self.best = best_of(standing, self.metric, self.baseline)
-            self._keeps += 1  # the cached bars per tier are stale
+            self.bars.stale()  # the cached bars per tier are stale
             tier = self._tier(k)
             bar = (
-                self._best_on(tier, without=frozenset(waiting))
-                if self._baselines.get(tier)
+                self.bars.best_on(tier, without=frozenset(waiting))
+                if self.bars.baselines.get(tier)
                 else self.best
             )
             waiting.discard(k.id)
@@ -919,16 +933,12 @@ class Scheduler:
                     f"#{bar.experiment_id} it does not hold (p={v.evidence.p:.3g})",
                     {"revoked_at": self.clock.now()},
                 )
-        self._refresh_best()
+        self.bars.refresh_best()
         target = self.best.commit if self.best else self.run_rec.base_commit
         self.ws.advance_branch(
             self.run_rec.branch, target, f"autoswarm revoke #{cand.id}: back to {target[:10]}"
         )
         self.proposer.observe(self.state.all[cand.id])
-
-    def _refresh_best(self) -> None:
-        self._keeps += 1
-        self.best = best_of(list(self.state.all.values()), self.metric, self.baseline)
 
     def _set_status(
         self, e: Experiment, status: Status, reason: str, facts: Mapping[str, Any]
@@ -943,7 +953,7 @@ class Scheduler:
                         )
                     elif c.status is Status.QUEUED and c.id not in self._final_ids:
                         self._withdraw(c, f"not run: #{e.id}'s keep was revoked")
-        self._keeps += 1
+        self.bars.stale()
         return done
 
     def _refinish(
@@ -1108,83 +1118,6 @@ class Scheduler:
         """Tier key of an experiment: where it ran, else where it is pinned ("" without tiers)."""
         return tier_key(self.cfg.pool, e.tier, e.pinned_tier)
 
-    def _refresh_baselines(self) -> None:
-        """Each tier's own baseline; ``self.baseline`` is the deciding tier's."""
-        exps = list(self.state.all.values())
-        rows: dict[str, list[Experiment]] = {t: [] for t in self.tiers.used}
-        for e in exps:
-            if e.kind is Kind.BASELINE:
-                rows.setdefault(self._tier(e), []).append(e)
-        n = self.cfg.run.baseline_repeats
-        self._baselines = {t: baseline_of(r, self.metric, n) for t, r in rows.items()}
-        self.baseline = self._baselines.get(self.tiers.deciding)
-
-    def _best_on(self, tier: str, *, without: frozenset[int] = frozenset()) -> Best:
-        """The best as measured on ``tier``: the current best's runs there, else the last kept
-        commit that ran there (a lagging reference: results then only screen), else the
-        tier's baseline. ``without``: keeps (and their runs) that do not count."""
-        base = self._baselines[tier]
-        assert base is not None and base.values
-        if without:
-            return self._scan_best_on(tier, base, without)
-        key = (self._keeps, self.best, base)
-        cached = self._best_cache.get(tier)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        found = self._scan_best_on(tier, base)
-        self._best_cache[tier] = (key, found)
-        return found
-
-    def _scan_best_on(
-        self, tier: str, base: Baseline, without: frozenset[int] = frozenset()
-    ) -> Best:
-        # A bar is the mean of fresh runs (re-runs after the selection) where there are any.
-        values: dict[str, list[float]] = {}
-        fresh: dict[str, list[float]] = {}
-        kept: list[Experiment] = []
-        with self._lock:
-            exps = list(self.state.all.values())
-        if without:
-            exps = [e for e in exps if e.id not in without and (e.rerun_of or 0) not in without]
-        for e in exps:
-            if e.kind is Kind.CANDIDATE and e.status is Status.KEEP:
-                kept.append(e)
-            if (
-                e.kind is not Kind.BASELINE
-                and e.status is Status.KEEP
-                and self._tier(e) == tier
-                and (v := e.value(self.metric)) is not None
-            ):
-                values.setdefault(e.commit, []).append(v)
-                if e.kind is Kind.CONFIRM:
-                    fresh.setdefault(e.commit, []).append(v)
-        kept.sort(key=lambda e: (_kept_at(e), e.id))
-        order = [self.best] if self.best else []
-        for k in reversed(kept):
-            order.append(Best(value=0.0, commit=k.commit, experiment_id=k.id))
-        for b in order:
-            if b.commit in values:
-                vs = fresh.get(b.commit) or values[b.commit]
-                return Best(
-                    statistics.fmean(vs), b.commit, b.experiment_id, runs=len(vs), values=tuple(vs)
-                )
-        first = min(
-            (e for e in exps if e.kind is Kind.BASELINE and self._tier(e) == tier),
-            key=lambda e: e.id,
-        )
-        return Best(base.mean, base.commit, first.id, runs=len(base.values), values=base.values)
-
-    def _promotion_tier(self, current: str) -> str | None:
-        """Where a promoted candidate is re-run: the validation tier, else a tier on which
-        the current best was measured (cheapest first)."""
-        if self.tiers.validation is not None:
-            return self.tiers.validation
-        for t in self.tiers.screening:
-            base = self._baselines.get(t)
-            if base and base.complete and self._best_on(t).commit == current:
-                return t
-        return None
-
     def _reject_unplaceable(self) -> None:
         """Queued rows pinned to a tier the pool no longer has can never run: reject them."""
         if not self.cfg.pool.tiers:
@@ -1216,7 +1149,7 @@ class Scheduler:
             facts["validated_on"] = promoted[0].pinned_tier or ""
         if status is Status.KEEP:
             facts["kept_at"] = self.clock.now()
-            self._keeps += 1
+            self.bars.stale()
         finished_confirms: list[Experiment] = []
         with self._lock:
             done = self._refinish(cand, status, reason, facts)
@@ -1295,7 +1228,7 @@ class Scheduler:
 
     def _noise_of(self, tier: str) -> Noise:
         """The noise model of ``tier`` now (:func:`autoswarm.judge.noise_model`)."""
-        base = self._baselines.get(tier)
+        base = self.bars.baselines.get(tier)
         return self.state.noise.model(tier, base.commit if base else None)
 
     def _base(self) -> str:
@@ -1305,10 +1238,6 @@ class Scheduler:
 
 # ---------------------------------------------------------------------------
 # Small helpers
-
-
-def _kept_at(e: Experiment) -> float:
-    return e.kept_at if e.kept_at is not None else (e.finished_at or 0.0)
 
 
 __all__ = ["Reproduce", "RunLock", "RunOutcome", "Scheduler", "SlotView", "Snapshot"]
