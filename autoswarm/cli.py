@@ -464,7 +464,7 @@ def reproduce(
     from autoswarm.backends.factory import make_backend
     from autoswarm.proposers.registry import make_proposer
     from autoswarm.scheduler import Reproduce, Scheduler
-    from autoswarm.types import Kind, Status
+    from autoswarm.types import Kind, Purpose, Status
 
     if runs < 1:
         raise typer.BadParameter(f"--runs {runs}: must be at least 1")
@@ -481,8 +481,10 @@ def reproduce(
         _recorded_config(workspace, load_config(workspace), run_rec.tag), strategy="greedy"
     )
     metric = cfg.metric.name
-    ev = dict(before.meta.get("evidence") or {})
-    recorded = ev.get("replicated_mean") or ev.get("mean") or before.value(metric)
+    ev = before.evidence
+    recorded = (
+        (ev.replicated if ev else None) or (ev.mean if ev and ev.values else None)
+    ) or before.value(metric)
     if before.kind is Kind.BASELINE:
         with Ledger(_load(workspace)[1].ledger_path) as led:
             base = [
@@ -513,7 +515,7 @@ def reproduce(
         after = ledger.get(experiment)
     finally:
         ledger.close()
-    rows = [e for e in exps if e.meta.get("reproduce") and e.meta.get("confirms") == experiment]
+    rows = [e for e in exps if e.purpose is Purpose.REPRODUCE and e.rerun_of == experiment]
     rows = rows[-runs:]
     values = [v for e in rows if (v := e.value(metric)) is not None]
     if not values:
@@ -637,14 +639,14 @@ def _print_table(
     }
     for e in shown:
         v = e.value(metric)
-        before = dict(e.meta.get("evidence") or {}).get("best_before")
+        ev = e.evidence.as_meta() if e.evidence else {}
+        before = ev.get("best_before")
         delta = f"{v - before:+.4f}" if v is not None and isinstance(before, int | float) else ""
         desc = e.description + (
             f" — {e.reason}"
             if e.reason and e.status in (Status.CRASH, Status.REJECTED, Status.REVOKED)
             else ""
         )
-        ev = dict(e.meta.get("evidence") or {})
         if (
             e.status is Status.KEEP
             and ev.get("replicated_mean") is not None
@@ -744,7 +746,7 @@ def wait(
         rec = experiment_record(e)
         rec["metric"] = recorded.metric.name or cfg.metric.name
         rec["value"] = e.value(rec["metric"])
-        rec["duplicate_of"] = e.meta.get("duplicate_of")
+        rec["duplicate_of"] = e.duplicate_of
         records.append(rec)
     if as_json:
         print(json.dumps(records, indent=2))

@@ -88,7 +88,7 @@ def experiment_cost(
 
 def _tier_of(e: Experiment, pool: PoolConfig) -> str:
     # Without tiers, the implicit one (and no need to look into the meta of every row).
-    return tier_key(pool, e.tier, e.meta.get("tier")) if pool.tiers else IMPLICIT
+    return tier_key(pool, e.tier, e.pinned_tier) if pool.tiers else IMPLICIT
 
 
 def cost_by_tier(

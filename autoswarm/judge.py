@@ -54,7 +54,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from autoswarm.types import Direction
+from autoswarm.types import Direction, Evidence
 
 # A variant's spread is pulled toward σ̂ by at most this many degrees of freedom before
 # the run has measured how much variants' spreads differ (fewer than MIN_GROUPS groups).
@@ -115,64 +115,6 @@ class Rule:
     looks: int = 2  # judge a promising variant at most this many times (more runs each)
     extend_p: float = 0.05  # ... when its p-value is below this but not below the keep level
     review_p: float = 0.05  # an unstable keep's fresh runs must still beat its bar at this level
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """What a decision was based on (recorded with the experiment under ``evidence``)."""
-
-    values: tuple[float, ...]  # every run of the variant on the deciding tier
-    selected: tuple[float, ...]  # the runs that selected it (the screen)
-    fresh: tuple[float, ...]  # runs with seeds chosen after it was selected
-    bar: tuple[float, ...]  # the runs of the bar it was compared with
-    bar_id: int  # the experiment that set that bar
-    sigma: float  # pooled σ̂
-    sigma_df: float
-    own_sigma: float  # the variant's own sample σ (0 with one run)
-    gain: float  # bar mean − variant mean (positive = better)
-    se: float
-    t: float
-    df: float
-    p: float
-    alpha: float
-    unstable: bool = False
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values)
-
-    @property
-    def replicated(self) -> float | None:
-        """Mean of the fresh runs: the variant's value as a new bar (None without any)."""
-        return statistics.fmean(self.fresh) if self.fresh else None
-
-    def as_meta(self) -> dict[str, object]:
-        def num(x: float) -> float | None:
-            return x if math.isfinite(x) else None
-
-        return {
-            "runs": len(self.values),
-            "values": list(self.values),
-            "mean": self.mean,
-            "selected": list(self.selected),
-            "selected_mean": statistics.fmean(self.selected) if self.selected else None,
-            "fresh": list(self.fresh),
-            "replicated_mean": self.replicated,
-            "best_before": statistics.fmean(self.bar) if self.bar else None,
-            "best_runs": len(self.bar),
-            "bar": list(self.bar),
-            "bar_id": self.bar_id,
-            "sigma": self.sigma,
-            "sigma_df": num(self.sigma_df),
-            "own_sigma": self.own_sigma,
-            "gain": self.gain,
-            "se": self.se,
-            "z": num(self.t),
-            "df": num(self.df),
-            "p": self.p,
-            "alpha": self.alpha,
-            "unstable": self.unstable,
-        }
 
 
 @dataclass(frozen=True)

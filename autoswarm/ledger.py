@@ -30,9 +30,28 @@ from pathlib import Path
 from typing import Any
 
 from autoswarm.errors import LedgerError
-from autoswarm.types import Experiment, Kind, Status
+from autoswarm.types import Evidence, Experiment, Kind, Purpose, Status
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+# The scheduler's own facts about an experiment, once keys of the proposer's meta
+# (schema 3) and columns since schema 4: meta key -> column. Re-runs also carried flags
+# (confirms/replicates/promoted/final/reproduce) that schema 4 reads as one purpose.
+_MOVED_FACTS = {
+    "fingerprint": "fingerprint",
+    "dedup": "dedup",
+    "knobs": "knobs",
+    "duplicate_of": "duplicate_of",
+    "confirms": "rerun_of",
+    "tier": "pinned_tier",
+    "z_before": "z_before",
+    "screening": "screening",
+    "evidence": "evidence",
+    "kept_at": "kept_at",
+    "revoked_at": "revoked_at",
+    "validated_on": "validated_on",
+}
+_MOVED_FLAGS = ("replicates", "promoted", "final", "reproduce", "validated")
 
 # Each entry upgrades the schema by one version; never edit a released entry.
 _MIGRATIONS: dict[int, Sequence[str]] = {
@@ -94,6 +113,44 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
             description TEXT NOT NULL,
             created_at REAL NOT NULL
         )""",
+    ),
+    # 4: the scheduler's facts leave the proposer's meta for columns of their own
+    # (Experiment.purpose, rerun_of, pinned_tier, evidence, ...); meta keeps the rest.
+    4: (
+        *(
+            f"ALTER TABLE experiments ADD COLUMN {column} {kind}"
+            for column, kind in (
+                ("fingerprint", "TEXT"),
+                ("dedup", "TEXT"),
+                ("knobs", "TEXT"),  # JSON object
+                ("duplicate_of", "INTEGER"),
+                ("purpose", "TEXT"),
+                ("rerun_of", "INTEGER"),
+                ("pinned_tier", "TEXT"),
+                ("z_before", "REAL"),
+                ("screening", "TEXT"),  # JSON object (Evidence.as_meta)
+                ("evidence", "TEXT"),  # JSON object (Evidence.as_meta)
+                ("kept_at", "REAL"),
+                ("revoked_at", "REAL"),
+                ("validated_on", "TEXT"),
+                ("validated", "INTEGER NOT NULL DEFAULT 0"),
+            )
+        ),
+        "UPDATE experiments SET "
+        + ", ".join(
+            f"{column} = json_extract(meta, '$.{key}')" for key, column in _MOVED_FACTS.items()
+        )
+        + """, validated = COALESCE(json_extract(meta, '$.validated'), 0) = 1,
+            purpose = CASE WHEN kind = 'confirm' THEN CASE
+                WHEN json_extract(meta, '$.reproduce') THEN 'reproduce'
+                WHEN json_extract(meta, '$.final') THEN 'final'
+                WHEN json_extract(meta, '$.replicates') THEN 'replicate'
+                WHEN json_extract(meta, '$.promoted') THEN 'validate'
+                ELSE 'confirm' END END
+            WHERE json_valid(meta)""",
+        "UPDATE experiments SET meta = json_remove(meta, "
+        + ", ".join(f"'$.{k}'" for k in (*_MOVED_FACTS, *_MOVED_FLAGS))
+        + ") WHERE json_valid(meta)",
     ),
 }
 
@@ -366,14 +423,22 @@ class Ledger:
         reason: str = "",
         meta: Mapping[str, Any] | None = None,
         exp_id: int | None = None,
+        facts: Mapping[str, Any] | None = None,
     ) -> Experiment:
-        """Insert an experiment row; ``exp_id`` = an id reserved by :meth:`add_submission`."""
+        """Insert an experiment row; ``exp_id`` = an id reserved by :meth:`add_submission`.
+
+        ``facts``: the scheduler's own facts, by :class:`~autoswarm.types.Experiment` field
+        name (``purpose``, ``rerun_of``, ``pinned_tier``, ``fingerprint``, ...); ``meta`` is
+        the proposer's.
+        """
         finished = now if status.is_finished() else None
+        columns, values = _fact_columns(facts or {})
         with self._tx() as c:
             cur = c.execute(
-                """INSERT INTO experiments(id, run_id, kind, status, parent, commit_sha, diff,
-                       description, proposer, seed, created_at, finished_at, reason, meta)
-                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                f"""INSERT INTO experiments(id, run_id, kind, status, parent, commit_sha, diff,
+                       description, proposer, seed, created_at, finished_at, reason, meta
+                       {"".join(", " + col for col in columns)})
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?{",?" * len(columns)})""",
                 (
                     exp_id,
                     run_id,
@@ -389,6 +454,7 @@ class Ledger:
                     finished,
                     reason,
                     json.dumps(dict(meta or {}), sort_keys=True, default=str),
+                    *values,
                 ),
             )
         assert cur.lastrowid is not None
@@ -427,14 +493,23 @@ class Ledger:
         reason: str = "",
         started_at: float | None = None,
         meta: Mapping[str, Any] | None = None,
+        facts: Mapping[str, Any] | None = None,
     ) -> Experiment:
-        """Record the end of an experiment (any state but QUEUED/RUNNING)."""
+        """Record the end of an experiment (any state but QUEUED/RUNNING).
+
+        ``meta`` replaces the proposer's meta when given. ``facts``: scheduler facts to set
+        with it (``evidence``, ``kept_at``, ...), by :class:`~autoswarm.types.Experiment`
+        field name; the others stay as they are.
+        """
         if status in (Status.QUEUED, Status.RUNNING):
             raise ValueError(f"finish() needs an end state, got {status}")
+        columns, values = _fact_columns(facts or {})
         with self._tx() as c:
             c.execute(
-                """UPDATE experiments SET status=?, metrics=?, metric=?, finished_at=?, reason=?,
-                       started_at=COALESCE(?, started_at), meta=COALESCE(?, meta) WHERE id=?""",
+                f"""UPDATE experiments SET status=?, metrics=?, metric=?, finished_at=?, reason=?,
+                       started_at=COALESCE(?, started_at), meta=COALESCE(?, meta)
+                       {"".join(f", {col}=?" for col in columns)}
+                   WHERE id=?""",
                 (
                     status.value,
                     json.dumps({k: _jsonable(v) for k, v in metrics.items()}, sort_keys=True),
@@ -443,6 +518,7 @@ class Ledger:
                     reason,
                     started_at,
                     None if meta is None else json.dumps(dict(meta), sort_keys=True, default=str),
+                    *values,
                     exp_id,
                 ),
             )
@@ -615,17 +691,57 @@ def _jsonable(v: float) -> float | str:
     return v
 
 
+# The scheduler's facts: Experiment field -> how its column is written. JSON columns hold
+# objects; the others plain values.
+_FACTS: dict[str, Callable[[Any], Any]] = {
+    "fingerprint": lambda v: v,
+    "dedup": lambda v: v,
+    "knobs": lambda v: None if v is None else json.dumps(dict(v), sort_keys=True, default=str),
+    "duplicate_of": lambda v: v,
+    "purpose": lambda v: None if v is None else Purpose(v).value,
+    "rerun_of": lambda v: v,
+    "pinned_tier": lambda v: v,
+    "z_before": lambda v: v,
+    "screening": lambda v: _evidence_json(v),
+    "evidence": lambda v: _evidence_json(v),
+    "kept_at": lambda v: v,
+    "revoked_at": lambda v: v,
+    "validated_on": lambda v: v,
+    "validated": lambda v: int(bool(v)),
+}
+
+
+def _evidence_json(v: Evidence | None) -> str | None:
+    return None if v is None else json.dumps(v.as_meta(), sort_keys=True)
+
+
+def _fact_columns(facts: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+    unknown = set(facts) - set(_FACTS)
+    if unknown:
+        raise ValueError(f"not a fact the ledger records: {', '.join(sorted(unknown))}")
+    return list(facts), [_FACTS[k](v) for k, v in facts.items()]
+
+
 # The columns an Experiment is read from, in the order _experiment reads them; a summary
-# row (Ledger.experiments(summary=True)) has an empty diff.
+# row (Ledger.experiments(summary=True)) has an empty diff, and evidence only where a
+# view reads it (keeps and revoked keeps: the bars).
 _FIELDS = (
     *("id", "run_id", "kind", "status", "parent", "commit_sha", "diff", "description"),
     *("proposer", "seed", "slot", "metrics", "created_at", "started_at", "finished_at"),
-    *("log_path", "reason", "meta", "tier"),
+    *("log_path", "reason", "meta", "tier", *_FACTS),
 )
 _COLUMNS = ", ".join(_FIELDS)
-_SUMMARY_COLUMNS = ", ".join("'' AS diff" if c == "diff" else c for c in _FIELDS)
+_SUMMARY_COLUMNS = ", ".join(
+    "'' AS diff"
+    if c == "diff"
+    else "CASE WHEN status IN ('keep', 'revoked') THEN evidence END AS evidence"
+    if c == "evidence"
+    else c
+    for c in _FIELDS
+)
 _KINDS = {k.value: k for k in Kind}
 _STATUSES = {s.value: s for s in Status}
+_PURPOSES = {p.value: p for p in Purpose}
 
 
 class _LazyJSON(Mapping[str, Any]):
@@ -680,7 +796,9 @@ class _LazyJSON(Mapping[str, Any]):
 def _experiment(row: Sequence[Any], *, summary: bool = False) -> Experiment:
     """An Experiment from a row of ``_COLUMNS`` (a tuple or an sqlite3.Row)."""
     id_, run_id, kind, status, parent, commit, diff, description, proposer, seed, slot = row[:11]
-    metrics, created_at, started_at, finished_at, log_path, reason, meta, tier = row[11:]
+    metrics, created_at, started_at, finished_at, log_path, reason, meta, tier = row[11:19]
+    fp, dedup, knobs, duplicate_of, purpose, rerun_of, pinned_tier, z_before = row[19:27]
+    screening, evidence, kept_at, revoked_at, validated_on, validated = row[27:]
     return Experiment(
         id=id_,
         run_id=run_id,
@@ -701,6 +819,20 @@ def _experiment(row: Sequence[Any], *, summary: bool = False) -> Experiment:
         reason=reason,
         meta=_LazyJSON(meta) if summary else json.loads(meta),
         tier=tier,
+        fingerprint=fp,
+        dedup=dedup,
+        knobs=None if knobs is None else _LazyJSON(knobs) if summary else json.loads(knobs),
+        duplicate_of=duplicate_of,
+        purpose=None if purpose is None else _PURPOSES.get(purpose) or Purpose(purpose),
+        rerun_of=rerun_of,
+        pinned_tier=pinned_tier,
+        z_before=z_before,
+        screening=None if screening is None else Evidence.from_meta(json.loads(screening)),
+        evidence=None if evidence is None else Evidence.from_meta(json.loads(evidence)),
+        kept_at=kept_at,
+        revoked_at=revoked_at,
+        validated_on=validated_on,
+        validated=bool(validated),
     )
 
 

@@ -10,10 +10,12 @@ finish, so a reader never sees half a file.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from autoswarm.judge import Noise, Rule, noise_model, standard_error
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.policy import best_of
 from autoswarm.tiers import deciding_tier, tier_key
-from autoswarm.types import Experiment, Kind, Status
+from autoswarm.types import Experiment, Kind, Purpose, Status
 
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
 
@@ -63,6 +65,48 @@ def write_results_tsv(
 ) -> None:
     text = "\n".join([TSV_HEADER, *tsv_rows(experiments, metric)]) + "\n"
     atomic_write(path, text)
+
+
+class ResultsTsvWriter:
+    """An observer of the run's state: rewrites results.tsv when a row changes.
+
+    At most once a second (a write is O(experiments)): a change inside that second is
+    written by the next :meth:`flush` (the scheduler's loop calls it each turn), and
+    ``flush(force=True)`` writes whatever is pending when the run ends.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        rows: Callable[[], Sequence[Experiment]],
+        metric: str,
+        *,
+        on_write: Callable[[], None] | None = None,
+        interval_s: float = 1.0,
+    ) -> None:
+        self.path = path
+        self.rows = rows
+        self.metric = metric
+        self.on_write = on_write
+        self.interval_s = interval_s
+        self.dirty = False
+        self._written = 0.0
+
+    def changed(self) -> None:
+        self.dirty = True
+        self.flush()
+
+    def flush(self, *, force: bool = False) -> None:
+        if not (self.dirty or force):
+            return
+        now = time.monotonic()
+        if not force and now - self._written < self.interval_s:
+            return
+        write_results_tsv(self.path, self.rows(), self.metric)
+        self._written = now
+        self.dirty = False
+        if self.on_write is not None:
+            self.on_write()
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -106,11 +150,48 @@ def experiment_record(e: Experiment, pool: PoolConfig | None = None) -> dict[str
         "seed": e.seed,
         "reason": e.reason,
         "log_path": e.log_path,
-        "tier": tier_key(pool, e.tier, e.meta.get("tier")),
+        "tier": tier_key(pool, e.tier, e.pinned_tier),
         "cost_usd": cost.usd,
         "gpu_hours": cost.gpu_hours,
-        "meta": dict(e.meta),
+        "meta": recorded_meta(e),
     }
+
+
+def recorded_meta(e: Experiment) -> dict[str, Any]:
+    """``meta`` as ``results --json`` has always shown it: the proposer's keys with the
+    scheduler's facts beside them, under the names they had before they became columns
+    (ledger schema 4), keys sorted as the ledger stored them."""
+    out: dict[str, Any] = dict(e.meta)
+    facts: dict[str, Any] = {
+        "fingerprint": e.fingerprint,
+        "dedup": e.dedup,
+        "knobs": None if e.knobs is None else dict(e.knobs),
+        "duplicate_of": e.duplicate_of,
+        "confirms": e.rerun_of,
+        "tier": e.pinned_tier,
+        "screening": None if e.screening is None else e.screening.as_meta(),
+        "evidence": None if e.evidence is None else e.evidence.as_meta(),
+        "kept_at": e.kept_at,
+        "revoked_at": e.revoked_at,
+        "validated_on": e.validated_on,
+    }
+    out.update((k, v) for k, v in facts.items() if v is not None)
+    if e.validated:
+        out["validated"] = True
+    p = e.purpose
+    if p is not None:
+        if p in (Purpose.CONFIRM, Purpose.VALIDATE):
+            out["z_before"] = e.z_before
+        if p is Purpose.VALIDATE:
+            out["promoted"] = True
+        if p.remeasures:
+            out["replicates"] = True
+        if p is Purpose.FINAL:
+            out["final"] = True
+        if p is Purpose.REPRODUCE:
+            out["reproduce"] = True
+    # As the ledger stored it (json.dumps(sort_keys=True)): nested keys sorted too.
+    return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
 # ---------------------------------------------------------------------------
@@ -144,7 +225,7 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
     # With tiers, each tier has its own baseline: report the one whose results advance the branch.
     deciding = deciding_tier(pool)
     on_deciding = (
-        [e for e in exps if tier_key(pool, e.tier, e.meta.get("tier")) == deciding]
+        [e for e in exps if tier_key(pool, e.tier, e.pinned_tier) == deciding]
         if pool.tiers
         else exps  # without tiers every experiment is on the implicit tier
     )
@@ -246,7 +327,7 @@ def _noise_record(
 
 def _best_evidence(row: Experiment | None, values: Sequence[float], noise: Noise) -> dict[str, Any]:
     """The best's winner's curse (selected vs replicated) and its end-of-run validation."""
-    ev = dict(row.meta.get("evidence") or {}) if row is not None else {}
+    ev = row.evidence.as_meta() if row is not None and row.evidence is not None else {}
     # With the best's own spread where that is wider than σ̂ (an unstable variant).
     se = standard_error(Rule(), values, noise) if values else None
     return {
@@ -254,15 +335,17 @@ def _best_evidence(row: Experiment | None, values: Sequence[float], noise: Noise
         "selected": ev.get("selected_mean"),
         "replicated": statistics.fmean(values) if values else None,
         "se": se,
-        "validated": bool(row is not None and row.meta.get("validated")),
+        "validated": bool(row is not None and row.validated),
     }
 
 
 __all__ = [
     "TSV_HEADER",
+    "ResultsTsvWriter",
     "atomic_write",
     "effects_record",
     "experiment_record",
+    "recorded_meta",
     "status_record",
     "tsv_rows",
     "write_results_tsv",

@@ -39,11 +39,10 @@ class Best:
 
 def bar_values(e: Experiment, metric: str) -> tuple[float, ...]:
     """A kept candidate's runs that make its bar: its fresh runs, else all of them."""
-    ev = dict(e.meta.get("evidence") or {})
-    for key in ("fresh", "values"):
-        vs = tuple(float(v) for v in ev.get(key) or ())
-        if vs:
-            return vs
+    if e.evidence is not None:
+        for vs in (e.evidence.fresh, e.evidence.values):
+            if vs:
+                return vs
     v = e.value(metric)
     return (v,) if v is not None else ()
 
@@ -55,7 +54,9 @@ def kept_chain(experiments: Sequence[Experiment], metric: str) -> list[Experimen
         for e in experiments
         if e.kind is Kind.CANDIDATE and e.status is Status.KEEP and bar_values(e, metric)
     ]
-    return sorted(kept, key=lambda e: (float(e.meta.get("kept_at", e.finished_at or 0.0)), e.id))
+    return sorted(
+        kept, key=lambda e: (e.kept_at if e.kept_at is not None else e.finished_at or 0.0, e.id)
+    )
 
 
 def best_of(

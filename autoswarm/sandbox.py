@@ -94,4 +94,43 @@ def kill_orphan(pid: int, pgid: int, start: str) -> bool:
     return False
 
 
-__all__ = ["is_secret_name", "kill_group", "kill_orphan", "process_start_time", "scrubbed_env"]
+def kill_strays(workdir: Path, experiment_id: int) -> int:
+    """Kill the process groups of an experiment whose handle was never recorded.
+
+    The orchestrator records a job's handle after the backend started it; one that died
+    in between left a process nobody can name by pid. It is found by what the scheduler
+    gave it: its working directory (``workdir`` or below) and ``AUTOSWARM_EXPERIMENT``
+    in its environment; both must match, so nothing else is touched. Linux (``/proc``)
+    only; elsewhere nothing is found. Returns how many groups were killed.
+    """
+    root = os.path.realpath(workdir)
+    mark = f"AUTOSWARM_EXPERIMENT={experiment_id}".encode()
+    own = os.getpgrp()
+    killed: set[int] = set()
+    try:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return 0
+    for pid in pids:
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            if cwd != root and not cwd.startswith(root + os.sep):
+                continue
+            if mark not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                continue
+            pgid = os.getpgid(pid)
+        except OSError:
+            continue  # gone, or not ours to read
+        if pgid != own and pgid not in killed and kill_group(pgid):
+            killed.add(pgid)
+    return len(killed)
+
+
+__all__ = [
+    "is_secret_name",
+    "kill_group",
+    "kill_orphan",
+    "kill_strays",
+    "process_start_time",
+    "scrubbed_env",
+]

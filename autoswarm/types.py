@@ -6,8 +6,10 @@ past, so nobody mutates them; a new state means a new record (``dataclasses.repl
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +62,38 @@ class Kind(enum.Enum):
     BASELINE = "baseline"  # the unmodified editable files, repeated to measure noise
     CANDIDATE = "candidate"  # a proposer's variant
     CONFIRM = "confirm"  # a re-run of a candidate with another seed
+
+
+class Purpose(enum.Enum):
+    """Why a re-run (a ``Kind.CONFIRM`` row) exists: what its value is evidence for."""
+
+    CONFIRM = "confirm"  # fresh seeds on the candidate's own tier, before its verdict
+    VALIDATE = "validate"  # a promising screen re-run on the tier that decides (promoted)
+    REPLICATE = "replicate"  # a kept variant re-measured, so its bar rests on fresh runs
+    FINAL = "final"  # the end-of-run validation of the best ([run] final_runs)
+    REPRODUCE = "reproduce"  # `autoswarm reproduce`
+
+    @property
+    def remeasures(self) -> bool:
+        """True for re-measurements of a kept (or any finished) variant, after its verdict."""
+        return self in (Purpose.REPLICATE, Purpose.FINAL, Purpose.REPRODUCE)
+
+
+class Problem(enum.Enum):
+    """Why a proposal may not run as it is (its human message is recorded beside it)."""
+
+    OUTSIDE = "outside the workspace"  # a path that leaves the workspace
+    LOCKED = "locked file"  # edits a [workspace] locked file
+    NOT_EDITABLE = "non-editable file"  # changes a file that is not [workspace] editable
+    SYNTAX = "syntax error"  # a Python file that does not compile: a crash, no slot spent
+    DUPLICATE = "duplicate"  # the same code as an earlier experiment
+    NO_CHANGE = "changes nothing"  # the files are the parent's
+
+    @property
+    def status(self) -> Status:
+        """The row a proposal with this problem becomes: a syntax error is a crash (it has
+        a commit and counts as a tried variant), every other problem a rejection."""
+        return Status.CRASH if self is Problem.SYNTAX else Status.REJECTED
 
 
 class Direction(enum.Enum):
@@ -142,6 +176,111 @@ class RunResult:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Evidence:
+    """What a verdict was based on (:mod:`autoswarm.judge` makes it; recorded with the row)."""
+
+    values: tuple[float, ...]  # every run of the variant on the deciding tier
+    selected: tuple[float, ...]  # the runs that selected it (the screen)
+    fresh: tuple[float, ...]  # runs with seeds chosen after it was selected
+    bar: tuple[float, ...]  # the runs of the bar it was compared with
+    bar_id: int  # the experiment that set that bar
+    sigma: float  # pooled σ̂
+    sigma_df: float
+    own_sigma: float  # the variant's own sample σ (0 with one run)
+    gain: float  # bar mean − variant mean (positive = better)
+    se: float
+    t: float
+    df: float
+    p: float
+    alpha: float
+    unstable: bool = False
+    # How many runs the keep was decided on, once re-measurements joined ``values``.
+    decided_runs: int | None = None
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def replicated(self) -> float | None:
+        """Mean of the fresh runs: the variant's value as a new bar (None without any)."""
+        return statistics.fmean(self.fresh) if self.fresh else None
+
+    def with_run(self, value: float) -> Evidence:
+        """The evidence after one more fresh run (a re-measurement of a keep)."""
+        return dataclasses.replace(
+            self,
+            values=(*self.values, value),
+            fresh=(*self.fresh, value),
+            decided_runs=len(self.values) if self.decided_runs is None else self.decided_runs,
+        )
+
+    def as_meta(self) -> dict[str, object]:
+        """The record as JSON (the ledger's ``evidence`` column, ``results --json``)."""
+
+        def num(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
+        out: dict[str, object] = {
+            "runs": len(self.values),
+            "values": list(self.values),
+            "mean": self.mean,
+            "selected": list(self.selected),
+            "selected_mean": statistics.fmean(self.selected) if self.selected else None,
+            "fresh": list(self.fresh),
+            "replicated_mean": self.replicated,
+            "best_before": statistics.fmean(self.bar) if self.bar else None,
+            "best_runs": len(self.bar),
+            "bar": list(self.bar),
+            "bar_id": self.bar_id,
+            "sigma": self.sigma,
+            "sigma_df": num(self.sigma_df),
+            "own_sigma": self.own_sigma,
+            "gain": self.gain,
+            "se": self.se,
+            "z": num(self.t),
+            "df": num(self.df),
+            "p": self.p,
+            "alpha": self.alpha,
+            "unstable": self.unstable,
+        }
+        if self.decided_runs is not None:
+            out["decided_runs"] = self.decided_runs
+        return out
+
+    @classmethod
+    def from_meta(cls, d: Mapping[str, Any]) -> Evidence:
+        """The record back from :meth:`as_meta` (missing numbers read as NaN)."""
+
+        def num(key: str) -> float:
+            v = d.get(key)
+            return float(v) if isinstance(v, int | float) else math.nan
+
+        def runs(key: str) -> tuple[float, ...]:
+            return tuple(float(v) for v in d.get(key) or ())
+
+        decided = d.get("decided_runs")
+        return cls(
+            values=runs("values"),
+            selected=runs("selected"),
+            fresh=runs("fresh"),
+            bar=runs("bar"),
+            bar_id=int(d.get("bar_id") or 0),
+            sigma=num("sigma"),
+            sigma_df=num("sigma_df"),
+            own_sigma=num("own_sigma"),
+            gain=num("gain"),
+            se=num("se"),
+            t=num("z"),
+            df=num("df"),
+            p=num("p"),
+            alpha=num("alpha"),
+            unstable=bool(d.get("unstable")),
+            decided_runs=int(decided) if isinstance(decided, int) else None,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Experiment:
     """One row of the ledger: a proposal, where it ran, and what came of it."""
 
@@ -162,8 +301,27 @@ class Experiment:
     finished_at: float | None = None
     log_path: str = ""
     reason: str = ""
-    meta: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    meta: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)  # the proposer's, only
     tier: str = ""  # the hardware tier it ran on ([[pool.tiers]] name); "" = implicit local tier
+    # The scheduler's own facts (ledger columns, never keys of the proposer's ``meta``).
+    # What was admitted: the full editable files' fingerprint, their normalised key
+    # (autoswarm.dedup) and knob values; None on re-runs, which share their candidate's.
+    fingerprint: str | None = None
+    dedup: str | None = None
+    knobs: Mapping[str, Any] | None = None
+    duplicate_of: int | None = None  # a rejected duplicate: the experiment it repeats
+    # A re-run (Kind.CONFIRM): why, of which experiment, and the tier it must run on.
+    purpose: Purpose | None = None
+    rerun_of: int | None = None
+    pinned_tier: str | None = None  # baselines and re-runs: the tier they must run on
+    z_before: float | None = None  # confirmation/validation: the screen's z that earned it
+    screening: Evidence | None = None  # validation (and its candidate): the promoting screen
+    # The verdict: its evidence, when it was kept or revoked, where it was validated.
+    evidence: Evidence | None = None
+    kept_at: float | None = None
+    revoked_at: float | None = None
+    validated_on: str | None = None  # a promoted candidate: the tier its verdict was on
+    validated: bool = False  # the best whose end-of-run validation was queued
 
     def value(self, metric: str) -> float | None:
         """The metric's value, or None when missing or not finite."""
@@ -171,6 +329,11 @@ class Experiment:
         if v is None or not math.isfinite(v):
             return None
         return float(v)
+
+    @property
+    def is_remeasure(self) -> bool:
+        """A re-run after its experiment's verdict (replicate, final validation, reproduce)."""
+        return self.purpose is not None and self.purpose.remeasures
 
     @property
     def duration_s(self) -> float | None:
@@ -181,10 +344,13 @@ class Experiment:
 
 __all__ = [
     "Direction",
+    "Evidence",
     "Experiment",
     "Job",
     "Kind",
+    "Problem",
     "Proposal",
+    "Purpose",
     "RunResult",
     "Status",
 ]

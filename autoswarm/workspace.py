@@ -21,6 +21,7 @@ import pygit2
 
 from autoswarm.config import CONFIG_NAME, Config
 from autoswarm.errors import WorkspaceError
+from autoswarm.types import Problem
 
 STATE_DIR = ".autoswarm"
 LEDGER_NAME = "ledger.sqlite"
@@ -44,7 +45,8 @@ class Check:
     """The verdict of :meth:`Workspace.check_proposal`: which files change, and whether allowed."""
 
     changed: tuple[str, ...]
-    problem: str = ""  # empty when the variant may run
+    problem: Problem | None = None  # None when the variant may run
+    message: str = ""  # the problem in words, for the row's reason
 
 
 class Workspace:
@@ -185,7 +187,7 @@ class Workspace:
         for path, text in sorted(files.items()):
             norm = os.path.normpath(path)
             if norm.startswith("..") or os.path.isabs(norm):
-                return Check((), f"path {path!r} is outside the workspace")
+                return Check((), Problem.OUTSIDE, f"path {path!r} is outside the workspace")
             normalised[norm] = text
             try:
                 old: str | None = self.read_file(parent, norm)
@@ -197,6 +199,7 @@ class Workspace:
         if locked:
             return Check(
                 tuple(changed),
+                Problem.LOCKED,
                 f"edits locked file(s) {', '.join(locked)}; only {', '.join(ws.editable)} may change "
                 f"([workspace] in {CONFIG_NAME})",
             )
@@ -204,6 +207,7 @@ class Workspace:
         if other:
             return Check(
                 tuple(changed),
+                Problem.NOT_EDITABLE,
                 f"changes non-editable file(s) {', '.join(other)}; only {', '.join(ws.editable)} may "
                 f"change (add them to [workspace] editable in {CONFIG_NAME} to allow it)",
             )
@@ -212,7 +216,11 @@ class Workspace:
                 try:
                     compile(normalised[p], p, "exec")
                 except SyntaxError as e:
-                    return Check(tuple(changed), f"syntax error: {p} line {e.lineno}: {e.msg}")
+                    return Check(
+                        tuple(changed),
+                        Problem.SYNTAX,
+                        f"syntax error: {p} line {e.lineno}: {e.msg}",
+                    )
         return Check(tuple(changed))
 
     def commit_files(self, parent: str, files: Mapping[str, str], message: str) -> str:

@@ -389,8 +389,7 @@ def rows_from_experiments(
             continue
         src: Experiment | None = e
         if e.kind is Kind.CONFIRM:
-            parent_id = e.meta.get("confirms")
-            src = by_id.get(int(parent_id)) if isinstance(parent_id, int | str) else None
+            src = by_id.get(e.rerun_of) if e.rerun_of is not None else None
         elif e.kind is not Kind.CANDIDATE:
             continue
         if src is None:

@@ -74,7 +74,7 @@ from autoswarm.knobs import format_literal
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.proposers.base import fingerprint
 from autoswarm.testing.synthetic import TRAIN_PY, make_workspace, true_value
-from autoswarm.types import Experiment, Job, Kind, RunResult, Status
+from autoswarm.types import Experiment, Job, Kind, Purpose, RunResult, Status
 from autoswarm.workspace import Workspace
 
 TAG = "scale"
@@ -295,7 +295,7 @@ class _History:
 
     def _baseline(self, base: str) -> None:
         files = {"train.py": TRAIN_PY}
-        meta: dict[str, Any] = {
+        facts: dict[str, Any] = {
             "fingerprint": fingerprint(files),
             "dedup": dedup_key(files),
             "knobs": dict(_START),
@@ -314,7 +314,7 @@ class _History:
                 proposer="baseline",
                 seed=seed,
                 now=self.t,
-                meta=meta,
+                facts=facts,
             )
             v = true_value(_START) + self.rng.gauss(0.0, SIGMA)
             start, end = self._run(e, self.t, BUDGET + 30.0)
@@ -328,7 +328,7 @@ class _History:
             )
             values.append(v)
             ids.append(e.id)
-        self.seen[meta["fingerprint"]] = ids[0]
+        self.seen[facts["fingerprint"]] = ids[0]
         self.best = _Best(ids[0], base, dict(_START), tuple(values))
 
     # -- candidates ------------------------------------------------------------------
@@ -428,7 +428,7 @@ class _History:
         files = {"train.py": train_py(values)}
         fp, key = fingerprint(files), dedup_key(files)
         created = min(self.slots.free)
-        meta = {**pmeta, "fingerprint": fp, "dedup": key, "knobs": dict(values)}
+        facts: dict[str, Any] = {"fingerprint": fp, "dedup": key, "knobs": dict(values)}
         common: dict[str, Any] = {
             "kind": Kind.CANDIDATE,
             "parent": self.best.commit,
@@ -436,6 +436,7 @@ class _History:
             "proposer": proposer,
             "seed": self.cfg.run.seed,
             "now": created,
+            "meta": pmeta,
         }
         twin = self.seen.get(fp, twin)
         if twin is not None:  # the scheduler's dedup: rejected, never committed
@@ -444,7 +445,7 @@ class _History:
                 commit="",
                 diff=diff,
                 reason=f"duplicate of #{twin}",
-                meta={**meta, "duplicate_of": twin},
+                facts={**facts, "duplicate_of": twin},
                 **common,
             )
             return
@@ -456,12 +457,12 @@ class _History:
                 commit=commit,
                 diff=diff,
                 reason="syntax error: train.py line 9: invalid syntax",
-                meta=meta,
+                facts=facts,
                 **common,
             )
             self.ws.pin(f"refs/autoswarm/{TAG}/{e.id}", commit)
             return
-        e = self._add(status=Status.QUEUED, commit=commit, diff=diff, meta=meta, **common)
+        e = self._add(status=Status.QUEUED, commit=commit, diff=diff, facts=facts, **common)
         self.ws.pin(f"refs/autoswarm/{TAG}/{e.id}", commit)
         self.seen[fp] = e.id
         self.variants.append((values, e.id, diff))
@@ -518,7 +519,7 @@ class _History:
                         proposer=proposer,
                         seed=seed,
                         now=now,
-                        meta={"confirms": e.id, "z_before": z},
+                        facts={"purpose": Purpose.CONFIRM, "rerun_of": e.id, "z_before": z},
                     )
                 )
             self.reruns.setdefault(e.id, []).extend(c.id for c in rows)
@@ -575,16 +576,16 @@ class _History:
         now: float,
     ) -> None:
         """The scheduler's _record_verdict: the candidate, then its pending re-runs."""
-        meta: dict[str, Any] = {**e.meta, "evidence": ev.as_meta()}
+        facts: dict[str, Any] = {"evidence": ev}
         if status is Status.KEEP:
-            meta["kept_at"] = now
+            facts["kept_at"] = now
         done = self.ledger.finish(
             e.id,
             status=status,
             metrics=e.metrics,
             metric=e.value("val_bpb"),
             finished_at=e.finished_at or now,
-            meta=meta,
+            facts=facts,
         )
         for c in confirms:
             self.ledger.finish(
@@ -595,7 +596,7 @@ class _History:
                 finished_at=c.finished_at or now,
             )
         if status is Status.KEEP:
-            self.best = _Best(done.id, done.commit, dict(done.meta["knobs"]), ev.fresh or ev.values)
+            self.best = _Best(done.id, done.commit, dict(done.knobs or {}), ev.fresh or ev.values)
             self.standing.append(self.best)
             self.ws.advance_branch(
                 self.run.branch, done.commit, f"autoswarm keep #{done.id}: {done.description}"
@@ -627,11 +628,12 @@ class _History:
                     proposer=cand.proposer,
                     seed=seed,
                     now=now,
-                    meta={"confirms": cand.id, "replicates": True, "final": True},
+                    facts={"purpose": Purpose.FINAL, "rerun_of": cand.id},
                 )
             )
         self.reruns.setdefault(cand.id, []).extend(r.id for r in rows)
-        evidence = dict(cand.meta["evidence"])
+        assert cand.evidence is not None
+        evidence = cand.evidence
         for r in rows:
             v = self._measure(3 * SIGMA if revoke else 0.0)
             s, f = self._run(r, now, BUDGET + 30.0)
@@ -643,25 +645,16 @@ class _History:
                 finished_at=f,
                 started_at=s,
             )
-            evidence.setdefault("decided_runs", len(evidence["values"]))
-            fresh = [*evidence["fresh"], v]
-            values = [*evidence["values"], v]
-            evidence.update(
-                values=values,
-                runs=len(values),
-                mean=statistics.fmean(values),
-                fresh=fresh,
-                replicated_mean=statistics.fmean(fresh),
-            )
-            cand = self._update(cand, {"evidence": dict(evidence)})
-        self.best = _Best(best.exp_id, best.commit, best.values, tuple(evidence["fresh"]))
+            evidence = evidence.with_run(v)
+            cand = self._update(cand, {"evidence": evidence})
+        self.best = _Best(best.exp_id, best.commit, best.values, evidence.fresh)
         self.standing[-1] = self.best
         if not revoke:
             return
         end = max(self.slots.free)
         why = (
-            f"revoked: re-measured at {statistics.fmean(evidence['fresh']):.6f} on "
-            f"{len(evidence['fresh'])} fresh run(s); the gain over #{evidence.get('bar_id')} "
+            f"revoked: re-measured at {statistics.fmean(evidence.fresh):.6f} on "
+            f"{len(evidence.fresh)} fresh run(s); the gain over #{evidence.bar_id} "
             "does not hold"
         )
         self._update(cand, {"revoked_at": end}, status=Status.REVOKED, reason=why)
@@ -684,12 +677,12 @@ class _History:
     def _update(
         self,
         e: Experiment,
-        meta: Mapping[str, Any],
+        facts: Mapping[str, Any],
         *,
         status: Status | None = None,
         reason: str | None = None,
     ) -> Experiment:
-        """The scheduler's _set_status: same row, new status/reason, meta merged."""
+        """The scheduler's _set_status: same row, new status/reason, facts set."""
         return self.ledger.finish(
             e.id,
             status=status or e.status,
@@ -697,7 +690,7 @@ class _History:
             metric=e.value("val_bpb"),
             finished_at=e.finished_at or self.t,
             reason=e.reason if reason is None else reason,
-            meta={**e.meta, **meta} if meta or e.kind is Kind.CANDIDATE else None,
+            facts=facts,
         )
 
     def _orphans(self, k: int) -> None:
@@ -721,7 +714,8 @@ class _History:
                 proposer=proposer,
                 seed=self.cfg.run.seed,
                 now=created,
-                meta={**pmeta, "fingerprint": fp, "dedup": dedup_key(files), "knobs": dict(values)},
+                meta=pmeta,
+                facts={"fingerprint": fp, "dedup": dedup_key(files), "knobs": dict(values)},
             )
             self.seen[fp] = e.id
             self.ws.pin(f"refs/autoswarm/{TAG}/{e.id}", commit)

@@ -256,7 +256,7 @@ def simulate(
     by_id = {e.id: e for e in exps}
 
     def true_of(e: Experiment | None) -> float:
-        knobs = dict(objective.start) if e is None else dict(e.meta.get("knobs") or {})
+        knobs = dict(objective.start) if e is None else dict(e.knobs or {})
         if e is not None and not knobs and e.kind is Kind.BASELINE:
             knobs = dict(objective.start)
         v = objective.true_value(knobs)
@@ -268,9 +268,9 @@ def simulate(
         heads = ((0.0, 0, baseline_true),)
     judged = [e for e in exps if e.kind is Kind.CANDIDATE and e.status.value in _JUDGED]
     kept = {
-        e.id: (float(e.meta.get("kept_at", e.finished_at or t0)) - t0, true_of(e))
+        e.id: ((e.kept_at if e.kept_at is not None else e.finished_at or t0) - t0, true_of(e))
         for e in judged
-        if e.status.value in ("keep", "revoked") or "kept_at" in e.meta
+        if e.status.value in ("keep", "revoked") or e.kept_at is not None
     }
     checks = check_keeps(heads, kept, baseline_true)
     best = status["best"]

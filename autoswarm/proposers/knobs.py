@@ -321,7 +321,7 @@ class SwarmProposer(KnobProposer):
         if experiment.proposer != self.name or experiment.status is not Status.DISCARD:
             return
         parent_value = experiment.meta.get("parent_value")
-        values = (experiment.meta.get("evidence") or {}).get("values") or []
+        values = list(experiment.evidence.values) if experiment.evidence else []
         if not isinstance(parent_value, int | float) or not values:
             return
         # Judged when proposing, once the direction and σ are known (a resume replays

@@ -376,7 +376,7 @@ class OptunaProposer:
         current = knobs_of(ctx.best_files)
         values = {
             k: v
-            for k, v in dict(b.meta.get("knobs", {})).items()
+            for k, v in dict(b.knobs or {}).items()
             if k in current and current[k].value != v and isinstance(v, bool | int | float | str)
         }
         try:
@@ -384,7 +384,7 @@ class OptunaProposer:
         except (KeyError, ValueError, SyntaxError):
             return
         self._base_files = restored
-        if fingerprint(restored) == b.meta.get("fingerprint"):
+        if fingerprint(restored) == b.fingerprint:
             # Exactly the baseline's files: propose relative to the baseline commit.
             self._parent, self._parent_files = b.commit, restored
 
@@ -396,7 +396,7 @@ class OptunaProposer:
         value = exp.value(self._metric) if exp.status in (Status.KEEP, Status.DISCARD) else None
         if exp.kind is Kind.BASELINE:
             if value is not None:
-                self._add(exp, dict(exp.meta.get("knobs", {})), value)
+                self._add(exp, dict(exp.knobs or {}), value)
             return
         number = exp.meta.get("optuna_trial")
         if not isinstance(number, int) or exp.proposer != self.name:
@@ -503,7 +503,7 @@ def _known_values(ctx: Context, metric: str) -> dict[str, float]:
     """Mean metric of every finished variant with a value, by fingerprint."""
     by_fp: dict[str, list[float]] = {}
     for e in ctx.history:
-        fp, v = e.meta.get("fingerprint"), e.value(metric)
+        fp, v = e.fingerprint, e.value(metric)
         if isinstance(fp, str) and v is not None and e.status in (Status.KEEP, Status.DISCARD):
             by_fp.setdefault(fp, []).append(v)
     return {fp: statistics.fmean(vs) for fp, vs in by_fp.items()}

@@ -100,9 +100,9 @@ def test_agent_edits_become_experiments(tmp_path: Path, monkeypatch: pytest.Monk
     assert best and best[0].status is Status.KEEP, best[0].reason if best else cands
     assert [e.status for e in cands].count(Status.KEEP) == 1
     (rerun,) = [e for e in exps if e.kind is Kind.CONFIRM]
-    assert rerun.commit == best[0].commit and rerun.meta["replicates"] is True
+    assert rerun.commit == best[0].commit and rerun.is_remeasure is True
     assert rerun.status is Status.KEEP, (rerun.status, rerun.reason)
-    last = max((e for e in cands if e.status is Status.KEEP), key=lambda e: e.meta["kept_at"])
+    last = max((e for e in cands if e.status is Status.KEEP), key=lambda e: e.kept_at)
     ws = Workspace(ws_dir, load_config(ws_dir))
     assert ws.tree_id("refs/heads/autoswarm/agent") == ws.tree_id(last.commit)
     # The agent saw its own key, but no other credential; it ran in a scratch copy.
@@ -137,7 +137,7 @@ def test_locked_edits_rejected_and_near_duplicates_skipped(tmp_path: Path) -> No
     assert first.status in (Status.KEEP, Status.DISCARD)
     for d in dups:  # same code, another comment: not run again
         assert d.status is Status.REJECTED and d.reason == f"duplicate of #{first.id}"
-        assert d.meta["duplicate_of"] == first.id and d.started_at is None
+        assert d.duplicate_of == first.id and d.started_at is None
     ledger.close()
 
 

@@ -179,7 +179,7 @@ def test_external_agent_drives_a_real_run(tmp_path: Path) -> None:
         exps = led.experiments(rec.id)
         assert sum(e.kind is Kind.BASELINE for e in exps) == 3  # the default repeats
         (rerun,) = [e for e in exps if e.kind is Kind.CONFIRM]  # the keep's re-measurement
-        assert rerun.meta["confirms"] == a["id"] and rerun.meta["replicates"] is True
+        assert rerun.rerun_of == a["id"] and rerun.is_remeasure is True
         assert len(exps) == 10 and {int(m) for m in more} <= {e.id for e in exps}
         assert {e.id for e in exps if e.proposer == "external"} >= set(ids)
         assert not led.pending_submissions()

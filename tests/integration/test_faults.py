@@ -124,9 +124,7 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
         a = next(x for x in after if x["id"] == o["id"])
         assert a["attempts"] == o["attempts"] + 1 and a["commit_sha"] == o["commit_sha"]
     fps = [
-        json.loads(r["meta"])["fingerprint"]
-        for r in after
-        if r["status"] != "rejected" and r["kind"] == "candidate"
+        r["fingerprint"] for r in after if r["status"] != "rejected" and r["kind"] == "candidate"
     ]
     assert len(fps) == len(set(fps)), "no variant ran twice under two candidate ids"
 

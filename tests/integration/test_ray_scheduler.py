@@ -40,7 +40,7 @@ from autoswarm.scheduler import Scheduler
 from autoswarm.testing.proposers import ScriptedProposer, replace_in
 from autoswarm.testing.raycluster import LocalRayCluster
 from autoswarm.testing.synthetic import TRAIN_PY, make_workspace
-from autoswarm.types import Kind, Status
+from autoswarm.types import Kind, Purpose, Status
 from autoswarm.workspace import Workspace
 
 pytestmark = pytest.mark.ray
@@ -161,41 +161,41 @@ options = {{ resources = {{ h200 = 1 }} }}
     # LR is promoted: re-run on h200 with its commit and fresh seeds (confirm_runs = 2), and
     # kept only after that, on those validation runs alone.
     lr, width = cands[LR[0]], cands[WIDTH[0]]
-    promos = [e for e in rows if e.kind is Kind.CONFIRM and not e.meta.get("replicates")]
-    assert len(promos) == 2 and all(p.meta.get("confirms") == lr.id for p in promos)
-    assert all(p.meta.get("promoted") is True and p.tier == "h200" for p in promos)
+    promos = [e for e in rows if e.kind is Kind.CONFIRM and not e.is_remeasure]
+    assert len(promos) == 2 and all(p.rerun_of == lr.id for p in promos)
+    assert all((p.purpose is Purpose.VALIDATE) is True and p.tier == "h200" for p in promos)
     assert all(p.commit == lr.commit and p.status is Status.KEEP for p in promos)
     assert sorted(p.seed for p in promos) == [lr.seed + 1, lr.seed + 2]
     # Its bar rests on those two fresh runs (best_runs = 2 here): no re-measurement;
     # the proposer exhausted, the best is validated at the end (final_runs: 3 with several
     # slots), on the tier it was kept on, with the next seeds.
-    again = [e for e in rows if e.meta.get("replicates")]
-    assert [(a.meta["confirms"], a.tier, a.meta.get("final")) for a in again] == [
+    again = [e for e in rows if e.is_remeasure]
+    assert [(a.rerun_of, a.tier, (a.purpose is Purpose.FINAL)) for a in again] == [
         (lr.id, "h200", True)
     ] * 3
     assert sorted(a.seed for a in again) == [lr.seed + 3, lr.seed + 4, lr.seed + 5]
     # The screening run on h100 is never mixed in: the evidence is the h200 runs alone.
-    ev = lr.meta["evidence"]
+    ev = lr.evidence.as_meta()
     assert ev["selected"] == [] and sorted(ev["fresh"]) == sorted(
         e.value("val_bpb") for e in [*promos, *again]
     )
-    assert lr.status is Status.KEEP and lr.meta["validated_on"] == "h200"
+    assert lr.status is Status.KEEP and lr.validated_on == "h200"
     assert lr.finished_at is not None and all(
         p.started_at is not None and p.started_at >= lr.finished_at for p in promos
     ), "the validation run starts after the screen"
-    assert lr.meta["evidence"]["best_before"] == pytest.approx(
+    assert lr.evidence.as_meta()["best_before"] == pytest.approx(
         sched._baselines["h200"].mean  # type: ignore[union-attr]
     )
     # WIDTH is worse on h100 and is discarded there, without a validation run.
     assert width.status is Status.DISCARD and width.tier == "h100"
-    assert "validated_on" not in width.meta
+    assert width.validated_on is None
 
     # The branch advanced only to validated commits: every commit on it after the base
     # holds the files of a candidate kept on the validation tier.
     validated = {
         ws.tree_id(e.commit)
         for e in rows
-        if e.kind is Kind.CANDIDATE and e.status is Status.KEEP and e.meta.get("validated_on")
+        if e.kind is Kind.CANDIDATE and e.status is Status.KEEP and e.validated_on
     }
     on_branch = subprocess.run(
         ["git", "rev-list", f"{out.run.base_commit}..{out.run.branch}"],

@@ -11,7 +11,7 @@ import pytest
 
 from autoswarm.init import init_workspace
 from autoswarm.ledger import Ledger
-from autoswarm.types import Kind, Status
+from autoswarm.types import Kind, Purpose, Status
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
@@ -38,7 +38,7 @@ def test_reproduce_the_baseline_of_a_real_cpu_run(tmp_path: Path) -> None:
     assert out.returncode == 0 or "the claim does not hold" in text
     with Ledger(ws / ".autoswarm" / "ledger.sqlite") as led:
         rows = led.experiments(led.get_run("r").id)  # type: ignore[union-attr]
-    reruns = [e for e in rows if e.meta.get("reproduce")]
+    reruns = [e for e in rows if (e.purpose is Purpose.REPRODUCE)]
     # Fresh seeds: after every seed the baseline used (42-44, more if a repeat was slowed).
     last = max(e.seed for e in rows if e.kind is Kind.BASELINE)
     assert [e.seed for e in reruns] == [last + 1, last + 2]

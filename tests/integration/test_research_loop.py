@@ -157,11 +157,11 @@ def test_real_loop_on_cpu_template(tmp_path: Path, cache: Path) -> None:
     assert keep.status is Status.KEEP, keep.reason
     assert keep.value("val_bpb") < sched.baseline.mean - 0.5
     # Kept on its fresh-seed confirmations, not on its first run; its bar is their mean.
-    confirms = [e for e in rows if e.kind is Kind.CONFIRM and e.meta.get("confirms") == keep.id]
-    fresh = [e for e in confirms if not e.meta.get("replicates")]
+    confirms = [e for e in rows if e.kind is Kind.CONFIRM and e.rerun_of == keep.id]
+    fresh = [e for e in confirms if not e.is_remeasure]
     assert len(fresh) >= CONFIRMS and all(e.commit == keep.commit for e in confirms)
     assert all(e.status is Status.KEEP and e.seed > keep.seed for e in confirms)
-    ev = keep.meta["evidence"]
+    ev = keep.evidence.as_meta()
     assert ev["selected"] == [keep.value("val_bpb")] and len(ev["fresh"]) == len(confirms)
     assert ev["p"] < ev["alpha"] and ev["replicated_mean"] < sched.baseline.mean - 0.5
     assert set(keep.metrics) >= {

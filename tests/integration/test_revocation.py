@@ -24,7 +24,7 @@ from autoswarm.ledger import Ledger
 from autoswarm.scheduler import Scheduler
 from autoswarm.testing.proposers import ScriptedProposer, replace_in
 from autoswarm.testing.synthetic import make_workspace
-from autoswarm.types import Kind, Status
+from autoswarm.types import Kind, Purpose, Status
 from autoswarm.workspace import Workspace
 
 pytestmark = pytest.mark.slow
@@ -71,11 +71,11 @@ def test_replication_revokes_a_lucky_keep_and_moves_the_branch_back(tmp_path: Pa
     # The first re-measurement in (1.100 or 1.110) shows the variant's spread: with it, its fresh
     # runs no longer beat the bar, and the keep is revoked at once.
     assert cand.reason.startswith("revoked") and "unstable" in cand.reason, cand.reason
-    ev = cand.meta["evidence"]
+    ev = cand.evidence.as_meta()
     assert ev["selected"] == [0.9] and ev["fresh"][:2] == [0.901, 0.899]
     assert ev["fresh"][2] in (1.1, 1.11) and ev["decided_runs"] == 3
-    assert cand.meta.get("kept_at") and cand.meta.get("revoked_at")
-    remeasured = [e for e in rows if e.kind is Kind.CONFIRM and e.meta.get("replicates")]
+    assert cand.kept_at and cand.revoked_at
+    remeasured = [e for e in rows if e.kind is Kind.CONFIRM and e.is_remeasure]
     assert 45 in [e.seed for e in remeasured] or 46 in [e.seed for e in remeasured]
     # Run, still running, or still queued when the keep was revoked: none stands.
     assert all(e.status in (Status.REVOKED, Status.REJECTED) for e in remeasured)
@@ -120,7 +120,7 @@ def test_reproduce_reports_whether_a_recorded_value_holds(tmp_path: Path) -> Non
         after = led.get(cand.id)
         rows = led.experiments(out.run.id)
     assert after is not None and after.status is Status.REVOKED
-    reruns = [e for e in rows if e.meta.get("reproduce")]
+    reruns = [e for e in rows if (e.purpose is Purpose.REPRODUCE)]
     assert [e.seed for e in reruns] == [45, 46, 47]
 
     # The baseline's own value holds when it is re-run (seeds 48.. are in its spread).

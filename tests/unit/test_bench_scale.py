@@ -51,22 +51,18 @@ def test_the_ledger_holds_n_experiments_of_every_kind_and_state(built: scale.Bui
     # re-runs point at their candidate, verdicts carry evidence, keeps move the branch.
     cands = [e for e in exps if e.kind is Kind.CANDIDATE]
     assert {e.proposer for e in cands} == {"swarm", "factorial"}
-    assert all({"fingerprint", "dedup", "knobs"} <= set(e.meta) for e in cands)
+    assert all(e.fingerprint and e.dedup and e.knobs is not None for e in cands)
     by_id = {e.id: e for e in exps}
-    assert all(
-        by_id[int(e.meta["confirms"])].kind is Kind.CANDIDATE
-        for e in exps
-        if e.kind is Kind.CONFIRM
-    )
+    assert all(by_id[e.rerun_of].kind is Kind.CANDIDATE for e in exps if e.kind is Kind.CONFIRM)
     judged = [e for e in cands if e.status in (Status.KEEP, Status.DISCARD)]
-    assert judged and all("evidence" in e.meta for e in judged)
-    assert all("kept_at" in e.meta for e in cands if e.status is Status.KEEP)
+    assert judged and all(e.evidence is not None for e in judged)
+    assert all(e.kept_at is not None for e in cands if e.status is Status.KEEP)
     dup = [e for e in exps if e.reason.startswith("duplicate of #")]
     assert all(e.status is Status.REJECTED and not e.commit for e in dup)
     # Every candidate with a commit is a real commit whose train.py has its knobs.
     for e in [c for c in cands if c.commit][:20]:
         values = {k: v.value for k, v in knobs_of(ws.read_files(e.commit)).items()}
-        assert values == e.meta["knobs"]
+        assert values == e.knobs
     assert st["best"]["id"] is not None
     head = ws.tree_id(f"refs/heads/{run.branch}")
     assert head == ws.tree_id(st["best"]["commit"])

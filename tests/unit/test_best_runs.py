@@ -8,7 +8,7 @@ from autoswarm.config import load_config, with_overrides
 from autoswarm.errors import ConfigError
 from autoswarm.policy import best_of
 from autoswarm.testing.proposers import ScriptedProposer, replace_in
-from autoswarm.types import Experiment, Kind, Status
+from autoswarm.types import Experiment, Kind, Purpose, Status
 from tests.conftest import Harness, synthetic_outcome
 
 LR = ("LR 0.01 -> 0.04", replace_in("train.py", "LR = 0.01", "LR = 0.04"))
@@ -16,7 +16,7 @@ WIDTH = ("WIDTH 64 -> 128", replace_in("train.py", "WIDTH = 64", "WIDTH = 128"))
 
 
 def _fresh(e: Experiment) -> list[float]:
-    return list(e.meta["evidence"]["fresh"])
+    return list(e.evidence.as_meta()["fresh"])
 
 
 def test_a_keep_rests_on_its_fresh_runs_and_the_next_keep_is_judged_against_them(
@@ -26,29 +26,29 @@ def test_a_keep_rests_on_its_fresh_runs_and_the_next_keep_is_judged_against_them
     out = sched.run(tag="t")
     rows = ledger.experiments(out.run.id)
     lr = next(e for e in rows if e.description == LR[0])
-    confirms = [e for e in rows if e.kind is Kind.CONFIRM and e.meta["confirms"] == lr.id]
-    assert lr.status is Status.KEEP and lr.meta["evidence"]["runs"] == 3
+    confirms = [e for e in rows if e.kind is Kind.CONFIRM and e.rerun_of == lr.id]
+    assert lr.status is Status.KEEP and lr.evidence.as_meta()["runs"] == 3
     # Its confirmations give the bar its best_runs (2) fresh runs: nothing is re-measured.
     assert [(e.seed, e.status, e.commit) for e in confirms] == [
         (lr.seed + 1, Status.KEEP, lr.commit),
         (lr.seed + 2, Status.KEEP, lr.commit),
     ]
-    assert not [e for e in confirms if e.meta.get("replicates")]
+    assert not [e for e in confirms if e.is_remeasure]
     fresh = [e.value("val_bpb") for e in confirms]
-    assert lr.meta["evidence"]["values"] == [lr.value("val_bpb"), *fresh]
+    assert lr.evidence.as_meta()["values"] == [lr.value("val_bpb"), *fresh]
     assert _fresh(lr) == fresh
-    assert lr.meta["evidence"]["replicated_mean"] == pytest.approx(sum(fresh) / 2)
+    assert lr.evidence.as_meta()["replicated_mean"] == pytest.approx(sum(fresh) / 2)
     # WIDTH (kept on top of LR) was judged against the mean of LR's fresh runs only.
     width = next(e for e in rows if e.description == WIDTH[0])
     assert width.parent == lr.commit and width.status is Status.KEEP
-    assert width.meta["evidence"]["best_runs"] == 2
-    assert width.meta["evidence"]["bar"] == fresh
-    assert width.meta["evidence"]["bar_id"] == lr.id
-    assert width.meta["evidence"]["best_before"] == pytest.approx(sum(fresh) / 2)
+    assert width.evidence.as_meta()["best_runs"] == 2
+    assert width.evidence.as_meta()["bar"] == fresh
+    assert width.evidence.as_meta()["bar_id"] == lr.id
+    assert width.evidence.as_meta()["best_before"] == pytest.approx(sum(fresh) / 2)
     # The run ends (proposer exhausted, two slots): the best is validated 3 more times,
     # and the bar is the mean of its 2 confirmations and those 3.
-    final = [e for e in rows if e.meta.get("final")]
-    assert len(final) == 3 and all(e.meta["confirms"] == width.id for e in final)
+    final = [e for e in rows if (e.purpose is Purpose.FINAL)]
+    assert len(final) == 3 and all(e.rerun_of == width.id for e in final)
     assert out.best is not None and out.best.experiment_id == width.id and out.best.runs == 5
     assert out.best.value == pytest.approx(sum(_fresh(width)) / 5)
     # A resumed run reads the same best from the ledger.
@@ -64,22 +64,22 @@ def test_with_confirm_runs_0_a_keep_on_one_run_is_re_measured(harness: Harness) 
     out = sched.run(tag="t")
     rows = ledger.experiments(out.run.id)
     lr = next(e for e in rows if e.description == LR[0])
-    (again,) = [e for e in rows if e.meta.get("replicates") and e.meta["confirms"] == lr.id]
-    assert lr.status is Status.KEEP and lr.meta["evidence"]["runs"] == 2
+    (again,) = [e for e in rows if e.is_remeasure and e.rerun_of == lr.id]
+    assert lr.status is Status.KEEP and lr.evidence.as_meta()["runs"] == 2
     assert again.kind is Kind.CONFIRM and again.status is Status.KEEP
     assert again.description.startswith(f"re-measure kept #{lr.id} (seed {lr.seed + 1})")
     assert again.commit == lr.commit and again.seed == lr.seed + 1
-    values = lr.meta["evidence"]["values"]
+    values = lr.evidence.as_meta()["values"]
     assert values == [lr.value("val_bpb"), again.value("val_bpb")]
-    assert lr.meta["evidence"]["mean"] == pytest.approx(sum(values) / 2)
+    assert lr.evidence.as_meta()["mean"] == pytest.approx(sum(values) / 2)
     assert _fresh(lr) == [again.value("val_bpb")]
     # WIDTH (kept on top of LR) was judged against LR's fresh run, not its selecting one.
     width = next(e for e in rows if e.description == WIDTH[0])
     assert width.parent == lr.commit and width.status is Status.KEEP
-    assert width.meta["evidence"]["best_runs"] == 1
-    assert width.meta["evidence"]["best_before"] == pytest.approx(again.value("val_bpb"))
+    assert width.evidence.as_meta()["best_runs"] == 1
+    assert width.evidence.as_meta()["best_before"] == pytest.approx(again.value("val_bpb"))
     # It was re-measured too: the best is its fresh run.
-    (again_w,) = [e for e in rows if e.meta.get("replicates") and e.meta["confirms"] == width.id]
+    (again_w,) = [e for e in rows if e.is_remeasure and e.rerun_of == width.id]
     assert out.best is not None and out.best.experiment_id == width.id and out.best.runs == 1
     assert out.best.value == pytest.approx(again_w.value("val_bpb"))
     assert sched.baseline is not None
@@ -93,9 +93,9 @@ def test_by_default_a_keep_rests_on_as_many_fresh_runs_as_the_baseline(harness: 
     sched, _, ledger = harness.scheduler(ScriptedProposer([LR]), slots=1)
     out = sched.run(tag="t")
     rows = ledger.experiments(out.run.id)
-    assert not [e for e in rows if e.meta.get("final")]
+    assert not [e for e in rows if (e.purpose is Purpose.FINAL)]
     confirms = [e for e in rows if e.kind is Kind.CONFIRM]
-    assert [(e.seed, bool(e.meta.get("replicates"))) for e in confirms] == [
+    assert [(e.seed, bool(e.is_remeasure)) for e in confirms] == [
         (43, False),
         (44, False),
         (45, True),
@@ -111,7 +111,7 @@ def test_best_runs_sets_how_many_runs_a_kept_variant_gets(harness: Harness) -> N
     rows = ledger.experiments(out.run.id)
     confirms = [e for e in rows if e.kind is Kind.CONFIRM]
     # 2 confirmations (seeds 43, 44) before the verdict, then 1 re-measurement (45).
-    assert [(e.seed, bool(e.meta.get("replicates"))) for e in confirms] == [
+    assert [(e.seed, bool(e.is_remeasure)) for e in confirms] == [
         (43, False),
         (44, False),
         (45, True),
@@ -139,9 +139,9 @@ def test_a_crashed_re_run_leaves_the_keep_and_its_evidence_alone(harness: Harnes
     out = sched.run(tag="t")
     rows = ledger.experiments(out.run.id)
     lr = next(e for e in rows if e.description == LR[0])
-    (again,) = [e for e in rows if e.meta.get("replicates")]
+    (again,) = [e for e in rows if e.is_remeasure]
     assert again.seed == 45 and again.status is Status.CRASH
-    assert lr.status is Status.KEEP and lr.meta["evidence"]["runs"] == 3
+    assert lr.status is Status.KEEP and lr.evidence.as_meta()["runs"] == 3
     assert len(_fresh(lr)) == 2
     assert out.best is not None and out.best.commit == lr.commit and out.best.runs == 2
     assert "LR = 0.04" in sched.ws.read_file("refs/heads/autoswarm/t", "train.py")
@@ -173,12 +173,12 @@ def test_a_re_measurement_no_better_than_the_old_bar_revokes_the_keep(harness: H
     out = sched.run(tag="t")
     rows = ledger.experiments(out.run.id)
     lr = next(e for e in rows if e.description == LR[0])
-    (again,) = [e for e in rows if e.meta.get("replicates")]
+    (again,) = [e for e in rows if e.is_remeasure]
     assert again.seed == 45 and again.value("val_bpb") == 1.21
     assert lr.status is Status.REVOKED and lr.status.tsv == "discard"
     assert lr.reason.startswith("revoked: re-measured at 1.000000 on 3 fresh run(s)")
-    assert lr.meta["evidence"]["fresh"] == [0.90, 0.89, 1.21]
-    assert "revoked_at" in lr.meta and "kept_at" in lr.meta
+    assert lr.evidence.as_meta()["fresh"] == [0.90, 0.89, 1.21]
+    assert lr.revoked_at is not None and lr.kept_at is not None
     # Its re-runs (2 confirmations, the re-measurement) are withdrawn with it.
     runs = [e for e in rows if e.kind is Kind.CONFIRM]
     assert [e.seed for e in runs] == [43, 44, 45]
@@ -233,8 +233,8 @@ def test_a_keep_made_on_top_of_a_revoked_one_is_judged_against_the_best_before_b
     lr = next(e for e in rows if e.description == LR[0])
     width = next(e for e in rows if e.description == WIDTH[0])
     assert width.parent == lr.commit
-    assert width.meta["evidence"]["bar_id"] == lr.id  # kept against LR's bar
-    assert float(width.meta["kept_at"]) < float(lr.meta["revoked_at"])
+    assert width.evidence.as_meta()["bar_id"] == lr.id  # kept against LR's bar
+    assert float(width.kept_at) < float(lr.revoked_at)
     assert lr.status is Status.REVOKED, lr.reason
     assert width.status is Status.KEEP, width.reason
     assert out.best is not None and out.best.experiment_id == width.id

@@ -99,14 +99,14 @@ def test_scheduler_records_near_duplicates_with_their_twin(harness: Harness) -> 
     again = rows["LR 0.04 again, reformatted"]
     assert first.status in (Status.KEEP, Status.DISCARD)
     assert again.status is Status.REJECTED and again.reason == f"duplicate of #{first.id}"
-    assert again.meta["duplicate_of"] == first.id and again.started_at is None
+    assert again.duplicate_of == first.id and again.started_at is None
     assert "LR=0.04" in again.diff  # what was proposed stays visible
     # A comment-only change is the code of its parent: here the kept LR 0.04 or the baseline.
     comment = rows["comment only"]
     twin = first.id if first.status is Status.KEEP else 1
-    assert comment.status is Status.REJECTED and comment.meta["duplicate_of"] == twin
+    assert comment.status is Status.REJECTED and comment.duplicate_of == twin
     assert rows["WIDTH 64 -> 32"].status in (Status.KEEP, Status.DISCARD)
-    assert all("dedup" in e.meta for e in rows.values() if e.kind is not Kind.CONFIRM)
+    assert all(e.dedup is not None for e in rows.values() if e.kind is not Kind.CONFIRM)
     ledger.close()
 
 
@@ -124,7 +124,7 @@ def test_resumed_run_still_knows_the_twins(harness: Harness) -> None:
     out = sched.run(tag="t", resume=True)
     rows = {e.description: e for e in ledger.experiments(out.run.id)}
     assert rows["again"].status is Status.REJECTED
-    assert rows["again"].meta["duplicate_of"] == rows["WIDTH 64 -> 32"].id
+    assert rows["again"].duplicate_of == rows["WIDTH 64 -> 32"].id
     ledger.close()
 
 

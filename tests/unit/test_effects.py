@@ -136,7 +136,7 @@ def test_effects_from_experiments_uses_designs_and_confirmations() -> None:
     exps.append(_exp(11, None, status=Status.CRASH, meta={"wave": 1, "design": {"LR": 1}}))
     exps.append(_exp(12, 0.99, status=Status.KEEP, meta={"combine": 1}))  # not a design point
     # A confirmation of design point 1 counts as a replicate of it.
-    exps.append(_exp(13, exps[0].value("val_bpb"), kind=Kind.CONFIRM, meta={"confirms": 1}))
+    exps.append(_exp(13, exps[0].value("val_bpb"), kind=Kind.CONFIRM, rerun_of=1))
     table = effects_from_experiments(exps, "val_bpb", sigma=SIGMA)
     assert table.runs == 5 and table.factors == ("LR", "WIDTH")
     lr, width = table.get("LR"), table.get("WIDTH")

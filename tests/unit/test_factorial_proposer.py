@@ -275,7 +275,7 @@ def _other(i: int, status: Status, **knobs: object) -> Experiment:
     metrics = {} if status is Status.CRASH else {"val_bpb": 1.0}
     values = {"LR": 0.01, "WIDTH": 64, "DEPTH": 4, "WARMUP_RATIO": 0.1, "USE_BIAS": False}
     return _finished(
-        i, {"knobs": {**values, **knobs}}, 1.0, proposer="swarm", status=status, metrics=metrics
+        i, {}, 1.0, proposer="swarm", status=status, metrics=metrics, knobs={**values, **knobs}
     )
 
 

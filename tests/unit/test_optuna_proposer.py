@@ -120,7 +120,7 @@ def test_baseline_observed_before_the_study_becomes_a_trial() -> None:
         description="baseline",
         proposer="baseline",
         metrics={"val_bpb": 1.25},
-        meta={"knobs": {k: v.value for k, v in knobs_of(files).items()}},
+        knobs={k: v.value for k, v in knobs_of(files).items()},
     )
     p = OptunaProposer(seed=3)
     p.observe(base)  # buffered: the study is made by the first propose
@@ -291,7 +291,7 @@ def test_trial_of_a_candidate_whose_confirmations_were_interrupted_is_told_after
     rows = ledger.experiments(out.run.id)
     cut = [e for e in rows if e.status is Status.INTERRUPTED]
     assert len(cut) == 2 and all(e.kind is Kind.CONFIRM for e in cut)
-    (waiting,) = {e.meta["confirms"] for e in cut}
+    (waiting,) = {e.rerun_of for e in cut}
     cand = ledger.get(waiting)
     assert cand.kind is Kind.CANDIDATE and cand.status is Status.PENDING
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{state / 'optuna.db'}")

@@ -11,7 +11,7 @@ from autoswarm.outputs import status_record
 from autoswarm.proposers.knobs import KnobProposer
 from autoswarm.scheduler import RunLock
 from autoswarm.testing.proposers import ScriptedProposer, replace_in, write_file
-from autoswarm.types import Kind, Status
+from autoswarm.types import Kind, Purpose, Status
 from tests.conftest import Harness, synthetic_outcome
 
 
@@ -68,7 +68,7 @@ def test_gain_within_noise_margin_is_discarded(harness: Harness) -> None:
     out = sched.run(tag="t")
     e = ledger.experiments(out.run.id)[-1]
     assert e.status is Status.DISCARD
-    assert e.meta["evidence"]["sigma"] == pytest.approx(sched.baseline.sigma)
+    assert e.evidence.as_meta()["sigma"] == pytest.approx(sched.baseline.sigma)
 
 
 def test_failures_are_data_with_reasons(harness: Harness) -> None:
@@ -145,7 +145,7 @@ def test_time_limit_stops_dispatch_before_overrunning(harness: Harness) -> None:
     out = sched.run(tag="t")
     assert out.reason.startswith("time limit")
     rows = ledger.experiments(out.run.id)
-    assert not [e for e in rows if e.meta.get("final")]
+    assert not [e for e in rows if (e.purpose is Purpose.FINAL)]
     st = status_record(ledger, out.run, harness.clock.now())
     assert st["elapsed_s"] <= 600.0 + 1e-6
     assert st["experiments"]["total"] >= 18  # 2 slots × 600 s / 60 s, less the last wave
@@ -160,18 +160,18 @@ def test_at_the_time_limit_only_the_best_is_validated_before_the_run_ends(
     out = sched.run(tag="t")
     assert out.reason.startswith("time limit")
     rows = ledger.experiments(out.run.id)
-    final = [e for e in rows if e.meta.get("final")]
-    before = [e for e in rows if not e.meta.get("final")]
+    final = [e for e in rows if (e.purpose is Purpose.FINAL)]
+    before = [e for e in rows if e.purpose is not Purpose.FINAL]
     assert out.best is not None
     best = next(e for e in rows if e.id == out.best.experiment_id)
     assert best.kind is Kind.CANDIDATE and best.status is Status.KEEP
-    assert best.meta["validated"] is True
+    assert best.validated is True
     assert len(final) == 3
     assert all(
         e.kind is Kind.CONFIRM
         and e.commit == best.commit
-        and e.meta["confirms"] == best.id
-        and e.meta["replicates"] is True
+        and e.rerun_of == best.id
+        and e.is_remeasure is True
         and e.status is Status.KEEP
         and e.description.startswith(f"validate best #{best.id} (seed ")
         for e in final
@@ -187,7 +187,7 @@ def test_at_the_time_limit_only_the_best_is_validated_before_the_run_ends(
     st = status_record(ledger, out.run, harness.clock.now())
     assert st["elapsed_s"] == pytest.approx(600.0 + 2 * 60.0)
     # The validation runs join the best's fresh runs: the bar is their mean with its confirmations.
-    ev = best.meta["evidence"]
+    ev = best.evidence.as_meta()
     assert sorted(ev["fresh"][-3:]) == sorted(e.value("val_bpb") for e in final)
     assert out.best.runs == len(ev["fresh"]) == 5
     assert out.best.value == pytest.approx(sum(ev["fresh"]) / 5)
@@ -209,7 +209,7 @@ def test_candidate_finishing_before_baseline_waits_for_its_verdict(harness: Harn
     out = sched.run(tag="t")
     cand = [e for e in ledger.experiments(out.run.id) if e.kind is Kind.CANDIDATE][-1]
     assert cand.status is Status.KEEP
-    assert cand.meta["evidence"]["best_before"] == pytest.approx(sched.baseline.mean)
+    assert cand.evidence.as_meta()["best_before"] == pytest.approx(sched.baseline.mean)
     base_end = max(e.finished_at for e in ledger.experiments(out.run.id) if e.kind is Kind.BASELINE)
     assert (
         cand.finished_at < base_end
@@ -352,12 +352,12 @@ def test_promising_gain_is_confirmed_with_other_seeds_then_kept(harness: Harness
     assert [c.description for c in confirms] == [
         f"confirm #{cand.id} (seed {s}): LR 0.01 -> 0.02" for s in (43, 44)
     ]
-    assert all(c.commit == cand.commit and c.meta["confirms"] == cand.id for c in confirms)
+    assert all(c.commit == cand.commit and c.rerun_of == cand.id for c in confirms)
     # Both re-runs were queued at once, when the first run came in.
     assert all(c.created_at == pytest.approx(cand.finished_at) for c in confirms)
-    assert not [c for c in confirms if c.meta.get("replicates")]  # best_runs is met: no more
+    assert not [c for c in confirms if c.is_remeasure]  # best_runs is met: no more
     assert cand.status is Status.KEEP and all(c.status is Status.KEEP for c in confirms)
-    ev = cand.meta["evidence"]
+    ev = cand.evidence.as_meta()
     assert ev["runs"] == 3 and ev["values"] == [0.96, 0.95, 0.94]
     assert ev["mean"] == pytest.approx(0.95)
     assert ev["selected"] == [0.96] and ev["fresh"] == [0.95, 0.94]
@@ -404,7 +404,7 @@ def test_a_gain_short_of_the_keep_level_gets_one_more_look(
     cand = next(e for e in exps if e.kind is Kind.CANDIDATE)
     confirms = [e for e in exps if e.kind is Kind.CONFIRM]
     assert [c.seed for c in confirms] == [43, 44, 45, 46]
-    ev = cand.meta["evidence"]
+    ev = cand.evidence.as_meta()
     assert ev["runs"] == 5 and ev["values"] == [*first, *later]
     assert ev["selected"] == [first[0]] and ev["fresh"] == [*first[1:], *later]
     if kept:
@@ -433,7 +433,7 @@ def test_lucky_single_run_does_not_replicate_and_is_discarded(harness: Harness) 
     confirms = [e for e in exps if e.kind is Kind.CONFIRM]
     assert [c.seed for c in confirms] == [43, 44]
     assert cand.status is Status.DISCARD and all(c.status is Status.DISCARD for c in confirms)
-    ev = cand.meta["evidence"]
+    ev = cand.evidence.as_meta()
     assert ev["runs"] == 3 and ev["values"] == [0.984, 1.012, 1.0]
     assert ev["selected"] == [0.984] and ev["fresh"] == [1.012, 1.0]
     assert ev["p"] > 0.05
@@ -452,9 +452,9 @@ def test_large_gain_is_kept_only_after_its_confirmations(harness: Harness) -> No
     exps = ledger.experiments(out.run.id)
     cand = next(e for e in exps if e.kind is Kind.CANDIDATE)
     confirms = [e for e in exps if e.kind is Kind.CONFIRM]
-    assert [(c.seed, c.meta["confirms"]) for c in confirms] == [(43, cand.id), (44, cand.id)]
+    assert [(c.seed, c.rerun_of) for c in confirms] == [(43, cand.id), (44, cand.id)]
     assert cand.status is Status.KEEP and all(c.status is Status.KEEP for c in confirms)
-    ev = cand.meta["evidence"]
+    ev = cand.evidence.as_meta()
     assert ev["runs"] == 3 and ev["values"] == [0.88, 0.91, 0.90]
     assert ev["mean"] == pytest.approx(2.69 / 3)
     assert ev["selected_mean"] == pytest.approx(0.88)
@@ -477,12 +477,12 @@ def test_with_confirm_runs_0_a_large_gain_is_kept_on_one_run(harness: Harness) -
     exps = ledger.experiments(out.run.id)
     cand = next(e for e in exps if e.kind is Kind.CANDIDATE)
     assert cand.status is Status.KEEP
-    assert cand.meta["evidence"]["selected"] == [0.70]
+    assert cand.evidence.as_meta()["selected"] == [0.70]
     (again,) = [e for e in exps if e.kind is Kind.CONFIRM]
-    assert again.meta["replicates"] is True and again.seed == 43
+    assert again.is_remeasure is True and again.seed == 43
     assert again.description.startswith(f"re-measure kept #{cand.id} (seed 43)")
     assert again.status is Status.KEEP
-    assert cand.meta["evidence"]["fresh"] == [0.71]
+    assert cand.evidence.as_meta()["fresh"] == [0.71]
     assert out.best is not None and out.best.experiment_id == cand.id
     assert out.best.value == pytest.approx(0.71) and out.best.runs == 1
 
@@ -602,6 +602,6 @@ def test_a_run_that_ends_leaves_no_verdict_open(harness: Harness) -> None:
     assert not [e for e in rows if e.status in (Status.PENDING, Status.QUEUED)]
     cand = next(e for e in rows if e.description == "LR 0.01 -> 0.02")
     assert cand.status in (Status.KEEP, Status.DISCARD)
-    assert cand.meta["evidence"]["runs"] == 4  # 42, 43, 44 and the one of 45/46 that ran
+    assert cand.evidence.as_meta()["runs"] == 4  # 42, 43, 44 and the one of 45/46 that ran
     (withdrawn,) = [e for e in rows if e.status is Status.REJECTED]
     assert withdrawn.seed in (45, 46) and "the run ended" in withdrawn.reason

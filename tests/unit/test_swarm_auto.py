@@ -13,7 +13,7 @@ from autoswarm.proposers.knobs import SwarmProposer
 from autoswarm.proposers.registry import make_proposer
 from autoswarm.testing.contract import ProposerContract, contract_context
 from autoswarm.testing.synthetic import TRAIN_PY
-from autoswarm.types import Experiment, Kind, Status
+from autoswarm.types import Evidence, Experiment, Kind, Status
 
 FILES = {"train.py": TRAIN_PY}
 
@@ -47,11 +47,8 @@ def _done(
         description="x",
         proposer="swarm",
         metrics={"val_bpb": values[0]},
-        meta={
-            "changes": changes,
-            "parent_value": parent_value,
-            "evidence": {"values": values},
-        },
+        meta={"changes": changes, "parent_value": parent_value},
+        evidence=Evidence.from_meta({"values": values}),
     )
 
 

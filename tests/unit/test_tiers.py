@@ -16,7 +16,7 @@ from autoswarm.ledger import Ledger
 from autoswarm.scheduler import Scheduler
 from autoswarm.testing.proposers import ScriptedProposer, replace_in
 from autoswarm.tiers import plan_tiers
-from autoswarm.types import Job, Kind, Status
+from autoswarm.types import Job, Kind, Purpose, Status
 from autoswarm.workspace import Workspace
 from tests.conftest import Harness
 
@@ -154,13 +154,13 @@ def test_strong_candidate_is_promoted_validated_and_only_then_kept(harness: Harn
     rows = ledger.experiments(out.run.id)
     lr = next(e for e in rows if e.description == LR[0])
     width = next(e for e in rows if e.description == WIDTH[0])
-    promos = [e for e in rows if e.kind is Kind.CONFIRM and not e.meta.get("replicates")]
+    promos = [e for e in rows if e.kind is Kind.CONFIRM and not e.is_remeasure]
     assert lr.tier == "h100" and lr.status is Status.KEEP
     # Promotion of LR only: confirm_runs (2) runs on the validation tier, with fresh seeds.
     assert [(p.tier, p.seed) for p in promos] == [("h200", 43), ("h200", 44)]
     assert all(
-        p.meta["confirms"] == lr.id
-        and p.meta["promoted"] is True
+        p.rerun_of == lr.id
+        and (p.purpose is Purpose.VALIDATE) is True
         and p.commit == lr.commit
         and p.status is Status.KEEP
         and p.description.startswith(f"validate #{lr.id} on h200 (seed {p.seed})")
@@ -169,29 +169,29 @@ def test_strong_candidate_is_promoted_validated_and_only_then_kept(harness: Harn
     # The verdict compares the h200 runs (all fresh: the h100 screen selected it) with the
     # h200 baseline, in h200's σ (its baseline and LR's runs pooled, not h100's 0.01).
     # (Its runs then grew by the end-of-run validation, below.)
-    ev = lr.meta["evidence"]
+    ev = lr.evidence.as_meta()
     assert ev["values"][:2] == [0.81, 0.79] and ev["fresh"][:2] == [0.81, 0.79]
     assert ev["selected"] == []
     assert ev["best_before"] == pytest.approx(0.95) and ev["bar"] == [0.95, 0.96, 0.94]
     assert ev["sigma"] == pytest.approx(((2 * 0.01**2 + 0.02**2 / 2) / 3) ** 0.5)
     assert ev["p"] < 0.001
-    assert lr.meta["screening"]["best_before"] == pytest.approx(1.00)
-    assert lr.meta["screening"]["values"] == [0.95]
-    assert lr.meta["validated_on"] == "h200"
+    assert lr.screening.as_meta()["best_before"] == pytest.approx(1.00)
+    assert lr.screening.as_meta()["values"] == [0.95]
+    assert lr.validated_on == "h200"
     # Two fresh runs are best_runs (2 here) already: no re-measurement.
-    assert not [e for e in rows if e.meta.get("replicates") and not e.meta.get("final")]
+    assert not [e for e in rows if e.is_remeasure and e.purpose is not Purpose.FINAL]
     # WIDTH is judged against the best *on h100* (LR's 0.95), not the h100 baseline.
     assert width.status is Status.DISCARD and width.tier == "h100"
-    assert width.finished_at > lr.meta["kept_at"]
-    assert width.meta["evidence"]["best_before"] == pytest.approx(0.95)
-    assert width.meta["evidence"]["bar"] == [0.95] and width.meta["evidence"]["bar_id"] == lr.id
-    assert not [e for e in rows if e.meta.get("confirms") == width.id]
+    assert width.finished_at > lr.kept_at
+    assert width.evidence.as_meta()["best_before"] == pytest.approx(0.95)
+    assert width.evidence.as_meta()["bar"] == [0.95] and width.evidence.as_meta()["bar_id"] == lr.id
+    assert not [e for e in rows if e.rerun_of == width.id]
     assert "LR = 0.04" in sched.ws.read_file("refs/heads/autoswarm/t", "train.py")
     # The run ends (proposer exhausted, 2 slots): the best is validated 3 more times, on
     # the tier its evidence came from, with the next seeds; they join its bar.
-    final = [e for e in rows if e.meta.get("final")]
+    final = [e for e in rows if (e.purpose is Purpose.FINAL)]
     assert sorted((e.tier, e.seed) for e in final) == [("h200", 45), ("h200", 46), ("h200", 47)]
-    assert all(e.meta["confirms"] == lr.id and e.status is Status.KEEP for e in final)
+    assert all(e.rerun_of == lr.id and e.status is Status.KEEP for e in final)
     assert ev["fresh"] == ev["values"] == [0.81, 0.79, 0.80, 0.80, 0.80] and ev["runs"] == 5
     assert out.best is not None and out.best.experiment_id == lr.id
     assert out.best.value == pytest.approx(0.80) and out.best.runs == 5
@@ -212,9 +212,9 @@ def test_promoted_candidate_that_fails_validation_does_not_advance_the_branch(
     rows = ledger.experiments(out.run.id)
     lr = next(e for e in rows if e.description == LR[0])
     promos = [e for e in rows if e.kind is Kind.CONFIRM]
-    assert promos and all(p.tier == "h200" and p.meta["promoted"] for p in promos)
+    assert promos and all(p.tier == "h200" and (p.purpose is Purpose.VALIDATE) for p in promos)
     assert lr.status is Status.DISCARD and all(p.status is Status.DISCARD for p in promos)
-    assert lr.meta["evidence"]["best_before"] == pytest.approx(0.95)
+    assert lr.evidence.as_meta()["best_before"] == pytest.approx(0.95)
     assert "LR = 0.01" in sched.ws.read_file("refs/heads/autoswarm/t", "train.py")
     # The best is still the baseline, valued on the validation tier.
     assert out.best is not None and out.best.commit == out.run.base_commit
@@ -248,7 +248,7 @@ def test_without_validation_tier_first_runs_take_the_cheapest_free_slot(harness:
     assert {e.tier for e in rows} == {"h100", "h200"}
     for e in rows:  # neutral everywhere: discarded, each against its own tier's baseline
         assert e.status is Status.DISCARD
-        assert e.meta["evidence"]["best_before"] == pytest.approx(
+        assert e.evidence.as_meta()["best_before"] == pytest.approx(
             1.00 if e.tier == "h100" else 0.95
         )
 

@@ -10,6 +10,7 @@ import pytest
 from autoswarm.config import Config, load_config
 from autoswarm.errors import WorkspaceError
 from autoswarm.testing.synthetic import make_workspace
+from autoswarm.types import Problem
 from autoswarm.workspace import Workspace
 
 
@@ -114,40 +115,44 @@ def test_pin_and_ref_exists(ws: Workspace) -> None:
 def test_check_allowed_change(ws: Workspace) -> None:
     head = ws.head()
     check = ws.check_proposal(head, lr(ws, head, "0.02"))
-    assert check.changed == ("train.py",) and check.problem == ""
+    assert check.changed == ("train.py",) and check.problem is None and check.message == ""
 
 
 def test_check_locked_file(ws: Workspace) -> None:
     check = ws.check_proposal(ws.head(), {"prepare.py": "# hacked metric\n"})
     assert check.changed == ("prepare.py",)
-    assert "locked" in check.problem and "prepare.py" in check.problem
-    assert "only train.py may change" in check.problem
+    assert check.problem is Problem.LOCKED
+    assert "locked" in check.message and "prepare.py" in check.message
+    assert "only train.py may change" in check.message
 
 
 @pytest.mark.parametrize("path", ["program.md", "new_module.py"])
 def test_check_non_editable_file(ws: Workspace, path: str) -> None:
     check = ws.check_proposal(ws.head(), {path: "x = 1\n"})
     assert check.changed == (path,)
-    assert f"non-editable file(s) {path}" in check.problem
-    assert "[workspace] editable" in check.problem
+    assert check.problem is Problem.NOT_EDITABLE
+    assert f"non-editable file(s) {path}" in check.message
+    assert "[workspace] editable" in check.message
 
 
 @pytest.mark.parametrize("path", ["../outside.py", "/etc/passwd", "sub/../../x.py"])
 def test_check_path_outside_workspace(ws: Workspace, path: str) -> None:
     check = ws.check_proposal(ws.head(), {path: "x = 1\n"})
-    assert "outside the workspace" in check.problem and check.changed == ()
+    assert check.problem is Problem.OUTSIDE
+    assert "outside the workspace" in check.message and check.changed == ()
 
 
 def test_check_syntax_error(ws: Workspace) -> None:
     check = ws.check_proposal(ws.head(), {"train.py": "LR = 0.01\nX = = 2\n"})
     assert check.changed == ("train.py",)
-    assert check.problem.startswith("syntax error: train.py line 2")
+    assert check.problem is Problem.SYNTAX
+    assert check.message.startswith("syntax error: train.py line 2")
 
 
 def test_check_unchanged(ws: Workspace) -> None:
     head = ws.head()
     check = ws.check_proposal(head, {"train.py": ws.read_file(head, "train.py")})
-    assert check.changed == () and check.problem == ""
+    assert check.changed == () and check.problem is None and check.message == ""
     assert ws.check_proposal(head, {}).changed == ()
 
 
@@ -156,7 +161,7 @@ def test_check_locked_wins_over_editable_changes(ws: Workspace) -> None:
     files = {**lr(ws, head, "0.02"), "prepare.py": "# hacked\n"}
     check = ws.check_proposal(head, files)
     assert set(check.changed) == {"train.py", "prepare.py"}
-    assert "locked" in check.problem
+    assert check.problem is Problem.LOCKED and "locked" in check.message
 
 
 def test_check_accepts_a_dot_slash_path(ws: Workspace) -> None:

@@ -43,7 +43,7 @@ Meta of a design point: ``{"wave": w, "design": {knob: ±1}, "settings": {knob: 
 "step": s}``; of a combination: ``{"combine": w, "settings": {knob: value}}`` (a path
 point adds ``"path": m``). The
 keep rule's evidence (every measurement of the point, confirmations included) is read
-from ``meta["evidence"]["values"]``, which the scheduler writes when it concludes.
+from ``Experiment.evidence.values``, which the scheduler writes when it concludes.
 """
 
 from __future__ import annotations
@@ -688,8 +688,8 @@ def _replicates(e: Experiment, metric: str) -> list[float]:
     """The experiment's measurements: the keep rule's evidence (with confirmations) if any."""
     if e.status not in (Status.KEEP, Status.DISCARD, Status.PENDING):
         return []
-    evidence = dict(e.meta.get("evidence") or {}).get("values")
-    if isinstance(evidence, list) and evidence:
+    evidence = list(e.evidence.values) if e.evidence else []
+    if evidence:
         vals = [
             float(v) for v in evidence if isinstance(v, int | float) and not isinstance(v, bool)
         ]

@@ -32,7 +32,7 @@ class CrashWalls:
 
     def count(self, e: Experiment) -> None:
         """Count a finished candidate (keep, discard or crash) at each of its knob values."""
-        for name, v in dict(e.meta.get("knobs") or {}).items():
+        for name, v in dict(e.knobs or {}).items():
             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
                 runs = self._runs.setdefault(str(name), {}).setdefault(float(v), [0, 0])
                 runs[0] += 1
