@@ -47,7 +47,7 @@ from autoswarm.config import (
     with_overrides,
     with_recorded_run,
 )
-from autoswarm.errors import AutoswarmError, RunStateError, WorkspaceError
+from autoswarm.errors import AutoswarmError, ConfigError, RunStateError, WorkspaceError
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.outputs import (
     TSV_HEADER,
@@ -201,7 +201,7 @@ def run(
     ] = False,
 ) -> None:
     """Run the research loop until a limit is reached or Ctrl-C."""
-    from autoswarm.backends.factory import make_backend
+    from autoswarm.backends.factory import make_backend, sandbox_line
     from autoswarm.proposers.registry import make_proposer
     from autoswarm.report.live import LiveView, print_event_lines
     from autoswarm.scheduler import Scheduler
@@ -225,9 +225,11 @@ def run(
     if dry_run:
         _dry_run(cfg, workspace)
         return
+    contained = sandbox_line(cfg)  # before anything runs: mode = "bwrap" may refuse
     ws = Workspace(workspace, cfg)
     if not skip_prepare:
         run_prepare(ws, cfg)
+    err.print(contained, markup=False, highlight=False)
     backend = make_backend(cfg, workspace_root=ws.root, state_dir=ws.state_dir)
     ledger = Ledger(ws.ledger_path)
     proposer = make_proposer(cfg, state_dir=ws.state_dir)
@@ -379,9 +381,15 @@ def status(
     tag: TagOpt = None,
 ) -> None:
     """Counts, baseline, best, noise, throughput and slot use of a run."""
+    from autoswarm.backends.factory import sandbox_line
+
     ledger, run_rec = _open_run(workspace, tag)
     with ledger:
         st = status_record(ledger, run_rec, time.time())
+    try:  # how experiments of this run are contained on this machine
+        st["sandbox"] = sandbox_line(Config.from_record(run_rec.config))
+    except ConfigError as refused:
+        st["sandbox"] = f"sandbox: cannot start here: {refused}"
     if as_json:
         print(json.dumps(st, indent=2))
         return
@@ -440,6 +448,7 @@ def status(
             f"{c['experiments']} runs, ${c['cost_usd']:.2f}, {c['gpu_hours']:.2f} GPU-hours",
         )
     t.add_row("branch", st["branch"])
+    t.add_row("sandbox", st["sandbox"].removeprefix("sandbox: "))
     console.print(t)
 
 
@@ -461,7 +470,7 @@ def reproduce(
     """
     from autoswarm import judge
     from autoswarm.analysis.noise import groups_of
-    from autoswarm.backends.factory import make_backend
+    from autoswarm.backends.factory import make_backend, sandbox_line
     from autoswarm.proposers.registry import make_proposer
     from autoswarm.scheduler import Reproduce, Scheduler
     from autoswarm.types import Kind, Status
@@ -495,9 +504,11 @@ def reproduce(
         recorded = statistics.fmean(base) if base else recorded
     if recorded is None:
         raise RunStateError(f"experiment #{experiment} has no recorded {metric} to reproduce")
+    contained = sandbox_line(cfg)  # before anything runs: mode = "bwrap" may refuse
     ws = Workspace(workspace, cfg)
     if not skip_prepare:
         run_prepare(ws, cfg)
+    err.print(contained, markup=False, highlight=False)
     backend = make_backend(cfg, workspace_root=ws.root, state_dir=ws.state_dir)
     ledger = Ledger(ws.ledger_path)
     sched = Scheduler(

@@ -3,9 +3,11 @@
 Experiments (train.py on the local backend and in a Ray slot actor) and coding-agent
 CLIs all run code nobody reviewed. All of them start here, and get the same treatment:
 
-- an argv list (never a shell), a working directory and a scrubbed environment: every
-  credential-like variable is removed (:func:`autoswarm.sandbox.scrubbed_env`), except
-  the names a caller lets through on purpose (an agent CLI's own API key);
+- an argv list (never a shell), a working directory and an environment built from an
+  allowlist (:func:`autoswarm.sandbox.allowed_env`), plus the names a caller lets
+  through on purpose (an agent CLI's own API key, ``[sandbox] pass_env``);
+- with a :class:`~autoswarm.sandbox.Sandbox`, bubblewrap around it: its own PID and
+  mount namespaces, only its run directory writable (see :mod:`autoswarm.sandbox`);
 - their own session, hence their own process group, so that a kill takes the children
   too; when the main process exits, whatever it left in its group is killed;
 - a hard timeout that SIGKILLs the whole group; a cancel sends SIGTERM, then SIGKILL
@@ -60,7 +62,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO
 
-from autoswarm.sandbox import kill_group, process_start_time, scrubbed_env
+from autoswarm.sandbox import (
+    Sandbox,
+    allowed_env,
+    bwrap_argv,
+    find_bwrap,
+    kill_group,
+    process_start_time,
+)
 
 DEFAULT_LOG_MAX_BYTES = 2_000_000  # the default of [run] log_max_bytes
 
@@ -149,6 +158,9 @@ class ProcessSpec:
         cpus: the CPU cores it may run on (empty: the caller's).
         die_with_parent: kill it when the caller's process dies (Linux, through
             ``setpriv --pdeathsig``), so that a killed Ray worker leaves no orphan.
+        sandbox: run it inside this bubblewrap view (None: environment and session
+            only). An exit status of 128 + N from inside is reported as killed by
+            signal N, as from a process run directly.
     """
 
     argv: tuple[str, ...]
@@ -161,6 +173,7 @@ class ProcessSpec:
     nice: int = 0
     cpus: tuple[int, ...] = ()
     die_with_parent: bool = False
+    sandbox: Sandbox | None = None
 
     def __post_init__(self) -> None:
         if not self.argv:
@@ -210,12 +223,8 @@ def _setpriv() -> str | None:
 
 
 def child_env(spec: ProcessSpec) -> dict[str, str]:
-    """The environment ``spec``'s process gets: scrubbed, plus ``spec.pass_env``."""
-    env = scrubbed_env(spec.env)
-    for name in spec.pass_env:
-        if name in spec.env:
-            env[name] = spec.env[name]
-    return env
+    """The environment ``spec``'s process gets: the allowlist, plus ``spec.pass_env``."""
+    return allowed_env(spec.env, spec.pass_env)
 
 
 def spawn(spec: ProcessSpec) -> subprocess.Popen[bytes]:
@@ -227,12 +236,19 @@ def spawn(spec: ProcessSpec) -> subprocess.Popen[bytes]:
     env = child_env(spec)
     argv = list(spec.argv)
     setpriv = _setpriv() if spec.die_with_parent else None
-    if setpriv:
-        # setpriv would start, then fail to exec a missing command: say so as Popen would.
+    if setpriv or spec.sandbox is not None:
+        # A wrapper would start, then fail to exec a missing command: say so as Popen would.
         where = os.path.join(spec.cwd, argv[0]) if os.sep in argv[0] else None
         found = where if where else shutil.which(argv[0], path=env.get("PATH", os.defpath))
         if not found or not os.access(found, os.X_OK):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+    if spec.sandbox is not None:
+        bwrap, why = find_bwrap()
+        if bwrap is None:  # never silently weaker: the caller asked for the sandbox
+            raise OSError(errno.ENOSYS, f"cannot start the sandbox: {why}")
+        # bwrap's own environment is the child's: /proc/1/environ inside shows nothing more.
+        argv = bwrap_argv(bwrap, spec.sandbox, argv, spec.cwd)
+    if setpriv:
         argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
     proc = subprocess.Popen(
         argv,
@@ -577,10 +593,13 @@ class ProcessRunner:
             out.close()
         except OSError as e:  # the orchestrator's disk (full?): the result must still come
             log.warning("cannot finish the log %s: %s", p.spec.log_path, e)
+        code = proc.returncode
+        if p.spec.sandbox is not None and code is not None and 128 < code <= 128 + 64:
+            code = 128 - code  # bwrap reports a child killed by signal N as 128 + N
         result = ProcessResult(
             argv=p.spec.argv,
             pid=proc.pid,
-            exit_code=proc.returncode,
+            exit_code=code,
             timed_out=timed_out,
             cancelled=p._cancelled,
             started_at=started,
