@@ -5,8 +5,8 @@ Subclass in a test module and provide the factory::
     class TestLocalBackend(BackendContract):
         def make_backend(self, slots: int) -> Backend: return LocalBackend(slots)
 
-Backend jobs say what to do through ``CONTRACT_BEHAVIOUR`` (ok, fail, hang) in
-their environment; a real backend runs :data:`CONTRACT_SCRIPT`, a fake one reads
+Backend jobs say what to do through ``AUTOSWARM_CONTRACT_BEHAVIOUR`` (ok, fail, hang) in
+their environment; a real backend runs :data:`AUTOSWARM_CONTRACT_SCRIPT`, a fake one reads
 the variable (see :func:`fake_contract_outcome`).
 
 :class:`ProcessContract` is what every process autoswarm starts gets, checked at the
@@ -37,9 +37,9 @@ from autoswarm.process import ProcessRunner, ProcessSpec
 from autoswarm.proposers.base import Context, Proposer
 from autoswarm.types import Direction, Experiment, Job, Kind, RunResult, Status
 
-CONTRACT_SCRIPT = """\
+AUTOSWARM_CONTRACT_SCRIPT = """\
 import os, sys, time
-b = os.environ["CONTRACT_BEHAVIOUR"]
+b = os.environ["AUTOSWARM_CONTRACT_BEHAVIOUR"]
 if b == "hang":
     time.sleep(3600)
 if b == "fail":
@@ -52,7 +52,7 @@ print("peak_vram_mb: 10.0")
 
 
 def fake_contract_outcome(job: Job) -> Outcome:
-    b = job.env["CONTRACT_BEHAVIOUR"]
+    b = job.env["AUTOSWARM_CONTRACT_BEHAVIOUR"]
     if b == "hang":
         return Outcome(duration=3600.0)
     if b == "fail":
@@ -71,12 +71,12 @@ class BackendContract:
     def _job(self, tmp_path: Path, exp_id: int, behaviour: str, slot: int = 0) -> Job:
         workdir = tmp_path / f"run{exp_id}"
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "job.py").write_text(CONTRACT_SCRIPT)
+        (workdir / "job.py").write_text(AUTOSWARM_CONTRACT_SCRIPT)
         return Job(
             experiment_id=exp_id,
             workdir=workdir,
             argv=(sys.executable, "job.py"),
-            env={"CONTRACT_BEHAVIOUR": behaviour, "PATH": "/usr/bin:/bin"},
+            env={"AUTOSWARM_CONTRACT_BEHAVIOUR": behaviour, "PATH": "/usr/bin:/bin"},
             timeout_s=self.timeout_s,
             slot=slot,
             log_path=tmp_path / "logs" / f"{exp_id}.log",
@@ -226,10 +226,10 @@ class ProposerContract:
 
 PROCESS_SCRIPT = """\
 import json, os, subprocess, sys, time
-b = os.environ["CONTRACT_BEHAVIOUR"]
+b = os.environ["AUTOSWARM_CONTRACT_BEHAVIOUR"]
 # A child in the same process group: whatever ends this process must end it too.
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-pids = os.environ["CONTRACT_PIDS"]
+pids = os.environ["AUTOSWARM_CONTRACT_PIDS"]
 with open(pids + ".tmp", "w") as f:
     f.write(f"{os.getpid()} {child.pid}\\n")
 os.replace(pids + ".tmp", pids)
@@ -241,7 +241,7 @@ if os.path.exists("train.py"):  # an agent's scratch copy: edit it, as an agent 
 if b == "hang":
     time.sleep(3600)
 if b == "flood":
-    sys.stdout.write(("x" * 99 + "\\n") * int(os.environ["CONTRACT_FLOOD_LINES"]))
+    sys.stdout.write(("x" * 99 + "\\n") * int(os.environ["AUTOSWARM_CONTRACT_FLOOD_LINES"]))
 if b == "fail":
     print("Traceback (most recent call last):\\nValueError: broken on purpose", flush=True)
     sys.exit(3)
@@ -253,6 +253,9 @@ _SECRETS = {
     "OPENAI_API_KEY": "sk-contract-secret",
     "HF_TOKEN": "hf_contract_secret",
     "MY_SERVICE_PASSWORD": "contract-secret",
+    # Names no denylist knows: only an allowlist keeps them out.
+    "DATABASE_URL": "postgres://user:contract-secret@db/prod",
+    "SLACK_WEBHOOK_URL": "https://hooks.example/contract-secret",
 }
 
 
@@ -398,9 +401,9 @@ class ProcessContract:
             cwd=workdir,
             env={
                 "PATH": "/usr/bin:/bin",
-                "CONTRACT_BEHAVIOUR": behaviour,
-                "CONTRACT_PIDS": str(tmp_path / "pids"),
-                "CONTRACT_FLOOD_LINES": str(4 * self.log_max_bytes // 100),
+                "AUTOSWARM_CONTRACT_BEHAVIOUR": behaviour,
+                "AUTOSWARM_CONTRACT_PIDS": str(tmp_path / "pids"),
+                "AUTOSWARM_CONTRACT_FLOOD_LINES": str(4 * self.log_max_bytes // 100),
                 **(env or {}),
             },
             log_path=tmp_path / "logs" / "process.log",
@@ -467,11 +470,11 @@ class ProcessContract:
         assert out.log.endswith("---\nval_bpb: 1.234500\n")  # the tail is kept
 
     def test_the_environment_has_no_credentials(self, tmp_path: Path) -> None:
-        out = self._run(self._spec(tmp_path, "ok", env={**_SECRETS, "CONTRACT_VISIBLE": "1"}))
+        out = self._run(self._spec(tmp_path, "ok", env={**_SECRETS, "AUTOSWARM_CONTRACT_VISIBLE": "1"}))
         assert out.exit_code == 0, out
         seen = set(json.loads(out.log.split("ENV>", 1)[1].split("<ENV", 1)[0]))
         assert not seen & set(_SECRETS), seen & set(_SECRETS)
-        assert "CONTRACT_VISIBLE" in seen and "PATH" in seen
+        assert "AUTOSWARM_CONTRACT_VISIBLE" in seen and "PATH" in seen
         assert "contract-secret" not in out.log and "contract_secret" not in out.log
 
     def test_cancel_kills_the_process_and_its_child(self, tmp_path: Path) -> None:
@@ -495,7 +498,7 @@ class ProcessContract:
 
 
 __all__ = [
-    "CONTRACT_SCRIPT",
+    "AUTOSWARM_CONTRACT_SCRIPT",
     "PROCESS_SCRIPT",
     "BackendContract",
     "BackendLaunch",
