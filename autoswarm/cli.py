@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -159,6 +159,21 @@ def _strategies_help() -> str:
     )
 
 
+def _first_saying(line: str, then: Callable[[], None]) -> Callable[[], None]:
+    """An ``on_change`` that prints ``line`` (how experiments are contained) once the run
+    has started, then does what ``then`` does."""
+    said = False
+
+    def on_change() -> None:
+        nonlocal said
+        if not said:
+            said = True
+            err.print(line, markup=False, highlight=False)
+        then()
+
+    return on_change
+
+
 @app.command(epilog=_strategies_help())
 def run(
     workspace: WorkspaceOpt = Path("."),
@@ -229,7 +244,6 @@ def run(
     ws = Workspace(workspace, cfg)
     if not skip_prepare:
         run_prepare(ws, cfg)
-    err.print(contained, markup=False, highlight=False)
     backend = make_backend(cfg, workspace_root=ws.root, state_dir=ws.state_dir)
     ledger = Ledger(ws.ledger_path)
     proposer = make_proposer(cfg, state_dir=ws.state_dir)
@@ -249,9 +263,9 @@ def run(
     old_int = signal.signal(signal.SIGINT, on_signal)
     old_term = signal.signal(signal.SIGTERM, on_signal)
     use_live = console.is_terminal if live is None else live
-    view = LiveView(sched, console) if use_live else None
+    view = LiveView(sched, console, banner=contained) if use_live else None
     if view is None:
-        sched.on_change = print_event_lines(sched, err)
+        sched.on_change = _first_saying(contained, print_event_lines(sched, err))
     try:
         if view is not None:
             with view:
@@ -508,7 +522,6 @@ def reproduce(
     ws = Workspace(workspace, cfg)
     if not skip_prepare:
         run_prepare(ws, cfg)
-    err.print(contained, markup=False, highlight=False)
     backend = make_backend(cfg, workspace_root=ws.root, state_dir=ws.state_dir)
     ledger = Ledger(ws.ledger_path)
     sched = Scheduler(
@@ -518,6 +531,7 @@ def reproduce(
         proposer=make_proposer(cfg, state_dir=None),
         config=cfg,
     )
+    sched.on_change = _first_saying(contained, lambda: None)
     try:
         sched.run(tag=run_rec.tag, reproduce=Reproduce(experiment, runs, tier))
         exps = ledger.experiments(run_rec.id)
