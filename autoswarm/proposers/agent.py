@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoswarm.config import Config
-from autoswarm.patching import make_diff
+from autoswarm.errors import WorkspaceError
+from autoswarm.patching import make_diff, read_plain
 from autoswarm.process import Ending, ProcessRunner, ProcessSpec
 from autoswarm.proposers.base import Context
 from autoswarm.types import Direction, Experiment, Proposal, Status
@@ -321,14 +322,20 @@ class AgentProposer:
         after: dict[str, str] = {}
         for path in self.editable:
             target = work / path
-            if not target.is_file():
+            if not target.is_file() and not target.is_symlink():
                 return None, f"the agent deleted {path}; variants may change files, not delete them"
-            after[path] = target.read_text(encoding="utf-8", errors="replace")
+            try:
+                after[path] = read_plain(work, path)
+            except WorkspaceError as e:
+                return None, f"refused: {e}"
         diff = make_diff(before, after)
         locked_edits: dict[str, str] = {}
         for path, text in job.locked_files.items():
             target = work / path
-            now = target.read_text(encoding="utf-8", errors="replace") if target.is_file() else ""
+            try:
+                now = read_plain(work, path) if target.is_file() or target.is_symlink() else ""
+            except WorkspaceError as e:
+                return None, f"refused: {e}"
             if now != text:
                 locked_edits[path] = now
         if not diff and not locked_edits:
