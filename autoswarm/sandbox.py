@@ -37,6 +37,10 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from autoswarm.config import SandboxConfig
 
 # Names that carry credentials. Matching is on the variable *name*, case-insensitive.
 # Whole name segments only (between underscores), so TOKENIZERS_PARALLELISM and
@@ -322,6 +326,30 @@ def experiment_view(
     )
 
 
+def view_of(
+    box: SandboxConfig, *, workspace: Path, state_dir: Path, network: bool | None = None
+) -> Sandbox | None:
+    """The :func:`experiment_view` that ``[sandbox]`` asks for, None where there is none.
+
+    ``network`` overrides ``box.network`` (the agent CLI talks to its model).
+
+    Raises:
+        RuntimeError: ``mode = "bwrap"`` and bubblewrap cannot run here.
+    """
+    if choose(box.mode).bwrap is None:
+        return None
+    return experiment_view(
+        workspace=workspace.absolute(),
+        state_dir=state_dir.absolute(),
+        read_only=box.read_only,
+        hide=box.hide,
+        network=box.network if network is None else network,
+        memory_bytes=int(box.memory_gb * 2**30),
+        open_files=box.open_files,
+        processes=box.processes,
+    )
+
+
 @functools.cache
 def find_bwrap() -> tuple[str | None, str]:
     """``(path to a working bwrap, "")`` or ``(None, why not)``: probed once per process."""
@@ -434,4 +462,5 @@ __all__ = [
     "kill_orphan",
     "process_start_time",
     "scrubbed_env",
+    "view_of",
 ]

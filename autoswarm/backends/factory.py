@@ -16,7 +16,7 @@ from pathlib import Path
 from autoswarm.backends.base import Backend
 from autoswarm.config import Config
 from autoswarm.errors import ConfigError
-from autoswarm.sandbox import Sandbox, choose, experiment_view
+from autoswarm.sandbox import Sandbox, choose, view_of
 
 # backend name -> (module, class, pip extra)
 _REMOTE = {
@@ -77,19 +77,9 @@ def experiment_sandbox(cfg: Config, *, workspace_root: Path, state_dir: Path) ->
         ConfigError: ``[sandbox] mode = "bwrap"`` and bubblewrap cannot run here.
     """
     sandbox_line(cfg)  # refuses mode = "bwrap" without bubblewrap
-    box = cfg.sandbox
-    if cfg.pool.backend != "local" or choose(box.mode).bwrap is None:
+    if cfg.pool.backend != "local":
         return None
-    return experiment_view(
-        workspace=workspace_root.absolute(),
-        state_dir=state_dir.absolute(),
-        read_only=box.read_only,
-        hide=box.hide,
-        network=box.network,
-        memory_bytes=int(box.memory_gb * 2**30),
-        open_files=box.open_files,
-        processes=box.processes,
-    )
+    return view_of(cfg.sandbox, workspace=workspace_root, state_dir=state_dir)
 
 
 def make_backend(
