@@ -136,12 +136,12 @@ def gone_soon(pid: int, limit: float = 10.0) -> bool:
     return False
 
 
-# A train.py that records its pid in $MARK, sleeps $NAP seconds and prints a summary.
+# A train.py that records its pid in $AUTOSWARM_MARK, sleeps $AUTOSWARM_NAP seconds and prints a summary.
 NAPPER = """
 import os, time
-with open(os.environ["MARK"], "a") as f:
+with open(os.environ["AUTOSWARM_MARK"], "a") as f:
     f.write(f"{os.getpid()}\\n")
-time.sleep(float(os.environ.get("NAP", "0")))
+time.sleep(float(os.environ.get("AUTOSWARM_NAP", "0")))
 print("---")
 print("val_bpb: 0.990000")
 """
@@ -287,7 +287,7 @@ def test_killed_worker_is_retried_on_the_restarted_actor(
     mark = tmp_path / "starts"
     slot = 13  # an h200 slot
     old_pid = tiered.worker_pid(slot)
-    tiered.submit(make_job(tmp_path, 200, NAPPER, slot=slot, env={"MARK": str(mark), "NAP": "2"}))
+    tiered.submit(make_job(tmp_path, 200, NAPPER, slot=slot, env={"AUTOSWARM_MARK": str(mark), "AUTOSWARM_NAP": "2"}))
     first = int(wait_for(mark)[0])
     os.kill(old_pid, signal.SIGKILL)  # the Ray worker process of the slot's actor
     got = wait_results(tiered, {200})[200]
@@ -306,7 +306,7 @@ def test_retries_are_limited(cluster: LocalRayCluster, tmp_path: Path) -> None:
     b = RayBackend([CPU], address=cluster.address, max_retries=0)
     try:
         mark = tmp_path / "starts"
-        b.submit(make_job(tmp_path, 300, NAPPER, env={"MARK": str(mark), "NAP": "30"}))
+        b.submit(make_job(tmp_path, 300, NAPPER, env={"AUTOSWARM_MARK": str(mark), "AUTOSWARM_NAP": "30"}))
         wait_for(mark)
         os.kill(b.worker_pid(0), signal.SIGKILL)
         r = wait_results(b, {300})[300]
@@ -334,7 +334,7 @@ def test_timeout_kills_the_process_group(tiered: RayBackend, tmp_path: Path) -> 
 
 def test_cancel_kills_the_training_process(tiered: RayBackend, tmp_path: Path) -> None:
     mark = tmp_path / "starts"
-    tiered.submit(make_job(tmp_path, 500, NAPPER, slot=5, env={"MARK": str(mark), "NAP": "300"}))
+    tiered.submit(make_job(tmp_path, 500, NAPPER, slot=5, env={"AUTOSWARM_MARK": str(mark), "AUTOSWARM_NAP": "300"}))
     pid = int(wait_for(mark)[0])
     tiered.cancel(500)
     r = wait_results(tiered, {500})[500]
@@ -359,7 +359,7 @@ handles = {}
 for exp_id, slot, nap in ((600, 0, "3"), (601, 1, "300")):
     workdir = tmp / f"run{exp_id}"
     job = Job(experiment_id=exp_id, workdir=workdir, argv=(sys.executable, "train.py"),
-              env={"PATH": "/usr/bin:/bin", "MARK": str(tmp / f"mark{exp_id}"), "NAP": nap},
+              env={"PATH": "/usr/bin:/bin", "AUTOSWARM_MARK": str(tmp / f"mark{exp_id}"), "AUTOSWARM_NAP": nap},
               timeout_s=60.0, slot=slot, log_path=tmp / "logs" / f"{exp_id}.log", budget_s=1.0)
     handles[exp_id] = b.submit(job)
 deadline = time.time() + 60
@@ -388,7 +388,7 @@ def test_restarted_orchestrator_reattaches(cluster: LocalRayCluster, tmp_path: P
 
     b = RayBackend([CPU] * 2, address=cluster.address, name_prefix=prefix)
     try:
-        job600 = make_job(tmp_path, 600, NAPPER, env={"MARK": str(tmp_path / "mark600")})
+        job600 = make_job(tmp_path, 600, NAPPER, env={"AUTOSWARM_MARK": str(tmp_path / "mark600")})
         assert b.reattach(job600, handles[600])
         stranger = json.loads(handles[600]) | {"token": "600-unknown"}
         assert not b.reattach(make_job(tmp_path, 602, NAPPER), json.dumps(stranger))
