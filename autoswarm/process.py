@@ -461,6 +461,12 @@ class ProcessRunner:
         self._workers_: _Workers | None = None
         self._deadlines_: _Deadlines | None = None
 
+    def __enter__(self) -> ProcessRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def start(
         self, spec: ProcessSpec, *, on_exit: Callable[[ProcessResult], None] | None = None
     ) -> RunningProcess:
