@@ -61,7 +61,7 @@ from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.metrics import crash_reason, read_tail
 from autoswarm.outputs import write_results_tsv
 from autoswarm.policy import Best, best_of, kept_chain
-from autoswarm.proposers.base import Context, Proposer, fingerprint
+from autoswarm.proposers.base import Context, IdlePolling, Proposer, fingerprint
 from autoswarm.sandbox import scrubbed_env
 from autoswarm.tiers import TierPlan, plan_tiers, tier_key
 from autoswarm.types import Experiment, Job, Kind, Proposal, RunResult, Status
@@ -525,8 +525,9 @@ class Scheduler:
                     # Nothing to run now (an asynchronous proposer is thinking): wait, a
                     # little longer each time, so an idle proposer is not asked in a busy loop.
                     # A proposer that waits on others (agents, submissions) may ask for a
-                    # shorter cap through an ``idle_poll_s`` attribute.
-                    cap = float(getattr(self.proposer, "idle_poll_s", 5.0))
+                    # shorter cap (IdlePolling).
+                    p = self.proposer
+                    cap = float(p.idle_poll_s) if isinstance(p, IdlePolling) else 5.0
                     self._idle_wait = min(cap, max(0.2, self._idle_wait * 2))
                     self.clock.sleep(self._idle_wait)
                     continue

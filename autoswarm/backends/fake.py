@@ -146,5 +146,9 @@ class ReattachableFakeBackend(FakeBackend):
         self.reattached.append(job)
         return True
 
+    def still_running(self) -> dict[int, tuple[float, Outcome]]:
+        """What runs now, as ``survivors`` for the next instance (this orchestrator "dies")."""
+        return {job.experiment_id: (end, out) for end, _, job, out, _ in self._heap}
+
 
 __all__ = ["FakeBackend", "Outcome", "ReattachableFakeBackend"]

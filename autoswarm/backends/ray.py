@@ -24,6 +24,13 @@ A lost worker, actor or node (``RayActorError`` and friends) does not lose the
 experiment: it runs again on the slot's restarted actor, up to ``max_retries`` times,
 and only then comes back as a :class:`~autoswarm.types.RunResult` with ``error``.
 
+Every call into Ray from the orchestrator goes through one error boundary,
+:func:`ray_errors`, which maps what Ray raises to
+:class:`~autoswarm.errors.BackendCallError` (httpx's ``map_httpcore_exceptions`` is the
+model); the backend then decides what the failure means (a lost worker: run again; a
+failed cancel of what may be gone: nothing). The slot actor has its own boundary in
+:meth:`SlotWorker._execute`: a fault of the slot becomes the experiment's error.
+
 Configuration (``autoswarm.toml``)::
 
     [pool]
@@ -56,13 +63,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autoswarm.config import Config, TierConfig
-from autoswarm.errors import BackendError, ConfigError
+from autoswarm.errors import AutoswarmError, BackendCallError, BackendError, ConfigError
 from autoswarm.metrics import parse_summary, read_tail
 from autoswarm.process import ProcessRunner, ProcessSpec, RunningProcess
 from autoswarm.types import Job, RunResult
@@ -73,6 +80,53 @@ MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
 
 # Finished results an actor keeps for a restarted orchestrator to collect.
 _KEEP_FINISHED = 64
+
+log = logging.getLogger(__name__)
+
+RAY_HINT = "check the cluster with `ray status`"
+
+
+# ---------------------------------------------------------------------------
+# The error boundary
+
+
+@contextlib.contextmanager
+def ray_errors(what: str, *, hint: str = RAY_HINT) -> Iterator[None]:
+    """Map whatever a Ray call in the block raises to :class:`BackendCallError`.
+
+    ``gone`` is set when the actor, worker, node or object the call needed is lost.
+    autoswarm's own errors (a nested boundary's BackendCallError) pass through unchanged.
+    """
+    try:
+        yield
+    except AutoswarmError:
+        raise
+    except Exception as e:
+        # The one broad except of the Ray backend's calls: besides its RayError family,
+        # Ray raises ValueError (no actor of that name), ConnectionError and gRPC errors
+        # (a lost GCS), RuntimeError (init); each is a failed call, which the backend
+        # turns into data (a re-run, an error result) or a BackendError, never a crash.
+        raise BackendCallError(what, e, hint=hint, gone=_lost_error(e)) from e
+
+
+@contextlib.contextmanager
+def _best_effort(what: str) -> Iterator[None]:
+    """A Ray call whose failure changes nothing (cancelling or cleaning up what may be gone)."""
+    try:
+        with ray_errors(what):
+            yield
+    except BackendCallError as e:
+        log.debug("ray: %s", e)
+
+
+def _lost_error(e: BaseException) -> bool:
+    try:
+        from ray import exceptions as rx
+    except ImportError:  # pragma: no cover - SlotWorker used without Ray
+        return False
+    return isinstance(
+        e, rx.RayActorError | rx.WorkerCrashedError | rx.NodeDiedError | rx.ObjectLostError
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -140,13 +194,11 @@ class _ActorRun:
 
 def _assigned_gpus() -> list[str]:
     """GPU ids Ray assigned to this actor ([] outside Ray or without GPUs)."""
-    try:
+    with _best_effort("asking Ray for this actor's GPUs"):
         import ray
 
         if ray.is_initialized():
             return [str(g) for g in ray.get_gpu_ids()]
-    except Exception:  # pragma: no cover - not in a Ray worker
-        pass
     return []
 
 
@@ -339,7 +391,10 @@ class SlotWorker:
             )
         except _Cancelled:
             result["finished_at"] = time.time()
-        except Exception as e:  # a fault of this slot, not of the experiment
+        except Exception as e:
+            # The slot actor's boundary: whatever fails here (the snapshot cannot be
+            # written, the runner cannot start, a full disk) is a fault of this slot, not
+            # of the experiment, and must still become a result: run() waits for one.
             result["finished_at"] = time.time()
             result["error"] = f"the Ray slot {self.name} failed: {e!r}"
         finally:
@@ -462,23 +517,22 @@ def _connect(address: str | None, namespace: str, local_needs: SlotSpec | None) 
                 "logging_level": logging.WARNING,
                 "log_to_driver": False,
             }
-            try:
-                if address:
-                    ray.init(address=address, **kwargs)
-                else:
-                    assert local_needs is not None
-                    ray.init(
-                        num_cpus=max(os.cpu_count() or 1, int(local_needs.num_cpus + 0.999)),
-                        resources=dict(local_needs.resources) or None,
-                        include_dashboard=False,
-                        **kwargs,
-                    )
-            except Exception as e:
-                where = f"the Ray cluster at {address}" if address else "a local Ray"
-                raise BackendError(
-                    f"cannot connect to {where} ({e}): start one with `ray start --head` and set "
-                    '[pool.options] address = "HOST:PORT" (or "auto"), or leave address out'
-                ) from e
+            if address:
+                kwargs["address"] = address
+            else:
+                assert local_needs is not None
+                kwargs.update(
+                    num_cpus=max(os.cpu_count() or 1, int(local_needs.num_cpus + 0.999)),
+                    resources=dict(local_needs.resources) or None,
+                    include_dashboard=False,
+                )
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            with ray_errors(
+                f"connecting to {where}",
+                hint="start one with `ray start --head` and set [pool.options] address = "
+                '"HOST:PORT" (or "auto"), or leave address out',
+            ):
+                ray.init(**kwargs)
             _CONN_OWNED = True
         _CONN_USERS += 1
 
@@ -580,9 +634,9 @@ class RayBackend:
             },
             accelerator_type="",
         )
+        self._actors: list[Any] = []
         _connect(address, namespace, needs)
         try:
-            self._actors: list[Any] = []
             for i in range(len(self.specs)):
                 self._actors.append(self._create(i))
             self._infos = self._wait_ready(start_timeout_s)
@@ -648,8 +702,9 @@ class RayBackend:
     def _wait_ready(self, timeout_s: float) -> list[dict[str, Any]]:
         import ray
 
-        refs = [a.info.remote() for a in self._actors]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        with ray_errors("starting the Ray slot actors"):
+            refs = [a.info.remote() for a in self._actors]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         if len(ready) < len(refs):
             done = set(ready)
             missing = [i for i, ref in enumerate(refs) if ref not in done]
@@ -660,10 +715,8 @@ class RayBackend:
                 "the cluster has no room for them; check `ray status`, add nodes with those "
                 "resources, or lower the tiers' slots"
             )
-        try:
+        with ray_errors("starting the Ray slot actors", hint=f"{RAY_HINT} and the actors' logs"):
             infos: list[dict[str, Any]] = ray.get(refs)
-        except ray.exceptions.RayError as e:
-            raise BackendError(f"a Ray slot actor failed to start: {e}") from e
         return infos
 
     def _actor_for(self, slot: int) -> Any:
@@ -730,12 +783,9 @@ class RayBackend:
             self._pending[job.experiment_id] = p
             try:
                 self._send(p)
-            except Exception as e:
+            except BackendCallError:
                 del self._pending[job.experiment_id]
-                raise BackendError(
-                    f"cannot send experiment {job.experiment_id} to Ray slot {name} "
-                    f"({_short(e)}): check the cluster with `ray status`"
-                ) from e
+                raise
         return handle
 
     def poll(self, timeout: float) -> list[RunResult]:
@@ -746,16 +796,14 @@ class RayBackend:
             refs = list(self._by_ref)
         if refs:
             wait_s = 0.0 if out else max(0.0, timeout)
-            try:
+            with ray_errors(  # the driver lost the cluster (GCS down, network)
+                "waiting for results from the Ray cluster",
+                hint="the slot actors are detached and keep running: once the cluster answers "
+                "again, resume with `autoswarm run --resume` to re-attach to them",
+            ):
                 ready, _ = ray.wait(refs, num_returns=1, timeout=wait_s)
                 if ready:
                     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-            except Exception as e:  # the driver lost the cluster (GCS down, network)
-                raise BackendError(
-                    f"lost the connection to the Ray cluster ({_short(e)}); the slot actors are "
-                    "detached and keep running: once the cluster answers again, resume with "
-                    "`autoswarm run --resume` to re-attach to them"
-                ) from e
             for ref in ready:
                 self._collect(ref)
         elif not out and timeout > 0:
@@ -772,19 +820,19 @@ class RayBackend:
             if p is not None:
                 p.cancelled = True
         if p is not None:
-            with contextlib.suppress(Exception):
+            with _best_effort(f"cancelling experiment {experiment_id} on {p.actor_name}"):
                 p.actor.cancel.remote(p.token)
             return
-        if not handle:
-            return
+        ours = _parse_handle(handle)
+        if ours is None:
+            return  # not a handle of this backend
+        name, ns, token = ours
         import ray
 
-        try:
-            info = json.loads(handle)
-            actor = ray.get_actor(str(info["actor"]), namespace=str(info["namespace"]))
-            ray.get(actor.cancel.remote(str(info["token"])), timeout=30)
-        except (ValueError, KeyError, TypeError, ray.exceptions.RayError):
-            pass  # the actor (and so the process) is gone, or the handle is not ours
+        # Best effort: if it fails, the actor (and so the process) is gone.
+        with _best_effort(f"cancelling orphaned experiment {experiment_id} on {name}"):
+            actor = ray.get_actor(name, namespace=ns)
+            ray.get(actor.cancel.remote(token), timeout=30)
 
     def close(self) -> None:
         if self._closed:
@@ -802,13 +850,16 @@ class RayBackend:
         """Adopt an experiment a previous orchestrator started; its result comes via poll."""
         import ray
 
-        try:
-            info = json.loads(handle)
-            name, ns, token = str(info["actor"]), str(info["namespace"]), str(info["token"])
-            actor = ray.get_actor(name, namespace=ns)
-            state: Any = ray.get(actor.state.remote(token), timeout=60)
-        except (ValueError, KeyError, TypeError, ray.exceptions.RayError):
+        ours = _parse_handle(handle)
+        if ours is None:
             return False
+        name, ns, token = ours
+        try:
+            with ray_errors(f"re-attaching to experiment {job.experiment_id} on {name}"):
+                actor = ray.get_actor(name, namespace=ns)
+                state: Any = ray.get(actor.state.remote(token), timeout=60)
+        except BackendCallError:
+            return False  # the actor is gone (or never was)
         if state not in ("running", "done"):
             return False
         try:
@@ -840,15 +891,16 @@ class RayBackend:
         """Start (or restart) ``p`` on its actor. Caller holds the lock."""
         assert p.files is not None
         job = p.job
-        p.ref = p.actor.run.remote(
-            p.token,
-            p.files,
-            list(job.argv),
-            dict(job.env),
-            job.timeout_s,
-            self.log_max_bytes,
-            max(1, int(self.specs[job.slot].num_cpus)),
-        )
+        with ray_errors(f"sending experiment {job.experiment_id} to Ray slot {p.actor_name}"):
+            p.ref = p.actor.run.remote(
+                p.token,
+                p.files,
+                list(job.argv),
+                dict(job.env),
+                job.timeout_s,
+                self.log_max_bytes,
+                max(1, int(self.specs[job.slot].num_cpus)),
+            )
         self._by_ref[p.ref] = job.experiment_id
 
     def _collect(self, ref: Any) -> None:
@@ -860,14 +912,15 @@ class RayBackend:
         if p is None or p.ref != ref:
             return  # a late answer for something already finished
         try:
-            res = ray.get(ref, timeout=60)
-        except ray.exceptions.RayError as e:
-            self._lost(p, _short(e))
+            with ray_errors(f"the result of experiment {p.job.experiment_id}"):
+                res = ray.get(ref, timeout=60)
+        except BackendCallError as e:
+            self._lost(p, e.reason)
             return
         if res is None:  # adopted, but the actor restarted and forgot it
             self._lost(p, "the slot actor restarted and no longer knows the experiment")
             return
-        with contextlib.suppress(Exception):
+        with _best_effort(f"clearing experiment {p.job.experiment_id} on {p.actor_name}"):
             p.actor.forget.remote(p.token)
         self._finish(p, res)
 
@@ -892,14 +945,15 @@ class RayBackend:
             return
         p.notes.append(note + "; running it again on the slot's restarted actor")
         try:
-            actor = self._actor_for(p.job.slot)
-            with self._lock:
-                p.actor = actor
-                p.actor_name = self.actor_name(p.job.slot)
-                p.deadline = time.time() + p.job.timeout_s + self.result_grace_s
-                self._send(p)
-        except Exception as e:  # the cluster itself is unreachable
-            self._finish(p, None, error=f"cannot re-run it on Ray ({_short(e)}): {why}")
+            with ray_errors(f"re-running experiment {p.job.experiment_id} on Ray"):
+                actor = self._actor_for(p.job.slot)
+                with self._lock:
+                    p.actor = actor
+                    p.actor_name = self.actor_name(p.job.slot)
+                    p.deadline = time.time() + p.job.timeout_s + self.result_grace_s
+                    self._send(p)
+        except BackendCallError as e:  # the cluster itself is unreachable
+            self._finish(p, None, error=f"cannot re-run it on Ray ({e.reason}): {why}")
 
     def _expire(self) -> None:
         """Jobs whose result never came (an actor that cannot be placed again) end here."""
@@ -909,7 +963,7 @@ class RayBackend:
         for p in late:
             with self._lock:
                 self._by_ref.pop(p.ref, None)
-            with contextlib.suppress(Exception):
+            with _best_effort(f"cancelling experiment {p.job.experiment_id} on {p.actor_name}"):
                 p.actor.cancel.remote(p.token)
             self._finish(
                 p,
@@ -965,25 +1019,30 @@ class RayBackend:
         """Stop every slot's processes, then the actors themselves."""
         import ray
 
-        actors = list(getattr(self, "_actors", []))
-        with contextlib.suppress(Exception):
+        actors = list(self._actors)
+        with _best_effort("stopping the slot actors' processes"):
             ray.wait([a.shutdown.remote() for a in actors], num_returns=len(actors), timeout=10)
         for a in actors:
-            with contextlib.suppress(Exception):
+            with _best_effort("killing a slot actor"):
                 ray.kill(a)
 
 
-def _short(e: BaseException) -> str:
-    """The first line of a Ray error, without its long explanation."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+def _parse_handle(handle: str | None) -> tuple[str, str, str] | None:
+    """(actor name, namespace, token) of a handle :meth:`RayBackend.submit` issued, or None."""
+    try:
+        info = json.loads(handle or "")
+        return str(info["actor"]), str(info["namespace"]), str(info["token"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 __all__ = [
     "MAX_SNAPSHOT_BYTES",
+    "RAY_HINT",
     "RayBackend",
     "SlotSpec",
     "SlotWorker",
+    "ray_errors",
     "read_snapshot",
     "slot_spec",
 ]

@@ -19,6 +19,15 @@ Each experiment goes through a small state machine (:class:`SkyState`)::
         ▲            │
         └ recovering ◀ preempted
 
+What differs between the modes (which SDK calls launch, poll, cancel, fetch logs, look
+up and tear down) is a :class:`~autoswarm.backends.skymodes.Mode` chosen once in
+``__init__``; the body below has no mode branches. Every SDK call goes through one
+error boundary (:func:`~autoswarm.backends.skymodes.sdk_errors`) that maps what
+SkyPilot raises to :class:`~autoswarm.errors.BackendCallError`: a failed launch is
+retried or ends the experiment as a crash, a failed status poll is tried again, a
+failed cancel or log download is a note in the experiment's log, never a crash of
+the run.
+
 Every SDK call (launches, status polls, log downloads, cancels) runs in a background
 thread, so :meth:`SkyPilotBackend.poll` only reads a queue and never blocks the
 scheduler longer than its timeout. SkyPilot 0.14's client calls return request ids
@@ -31,8 +40,7 @@ of the SDK (:mod:`autoswarm.testing.fakesky`) instead.
 
 from __future__ import annotations
 
-import contextlib
-import enum
+import dataclasses
 import io
 import json
 import logging
@@ -44,11 +52,21 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any
 
 from autoswarm.backends.base import drain
+from autoswarm.backends.skymodes import (
+    API_HINT,
+    Handle,
+    Seen,
+    SkyState,
+    Tracked,
+    down_clusters,
+    make_mode,
+    sdk_errors,
+)
 from autoswarm.backends.skytask import (
     SkyOptions,
     SkyTier,
@@ -59,7 +77,7 @@ from autoswarm.backends.skytask import (
     task_config,
 )
 from autoswarm.config import Config
-from autoswarm.errors import BackendError, ConfigError
+from autoswarm.errors import BackendCallError, BackendError, ConfigError
 from autoswarm.metrics import parse_summary
 from autoswarm.process import CappedLog
 from autoswarm.types import Job, RunResult
@@ -69,9 +87,6 @@ log = logging.getLogger(__name__)
 STATE_FILE = "skypilot.json"
 # How long a synchronous SDK call (reattach, orphan cancel, teardown) may take.
 SYNC_CALL_TIMEOUT_S = 120.0
-TEARDOWN_TIMEOUT_S = 900.0
-# A managed job missing from `sky jobs queue` this many polls in a row is reported lost.
-MISSING_POLLS = 5
 _LINE_PREFIX = re.compile(r"^\([^)\n]*pid=\d+\)\s?", re.MULTILINE)
 
 
@@ -85,98 +100,6 @@ def import_sky() -> Any:
             "then run `sky check` to enable a cloud or Kubernetes"
         ) from e
     return sky
-
-
-# ---------------------------------------------------------------------------
-# States
-
-
-class SkyState(enum.Enum):
-    """Where one experiment is on SkyPilot."""
-
-    LAUNCHING = "launching"  # request sent: provisioning, setup, queued on the cluster
-    RUNNING = "running"
-    PREEMPTED = "preempted"  # lost its instances (transient: recovery follows)
-    RECOVERING = "recovering"  # relaunching the cluster (clusters) / SkyPilot recovers (jobs)
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"
-    CANCELLED = "cancelled"
-
-    def is_finished(self) -> bool:
-        return self in (SkyState.SUCCEEDED, SkyState.FAILED, SkyState.TIMED_OUT, SkyState.CANCELLED)
-
-
-_CLUSTER_STATUS = {
-    "INIT": SkyState.LAUNCHING,
-    "PENDING": SkyState.LAUNCHING,
-    "SETTING_UP": SkyState.LAUNCHING,
-    "RUNNING": SkyState.RUNNING,
-    "SUCCEEDED": SkyState.SUCCEEDED,
-    "FAILED": SkyState.FAILED,
-    "FAILED_SETUP": SkyState.FAILED,
-    "CANCELLED": SkyState.CANCELLED,
-    # FAILED_DRIVER: the job's driver died with its node — treated as a preemption.
-}
-_MANAGED_STATUS = {
-    "PENDING": SkyState.LAUNCHING,
-    "SUBMITTED": SkyState.LAUNCHING,
-    "STARTING": SkyState.LAUNCHING,
-    "RUNNING": SkyState.RUNNING,
-    "WINDING_DOWN": SkyState.RUNNING,
-    "RECOVERING": SkyState.RECOVERING,
-    "CANCELLING": SkyState.CANCELLED,
-    "CANCELLED": SkyState.CANCELLED,
-    "SUCCEEDED": SkyState.SUCCEEDED,
-}
-
-
-def _status_name(status: Any) -> str:
-    return str(getattr(status, "value", status) or "")
-
-
-def _field(record: Any, key: str) -> Any:
-    """A field of a SkyPilot response record (pydantic model or dict)."""
-    try:
-        return record[key]
-    except (KeyError, TypeError):
-        return getattr(record, key, None)
-
-
-@dataclass
-class _Tracked:
-    """Mutable bookkeeping of one experiment (internal; results go out as RunResult)."""
-
-    job: Job
-    tier: SkyTier
-    cluster: str  # "" in jobs mode
-    name: str
-    submitted_at: float
-    state: SkyState = SkyState.LAUNCHING
-    job_id: int | None = None
-    launch: Future[Any] | None = None
-    first_running: float | None = None
-    running_since: float | None = None
-    attempts: int = 0  # (re)launches after the first: preemptions and launch failures
-    recoveries: int = 0  # managed jobs: SkyPilot's recovery_count
-    missing: int = 0
-    cancel_requested: bool = False
-    notes: list[str] = field(default_factory=list)
-    history: list[SkyState] = field(default_factory=lambda: [SkyState.LAUNCHING])
-
-    def move(self, state: SkyState) -> None:
-        if state is not self.state:
-            self.state = state
-            self.history.append(state)
-
-    def handle(self, mode: str) -> dict[str, Any]:
-        return {
-            "backend": "skypilot",
-            "mode": mode,
-            "cluster": self.cluster,
-            "name": self.name,
-            "job_id": self.job_id,
-        }
 
 
 # ---------------------------------------------------------------------------
@@ -202,10 +125,9 @@ class SkyPilotBackend:
         self.prepare = tuple(prepare)
         self.log_max_bytes = log_max_bytes
         self.sdk = sdk if sdk is not None else import_sky()
+        self._mode = make_mode(opts.mode, self.sdk, opts)
         self._results: queue.Queue[RunResult] = queue.Queue()
-        self._tracked: dict[int, _Tracked] = {}
-        self._ready: set[str] = set()  # clusters known UP in this process (sky.exec works)
-        self._launched: set[str] = set()  # clusters this process launched or adopted
+        self._tracked: dict[int, Tracked] = {}
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -234,7 +156,7 @@ class SkyPilotBackend:
 
     @property
     def mode(self) -> str:
-        return self.opts.mode
+        return self._mode.name
 
     # -- protocol ------------------------------------------------------------------
 
@@ -246,10 +168,10 @@ class SkyPilotBackend:
             raise BackendError("the skypilot backend is closed")
         tier = self._tier_of(job)
         cluster = cluster_name(self.opts, self.tag, tier.name, self.opts.slot_tier(job.slot)[1])
-        t = _Tracked(
+        t = Tracked(
             job=job,
             tier=tier,
-            cluster=cluster if self.mode == "clusters" else "",
+            cluster=self._mode.cluster(cluster),
             name=job_name(self.opts, self.tag, job.experiment_id),
             submitted_at=time.time(),
         )
@@ -300,8 +222,7 @@ class SkyPilotBackend:
         for t in left:
             t.cancel_requested = True
             if t.launch is not None:
-                with contextlib.suppress(Exception):
-                    t.launch.result(timeout=SYNC_CALL_TIMEOUT_S)
+                wait_futures([t.launch], timeout=SYNC_CALL_TIMEOUT_S)
                 self._on_launched(t)
             if not t.state.is_finished():
                 self._cancel_remote(t)
@@ -314,27 +235,26 @@ class SkyPilotBackend:
 
     def reattach(self, job: Job, handle: str) -> bool:
         """Adopt an experiment an earlier orchestrator started (``--resume``)."""
-        try:
-            info = json.loads(handle)
-        except (TypeError, ValueError):
-            return False
-        if not isinstance(info, dict) or info.get("backend") != "skypilot":
-            return False
-        if info.get("mode") != self.mode or self._closed:
+        h = Handle.parse(handle)
+        if h is None or h.mode != self.mode or self._closed:
             return False
         tier = self._tier_of(job)
-        job_id = info.get("job_id") or self._recorded_job_id(job.experiment_id)
-        name = str(info.get("name") or job_name(self.opts, self.tag, job.experiment_id))
-        cluster = str(info.get("cluster") or "")
+        h = self._completed(h, job.experiment_id)
+        h = dataclasses.replace(h, name=h.name or job_name(self.opts, self.tag, job.experiment_id))
         try:
-            job_id, status = self._sync(lambda: self._lookup(cluster, name, job_id))
-        except Exception as e:
+            job_id, status = self._sync(lambda: self._mode.lookup(h), f"re-attaching {h.name}")
+        except BackendCallError as e:
             log.info("cannot reattach experiment %s: %s", job.experiment_id, e)
             return False
         if job_id is None:
             return False
-        t = _Tracked(
-            job=job, tier=tier, cluster=cluster, name=name, submitted_at=time.time(), job_id=job_id
+        t = Tracked(
+            job=job,
+            tier=tier,
+            cluster=h.cluster,
+            name=h.name,
+            submitted_at=time.time(),
+            job_id=job_id,
         )
         if status is SkyState.RUNNING:
             t.move(SkyState.RUNNING)
@@ -342,9 +262,7 @@ class SkyPilotBackend:
         with self._lock:
             self._tracked[job.experiment_id] = t
             self.states[job.experiment_id] = t.history
-            if cluster:
-                self._ready.add(cluster)
-                self._launched.add(cluster)
+            self._mode.adopt(t)
         self._save_state()
         self._ensure_driver()
         return True
@@ -353,12 +271,7 @@ class SkyPilotBackend:
 
     def teardown(self) -> list[str]:
         """``sky down`` every cluster this process launched or adopted; returns their names."""
-        with self._lock:
-            names = sorted(self._launched)
-        downed = down_clusters(self.sdk, names)
-        with self._lock:
-            self._launched -= set(downed)
-            self._ready -= set(downed)
+        downed = self._mode.teardown()
         self._save_state(forget=set(downed))
         return downed
 
@@ -377,49 +290,26 @@ class SkyPilotBackend:
 
     def _task(self, job: Job) -> Any:
         config = task_config(job, self.opts, tag=self.tag, prepare=self.prepare)
-        try:
+        with sdk_errors(
+            self.sdk,
+            f"SkyPilot's check of the task of experiment {job.experiment_id}",
+            hint="check [pool] in autoswarm.toml (see `autoswarm run --dry-run`)",
+        ):
             return self.sdk.Task.from_yaml_config(config)
-        except Exception as e:
-            raise BackendError(
-                f"SkyPilot rejected the task of experiment {job.experiment_id}: {e}. "
-                "Check [pool] in autoswarm.toml (see `autoswarm run --dry-run`)"
-            ) from e
 
-    def _start_launch(self, t: _Tracked, task: Any, *, relaunch: bool) -> None:
-        sdk, opts = self.sdk, self.opts
-        if self.mode == "jobs":
+    def _start_launch(self, t: Tracked, task: Any, *, relaunch: bool) -> None:
+        t.launch = self._pool.submit(self._mode.launch(t, task, relaunch=relaunch))
 
-            def go() -> Any:
-                return sdk.get(sdk.jobs.launch(task, name=t.name))
-        elif t.cluster in self._ready and not relaunch:
-
-            def go() -> Any:
-                return sdk.get(sdk.exec(task, cluster_name=t.cluster))
-        else:
-            autostop = opts.idle_minutes_to_autostop or None
-
-            def go() -> Any:
-                if relaunch:  # a preempted cluster: clear its record, then provision anew
-                    with contextlib.suppress(Exception):
-                        sdk.get(sdk.down(t.cluster))
-                return sdk.get(
-                    sdk.launch(task, cluster_name=t.cluster, idle_minutes_to_autostop=autostop)
-                )
-
-            with self._lock:
-                self._launched.add(t.cluster)
-        t.launch = self._pool.submit(go)
-
-    def _on_launched(self, t: _Tracked) -> None:
+    def _on_launched(self, t: Tracked) -> None:
         fut, t.launch = t.launch, None
         if fut is None:
             return
         try:
-            value = fut.result(timeout=0)
-        except Exception as e:
-            self._ready.discard(t.cluster)
+            reply = _reply(fut)
+        except BackendCallError as e:
+            self._mode.lost(t)
             where = f"cluster {t.cluster}" if t.cluster else f"tier {t.tier.name}"
-            t.notes.append(f"launch on {where} failed: {type(e).__name__}: {e}")
+            t.notes.append(f"launch on {where} failed: {e.reason}")
             if t.cancel_requested:
                 self._finish(t, SkyState.CANCELLED)
             elif t.attempts < self.opts.max_relaunches:
@@ -431,16 +321,11 @@ class SkyPilotBackend:
                     t,
                     SkyState.FAILED,
                     error=f"SkyPilot could not start the experiment on {where} after "
-                    f"{t.attempts + 1} attempt(s): {e}. Check `sky check`, the tier's "
+                    f"{t.attempts + 1} attempt(s): {e.reason}. Check `sky check`, the tier's "
                     "accelerator and infra, and the cloud's quota",
                 )
             return
-        if self.mode == "jobs":
-            ids = value[0] if isinstance(value, tuple) else value
-            t.job_id = int(ids[0])
-        else:
-            t.job_id = int(value[0])
-            self._ready.add(t.cluster)
+        self._mode.launched(t, reply)
         self._save_state()
 
     # -- internals: the driver ---------------------------------------------------------
@@ -457,7 +342,10 @@ class SkyPilotBackend:
         while not self._stop.is_set():
             try:
                 self._tick()
-            except Exception:  # keep following the jobs whatever one poll did
+            except Exception:
+                # The watcher's boundary: SDK failures are already data (sdk_errors);
+                # whatever else one poll hit (a bug, a full disk writing a log), the
+                # thread must keep following the jobs, or they would never finish.
                 log.exception("skypilot backend: status poll failed; retrying")
             self._wake.wait(self.opts.poll_interval_s)
             self._wake.clear()
@@ -469,12 +357,8 @@ class SkyPilotBackend:
             if t.launch is not None and t.launch.done():
                 self._on_launched(t)
         active = [t for t in items if t.launch is None and not t.state.is_finished()]
-        if self.mode == "jobs":
-            self._refresh_managed([t for t in active if t.job_id is not None])
-        else:
-            for t in active:
-                if t.job_id is not None:
-                    self._refresh_cluster_job(t)
+        for t, seen in self._mode.observe([t for t in active if t.job_id is not None]):
+            self._apply(t, seen)
         now = time.time()
         for t in active:
             if t.state.is_finished():
@@ -490,7 +374,24 @@ class SkyPilotBackend:
                 self._cancel_remote(t)
                 self._finish(t, SkyState.TIMED_OUT)
 
-    def _running(self, t: _Tracked) -> None:
+    def _apply(self, t: Tracked, seen: Seen) -> None:
+        """Move ``t`` by what a status poll saw of it."""
+        if t.state.is_finished():
+            return
+        if seen.state is SkyState.RUNNING:
+            self._running(t)
+        elif seen.state is SkyState.PREEMPTED:
+            self._preempted(t, seen.why)
+        elif seen.state is SkyState.RECOVERING:
+            if t.state not in (SkyState.PREEMPTED, SkyState.RECOVERING):
+                t.move(SkyState.PREEMPTED)
+                t.notes.append(seen.why)
+                t.move(SkyState.RECOVERING)
+                t.running_since = None
+        elif seen.state.is_finished():
+            self._finish(t, seen.state, error=seen.why)
+
+    def _running(self, t: Tracked) -> None:
         if t.state is not SkyState.RUNNING:
             t.move(SkyState.RUNNING)
             now = time.time()
@@ -498,32 +399,12 @@ class SkyPilotBackend:
             if t.first_running is None:
                 t.first_running = now
 
-    def _refresh_cluster_job(self, t: _Tracked) -> None:
-        exc = self.sdk.exceptions
-        try:
-            statuses = self.sdk.get(self.sdk.job_status(t.cluster, [t.job_id]))
-        except (exc.ClusterNotUpError, exc.ClusterDoesNotExist) as e:
-            self._preempted(t, f"cluster {t.cluster} is gone: {e}")
-            return
-        except Exception as e:  # the API server hiccuped: try again next poll
-            log.warning("skypilot: status of %s on %s failed: %s", t.name, t.cluster, e)
-            return
-        name = _status_name(statuses.get(t.job_id))
-        if not name or name == "FAILED_DRIVER":
-            self._preempted(t, f"job {t.job_id} on {t.cluster} lost its node ({name or 'gone'})")
-            return
-        state = _CLUSTER_STATUS.get(name, SkyState.LAUNCHING)
-        if state is SkyState.RUNNING:
-            self._running(t)
-        elif state.is_finished():
-            why = "setup failed on the cluster (see the log)" if name == "FAILED_SETUP" else ""
-            self._finish(t, state, error=why)
-
-    def _preempted(self, t: _Tracked, why: str) -> None:
+    def _preempted(self, t: Tracked, why: str) -> None:
+        """``t`` lost its cluster: relaunch it there, up to ``max_relaunches`` times."""
         t.move(SkyState.PREEMPTED)
         t.notes.append(why)
         t.running_since = None
-        self._ready.discard(t.cluster)
+        self._mode.lost(t)
         if t.cancel_requested:
             self._finish(t, SkyState.CANCELLED)
         elif t.attempts >= self.opts.max_relaunches:
@@ -540,108 +421,41 @@ class SkyPilotBackend:
             t.move(SkyState.RECOVERING)
             self._start_launch(t, self._task(t.job), relaunch=True)
 
-    def _refresh_managed(self, items: list[_Tracked]) -> None:
-        if not items:
-            return
-        try:
-            reply = self.sdk.get(
-                self.sdk.jobs.queue_v2(
-                    refresh=False, skip_finished=False, job_ids=[t.job_id for t in items]
-                )
-            )
-        except Exception as e:
-            log.warning("skypilot: `sky jobs queue` failed: %s", e)
-            return
-        records = reply[0] if isinstance(reply, tuple) else reply
-        by_id = {_field(r, "job_id"): r for r in records}
-        for t in items:
-            rec = by_id.get(t.job_id)
-            if rec is None:
-                t.missing += 1
-                if t.missing >= MISSING_POLLS:
-                    self._finish(
-                        t,
-                        SkyState.FAILED,
-                        error=f"managed job {t.job_id} vanished from `sky jobs queue`",
-                    )
-                continue
-            t.missing = 0
-            count = int(_field(rec, "recovery_count") or 0)
-            name = _status_name(_field(rec, "status"))
-            if count > t.recoveries or name == "RECOVERING":
-                if t.state not in (SkyState.PREEMPTED, SkyState.RECOVERING):
-                    t.move(SkyState.PREEMPTED)
-                    t.notes.append(f"managed job {t.job_id} preempted; SkyPilot recovers it")
-                    t.move(SkyState.RECOVERING)
-                    t.running_since = None
-                t.recoveries = max(t.recoveries, count)
-            state = _MANAGED_STATUS.get(
-                name, SkyState.FAILED if name.startswith("FAILED") else None
-            )
-            if state is SkyState.RUNNING:
-                self._running(t)
-            elif state is not None and state.is_finished():
-                reason = _field(rec, "failure_reason") or ""
-                why = f"managed job ended {name}" + (f": {reason}" if reason else "")
-                self._finish(t, state, error=why if name != "SUCCEEDED" else "")
-
     # -- internals: cancelling -----------------------------------------------------------
 
-    def _cancel_remote(self, t: _Tracked) -> None:
+    def _cancel_remote(self, t: Tracked) -> None:
         if t.job_id is None:
             return
         try:
-            if self.mode == "jobs":
-                self.sdk.get(self.sdk.jobs.cancel(job_ids=[t.job_id]))
-            else:
-                self.sdk.get(self.sdk.cancel(t.cluster, job_ids=[t.job_id]))
-        except Exception as e:
-            t.notes.append(f"cancel failed: {e}")
+            self._mode.cancel(t)
+        except BackendCallError as e:
+            t.notes.append(f"cancel failed: {e.reason}")
 
     def _cancel_orphan(self, experiment_id: int, handle: str) -> None:
-        try:
-            info = json.loads(handle)
-        except (TypeError, ValueError):
+        h = Handle.parse(handle)
+        if h is None:
             return
-        if not isinstance(info, dict) or info.get("backend") != "skypilot":
-            return
-        job_id = info.get("job_id") or self._recorded_job_id(experiment_id)
-        cluster, name = str(info.get("cluster") or ""), str(info.get("name") or "")
-        sdk = self.sdk
-
-        def go() -> None:
-            if info.get("mode") == "jobs":
-                if job_id is not None:
-                    sdk.get(sdk.jobs.cancel(job_ids=[int(job_id)]))
-                elif name:
-                    sdk.get(sdk.jobs.cancel(name=name))
-            elif cluster:
-                jid, _ = self._lookup(cluster, name, job_id)
-                if jid is not None:
-                    sdk.get(sdk.cancel(cluster, job_ids=[jid]))
-
+        h = self._completed(h, experiment_id)
+        mode = self._mode if h.mode == self.mode else make_mode(h.mode, self.sdk, self.opts)
         try:
-            self._sync(go)
-        except Exception as e:
+            self._sync(lambda: mode.cancel_orphan(h), f"cancelling {h.name or h.job_id}")
+        except BackendCallError as e:
             log.warning("skypilot: could not cancel orphaned experiment %s: %s", experiment_id, e)
         self._save_state(drop_job=experiment_id)
 
     # -- internals: finishing ------------------------------------------------------------
 
-    def _fetch_logs(self, t: _Tracked) -> str:
+    def _fetch_logs(self, t: Tracked) -> str:
         if t.job_id is None:
             return ""
         buf = io.StringIO()
         try:
-            if self.mode == "jobs":
-                self.sdk.jobs.tail_logs(job_id=t.job_id, follow=False, output_stream=buf)
-            else:
-                self.sdk.tail_logs(t.cluster, t.job_id, follow=False, output_stream=buf)
-        except Exception as e:
-            t.notes.append(f"could not download the log: {e}")
+            self._mode.logs(t, buf)
+        except BackendCallError as e:
+            t.notes.append(f"could not download the log: {e.reason}")
         return _LINE_PREFIX.sub("", buf.getvalue())
 
-    def _finish(self, t: _Tracked, state: SkyState, *, error: str = "") -> None:
+    def _finish(self, t: Tracked, state: SkyState, *, error: str = "") -> None:
         if t.state.is_finished():
             return
         text = self._fetch_logs(t)
@@ -683,54 +497,20 @@ class SkyPilotBackend:
 
     # -- internals: SDK helpers ----------------------------------------------------------
 
-    def _sync(self, fn: Callable[[], Any]) -> Any:
+    def _sync(self, fn: Callable[[], Any], what: str) -> Any:
         """Run an SDK call in the pool, waiting at most SYNC_CALL_TIMEOUT_S."""
         fut = self._pool.submit(fn)
         try:
             return fut.result(timeout=SYNC_CALL_TIMEOUT_S)
         except FutureTimeout as e:
-            raise BackendError(
-                f"SkyPilot did not answer within {SYNC_CALL_TIMEOUT_S:g}s: check the API "
-                "server with `sky api status`"
-            ) from e
+            late = FutureTimeout(f"no answer within {SYNC_CALL_TIMEOUT_S:g}s")
+            raise BackendCallError(what, late, hint=API_HINT) from e
 
-    def _lookup(
-        self, cluster: str, name: str, job_id: int | None
-    ) -> tuple[int | None, SkyState | None]:
-        """(job id, state) of a job by id or, failing that, by name; (None, None) if gone."""
-        sdk = self.sdk
-        if self.mode == "jobs":
-            kwargs: dict[str, Any] = {"refresh": False, "skip_finished": False}
-            if job_id is not None:
-                kwargs["job_ids"] = [int(job_id)]
-            else:
-                kwargs["name_match"] = name
-            reply = sdk.get(sdk.jobs.queue_v2(**kwargs))
-            records = reply[0] if isinstance(reply, tuple) else reply
-            for r in records:
-                if (job_id is not None and _field(r, "job_id") == int(job_id)) or (
-                    job_id is None and _field(r, "job_name") == name
-                ):
-                    return int(_field(r, "job_id")), _MANAGED_STATUS.get(
-                        _status_name(_field(r, "status"))
-                    )
-            return None, None
-        if not cluster:
-            return None, None
-        try:
-            if job_id is None:
-                records = sdk.get(sdk.queue(cluster))
-                ids = [int(_field(r, "job_id")) for r in records if _field(r, "job_name") == name]
-                if not ids:
-                    return None, None
-                job_id = max(ids)
-            statuses = sdk.get(sdk.job_status(cluster, [int(job_id)]))
-        except (sdk.exceptions.ClusterNotUpError, sdk.exceptions.ClusterDoesNotExist):
-            return None, None
-        name_ = _status_name(statuses.get(int(job_id)))
-        if not name_ or name_ == "FAILED_DRIVER":
-            return None, None
-        return int(job_id), _CLUSTER_STATUS.get(name_)
+    def _completed(self, h: Handle, experiment_id: int) -> Handle:
+        """``h`` with the job id the state file recorded if the handle has none."""
+        if h.job_id is not None:
+            return h
+        return dataclasses.replace(h, job_id=self._recorded_job_id(experiment_id))
 
     # -- internals: the state file -------------------------------------------------------
 
@@ -745,7 +525,7 @@ class SkyPilotBackend:
             clusters = {
                 k: v for k, v in state.get("clusters", {}).items() if k not in (forget or set())
             }
-            for name in self._launched:
+            for name in self._mode.clusters():
                 clusters.setdefault(name, {"launched_at": time.time()})
             jobs = dict(state.get("jobs", {}))
             for eid, t in self._tracked.items():
@@ -753,6 +533,14 @@ class SkyPilotBackend:
             if drop_job is not None:
                 jobs.pop(str(drop_job), None)
             write_state(self.state_dir, {"clusters": clusters, "jobs": jobs})
+
+
+def _reply(fut: Future[Any]) -> Any:
+    """What a launch returned; BackendCallError if it failed, is still running or was cancelled."""
+    if fut.cancelled() or not fut.done():
+        why = "cancelled" if fut.cancelled() else f"no answer within {SYNC_CALL_TIMEOUT_S:g}s"
+        raise BackendCallError("the launch", FutureTimeout(why), hint=API_HINT)
+    return fut.result()  # a mode's launch call raises only BackendCallError (its boundary)
 
 
 # ---------------------------------------------------------------------------
@@ -775,26 +563,6 @@ def write_state(state_dir: Path, data: dict[str, Any]) -> None:
     tmp.replace(state_dir / STATE_FILE)
 
 
-def down_clusters(sdk: Any, names: Sequence[str]) -> list[str]:
-    """``sky down`` ``names`` in parallel; returns those that are gone (downed or never existed)."""
-    if not names:
-        return []
-
-    def one(name: str) -> str | None:
-        try:
-            sdk.get(sdk.down(name))
-        except sdk.exceptions.ClusterDoesNotExist:
-            pass
-        except Exception as e:
-            log.error("skypilot: `sky down %s` failed: %s; run it by hand", name, e)
-            return None
-        return name
-
-    with ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
-        done = list(pool.map(one, names, timeout=TEARDOWN_TIMEOUT_S))
-    return [n for n in done if n is not None]
-
-
 def down_recorded(state_dir: Path, *, sdk: Any = None) -> tuple[list[str], list[str]]:
     """Tear down what a run recorded in ``<state_dir>/skypilot.json`` (``autoswarm down``).
 
@@ -808,14 +576,13 @@ def down_recorded(state_dir: Path, *, sdk: Any = None) -> tuple[list[str], list[
         return [], []
     sdk = sdk if sdk is not None else import_sky()
     for rec in jobs.values():
-        if isinstance(rec, dict) and rec.get("mode") == "jobs":
-            try:
-                if rec.get("job_id") is not None:
-                    sdk.get(sdk.jobs.cancel(job_ids=[int(rec["job_id"])]))
-                elif rec.get("name"):
-                    sdk.get(sdk.jobs.cancel(name=rec["name"]))
-            except Exception as e:
-                log.warning("skypilot: could not cancel managed job %s: %s", rec, e)
+        h = Handle.of(rec)
+        if h is None:
+            continue
+        try:
+            make_mode(h.mode, sdk).release(h)
+        except BackendCallError as e:
+            log.warning("skypilot: could not cancel managed job %s: %s", rec, e)
     downed = down_clusters(sdk, clusters)
     failed = [c for c in clusters if c not in downed]
     write_state(

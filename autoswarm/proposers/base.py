@@ -80,6 +80,32 @@ class Proposer(Protocol):
         ...
 
 
+# ---------------------------------------------------------------------------
+# Optional capabilities: members some proposers have, declared here so that the
+# scheduler and the contract suites ask ``isinstance`` instead of probing with getattr.
+
+
+@runtime_checkable
+class IdlePolling(Protocol):
+    """A proposer that waits on others (agent threads, outside submissions).
+
+    ``idle_poll_s`` caps the scheduler's idle sleep between two empty ``propose`` calls
+    (default 5 s), so work that arrives from elsewhere is picked up soon.
+    """
+
+    idle_poll_s: float
+
+
+@runtime_checkable
+class Composite(Protocol):
+    """A proposer made of others (``auto``) that hands out their proposals under their names."""
+
+    @property
+    def parts(self) -> tuple[Proposer, ...]:
+        """The proposers whose names may appear on this one's proposals."""
+        ...
+
+
 def fingerprint(files: Mapping[str, str]) -> str:
     """A content hash of a variant's files, used to skip duplicates."""
     import hashlib
@@ -93,4 +119,4 @@ def fingerprint(files: Mapping[str, str]) -> str:
     return h.hexdigest()[:20]
 
 
-__all__ = ["Context", "Proposer", "fingerprint"]
+__all__ = ["Composite", "Context", "IdlePolling", "Proposer", "fingerprint"]

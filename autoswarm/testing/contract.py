@@ -5,9 +5,13 @@ Subclass in a test module and provide the factory::
     class TestLocalBackend(BackendContract):
         def make_backend(self, slots: int) -> Backend: return LocalBackend(slots)
 
-Backend jobs say what to do through ``AUTOSWARM_CONTRACT_BEHAVIOUR`` (ok, fail, hang) in
-their environment; a real backend runs :data:`AUTOSWARM_CONTRACT_SCRIPT`, a fake one reads
+Backend jobs say what to do through ``AUTOSWARM_CONTRACT_BEHAVIOUR`` (ok, fail, hang, nap) in
+their environment; a real backend runs :data:`CONTRACT_SCRIPT`, a fake one reads
 the variable (see :func:`fake_contract_outcome`).
+
+:class:`ReattachableContract` is what a backend whose jobs outlive the orchestrator
+(:class:`~autoswarm.backends.base.Reattachable`) adds: a fresh instance adopts a job an
+abandoned one started, and refuses handles it cannot honour.
 
 :class:`ProcessContract` is what every process autoswarm starts gets, checked at the
 surface of whoever starts it (the runner itself, a backend, the Ray slot worker, the
@@ -31,17 +35,21 @@ from typing import Protocol
 
 import pytest
 
-from autoswarm.backends.base import Backend
+from autoswarm.backends.base import Backend, Reattachable
 from autoswarm.backends.fake import Outcome
 from autoswarm.process import ProcessRunner, ProcessSpec
-from autoswarm.proposers.base import Context, Proposer
+from autoswarm.proposers.base import Composite, Context, Proposer
 from autoswarm.types import Direction, Experiment, Job, Kind, RunResult, Status
 
-AUTOSWARM_CONTRACT_SCRIPT = """\
+CONTRACT_SCRIPT = """\
 import os, sys, time
 b = os.environ["AUTOSWARM_CONTRACT_BEHAVIOUR"]
+if os.environ.get("AUTOSWARM_CONTRACT_STARTED"):
+    open(os.environ["AUTOSWARM_CONTRACT_STARTED"], "w").close()
 if b == "hang":
     time.sleep(3600)
+if b == "nap":
+    time.sleep(float(os.environ.get("AUTOSWARM_CONTRACT_NAP", "2")))
 if b == "fail":
     print("Traceback (most recent call last):\\nValueError: broken on purpose", flush=True)
     sys.exit(3)
@@ -57,7 +65,19 @@ def fake_contract_outcome(job: Job) -> Outcome:
         return Outcome(duration=3600.0)
     if b == "fail":
         return Outcome(duration=0.1, exit_code=3, log="ValueError: broken on purpose\n")
-    return Outcome(duration=0.1, metrics={"val_bpb": 1.2345, "peak_vram_mb": 10.0})
+    duration = float(job.env.get("AUTOSWARM_CONTRACT_NAP", "2")) if b == "nap" else 0.1
+    return Outcome(duration=duration, metrics={"val_bpb": 1.2345, "peak_vram_mb": 10.0})
+
+
+def wait_results(backend: Backend, count: int, limit: float = 30.0) -> dict[int, RunResult]:
+    """Poll ``backend`` until ``count`` results came (or ``limit`` s passed); each comes once."""
+    got: dict[int, RunResult] = {}
+    deadline = time.monotonic() + limit
+    while len(got) < count and time.monotonic() < deadline:
+        for r in backend.poll(timeout=0.2):
+            assert r.experiment_id not in got, "a job must be reported once"
+            got[r.experiment_id] = r
+    return got
 
 
 class BackendContract:
@@ -71,7 +91,7 @@ class BackendContract:
     def _job(self, tmp_path: Path, exp_id: int, behaviour: str, slot: int = 0) -> Job:
         workdir = tmp_path / f"run{exp_id}"
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "job.py").write_text(AUTOSWARM_CONTRACT_SCRIPT)
+        (workdir / "job.py").write_text(CONTRACT_SCRIPT)
         return Job(
             experiment_id=exp_id,
             workdir=workdir,
@@ -84,13 +104,7 @@ class BackendContract:
         )
 
     def _wait(self, backend: Backend, count: int, limit: float = 30.0) -> dict[int, RunResult]:
-        got: dict[int, RunResult] = {}
-        deadline = time.monotonic() + limit
-        while len(got) < count and time.monotonic() < deadline:
-            for r in backend.poll(timeout=0.2):
-                assert r.experiment_id not in got, "a job must be reported once"
-                got[r.experiment_id] = r
-        return got
+        return wait_results(backend, count, limit)
 
     def test_capacity_is_positive(self) -> None:
         b = self.make_backend(2)
@@ -142,6 +156,141 @@ class BackendContract:
         b.close()
 
 
+class ReattachableContract:
+    """What ``--resume`` relies on from a :class:`~autoswarm.backends.base.Reattachable` backend.
+
+    A job whose handle the ledger recorded before the orchestrator died is adopted by a
+    fresh instance, which then reports its result through ``poll`` exactly once; a
+    handle it cannot honour (malformed, another backend's, a job that is gone) is
+    refused with False, leaving nothing behind.
+
+    Subclass and implement:
+
+    * ``make_backend(slots)``: a fresh instance (a new orchestrator process) on the
+      test's one remote world: every instance made in one test shares it (the same
+      cluster, fake cloud, state directory, name prefix).
+    * ``abandon(backend)``: the orchestrator dies: the instance stops following its jobs
+      without ``close()``: nothing is cancelled, torn down or collected.
+
+    and, where the defaults do not fit, ``until_running`` (default: the job's
+    ``AUTOSWARM_CONTRACT_STARTED`` file appears, which :data:`CONTRACT_SCRIPT` writes) and
+    ``stale`` (default: the handle unchanged).
+    """
+
+    nap_s = 2.0  # how long the adopted job runs (it must outlive the first instance)
+    timeout_s = 60.0
+
+    def make_backend(self, slots: int) -> Backend:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def abandon(self, backend: Backend) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def until_running(self, backend: Backend, job: Job, limit: float = 30.0) -> None:
+        """Wait until ``job`` runs remotely (so an abandoned orchestrator leaves it running)."""
+        marker = Path(job.env["AUTOSWARM_CONTRACT_STARTED"])
+        deadline = time.monotonic() + limit
+        while not marker.exists():
+            assert time.monotonic() < deadline, f"experiment {job.experiment_id} did not start"
+            time.sleep(0.02)
+
+    def stale(self, handle: str) -> str:
+        """``handle`` of a job that ran to its end under an instance since closed, made stale.
+
+        The default is the handle itself; a backend that can still adopt a finished job
+        by that handle (and would rightly collect its result) names a job that never
+        existed instead.
+        """
+        return handle
+
+    def _job(self, tmp_path: Path, exp_id: int, behaviour: str, slot: int = 0) -> Job:
+        workdir = tmp_path / f"run{exp_id}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "job.py").write_text(CONTRACT_SCRIPT)
+        return Job(
+            experiment_id=exp_id,
+            workdir=workdir,
+            argv=(sys.executable, "job.py"),
+            env={
+                "AUTOSWARM_CONTRACT_BEHAVIOUR": behaviour,
+                "AUTOSWARM_CONTRACT_NAP": f"{self.nap_s:g}",
+                "AUTOSWARM_CONTRACT_STARTED": str(tmp_path / f"started{exp_id}"),
+                "PATH": "/usr/bin:/bin",
+            },
+            timeout_s=self.timeout_s,
+            slot=slot,
+            log_path=tmp_path / "logs" / f"{exp_id}.log",
+            budget_s=1.0,
+        )
+
+    def _reattachable(self, backend: Backend) -> Reattachable:
+        assert isinstance(backend, Reattachable), f"{type(backend).__name__} is not Reattachable"
+        return backend
+
+    def _wait(self, backend: Backend, count: int, limit: float = 60.0) -> dict[int, RunResult]:
+        return wait_results(backend, count, limit)
+
+    def test_is_reattachable(self) -> None:
+        b = self.make_backend(1)
+        try:
+            self._reattachable(b)
+        finally:
+            b.close()
+
+    def test_a_job_outlives_its_orchestrator_and_is_collected_by_the_next(
+        self, tmp_path: Path
+    ) -> None:
+        first = self.make_backend(2)
+        job = self._job(tmp_path, 1, "nap", slot=1)
+        handle = first.submit(job)
+        self.until_running(first, job)
+        self.abandon(first)
+
+        second = self.make_backend(2)
+        try:
+            assert self._reattachable(second).reattach(job, handle), "the recorded handle suffices"
+            got = self._wait(second, 1)
+            assert set(got) == {1}, f"no result for the adopted job: {got}"
+            r = got[1]
+            assert r.exit_code == 0 and not r.timed_out and not r.cancelled, r
+            assert r.metrics["val_bpb"] == pytest.approx(1.2345)
+            assert r.finished_at >= r.started_at
+            later = second.poll(timeout=0.3)
+            assert not [x for x in later if x.experiment_id == 1], "reported once"
+        finally:
+            second.close()
+
+    def test_unknown_and_stale_handles_are_refused_cleanly(self, tmp_path: Path) -> None:
+        first = self.make_backend(1)
+        try:
+            issued = first.submit(self._job(tmp_path, 1, "ok"))
+            assert set(self._wait(first, 1)) == {1}
+        finally:
+            first.close()
+
+        b = self.make_backend(1)
+        try:
+            r = self._reattachable(b)
+            job = self._job(tmp_path, 1, "ok")  # --resume offers the experiment its handle
+            for handle in (
+                "",
+                "not json",
+                "[1, 2]",
+                json.dumps({}),
+                json.dumps({"backend": "no-such-backend", "experiment_id": 1}),
+                self.stale(issued),
+            ):
+                assert r.reattach(job, handle) is False, f"adopted {handle!r}"
+            # The refusals left nothing behind: nothing is reported, and the experiment
+            # runs again in its slot under the same id (what the scheduler does next).
+            assert b.poll(timeout=0.2) == []
+            b.submit(job)
+            got = self._wait(b, 1)
+            assert set(got) == {1} and got[1].exit_code == 0, got
+        finally:
+            b.close()
+
+
 def contract_context(files: Mapping[str, str], commit: str = "0" * 40) -> Context:
     return Context(
         best_commit=commit,
@@ -178,7 +327,7 @@ class ProposerContract:
                     assert any(prop.files[f] != ctx.best_files.get(f) for f in prop.files)
                     # A composite proposer (auto, hybrid) hands out its parts' proposals
                     # under their own names, so the ledger says which part made what.
-                    parts = getattr(p, "parts", ())
+                    parts = p.parts if isinstance(p, Composite) else ()
                     assert prop.proposer in {p.name, *(q.name for q in parts)}
             assert p.propose(ctx, 0) == []
         finally:
@@ -470,9 +619,7 @@ class ProcessContract:
         assert out.log.endswith("---\nval_bpb: 1.234500\n")  # the tail is kept
 
     def test_the_environment_has_no_credentials(self, tmp_path: Path) -> None:
-        out = self._run(
-            self._spec(tmp_path, "ok", env={**_SECRETS, "AUTOSWARM_CONTRACT_VISIBLE": "1"})
-        )
+        out = self._run(self._spec(tmp_path, "ok", env={**_SECRETS, "AUTOSWARM_CONTRACT_VISIBLE": "1"}))
         assert out.exit_code == 0, out
         seen = set(json.loads(out.log.split("ENV>", 1)[1].split("<ENV", 1)[0]))
         assert not seen & set(_SECRETS), seen & set(_SECRETS)
@@ -500,7 +647,7 @@ class ProcessContract:
 
 
 __all__ = [
-    "AUTOSWARM_CONTRACT_SCRIPT",
+    "CONTRACT_SCRIPT",
     "PROCESS_SCRIPT",
     "BackendContract",
     "BackendLaunch",
@@ -508,7 +655,9 @@ __all__ = [
     "ProcessContract",
     "ProcessOutcome",
     "ProposerContract",
+    "ReattachableContract",
     "RunnerLaunch",
     "contract_context",
     "fake_contract_outcome",
+    "wait_results",
 ]

@@ -13,6 +13,7 @@ Every SDK call is recorded in :attr:`FakeSky.calls`, and a test drives the cloud
     fake.preempt_cluster("autoswarm-h100-0")      # a spot cluster disappears
     fake.preempt_managed(job_id, recover_after=0.2)  # a managed job recovers by itself
     fake.finish(job_id, exit_code=0, log="...")   # end a job whose duration is None
+    fake.fail_next("job_status", 2)               # the API server fails the next 2 polls
 
 Like SkyPilot 0.14's client SDK, calls return request ids that :meth:`FakeSky.get`
 resolves; a failed request raises from ``get``.
@@ -135,6 +136,8 @@ class _FakeJobs:
         s = self._sky
         with s._lock:
             s._record("jobs.queue_v2", job_ids=job_ids, name_match=kwargs.get("name_match"))
+            if failure := s._injected("jobs.queue_v2"):
+                return s._fail(failure)
             now = time.monotonic()
             records = []
             for job in s.managed.values():
@@ -163,6 +166,8 @@ class _FakeJobs:
         s = self._sky
         with s._lock:
             s._record("jobs.cancel", name=name, job_ids=job_ids)
+            if failure := s._injected("jobs.cancel"):
+                return s._fail(failure)
             for job in s.managed.values():
                 if (job_ids and job.job_id in job_ids) or (name and job.name == name):
                     job.refresh(time.monotonic())
@@ -185,6 +190,8 @@ class _FakeJobs:
         s = self._sky
         with s._lock:
             s._record("jobs.tail_logs", job_id=job_id, follow=follow)
+            if failure := s._injected("jobs.tail_logs"):
+                raise failure
             job = s.managed.get(job_id or -1)
             if job is None:
                 return 102
@@ -216,6 +223,7 @@ class FakeSky:
         self._rid = itertools.count(1)
         self._job_ids = itertools.count(1)
         self._launch_failures = 0
+        self._failures: dict[str, list[BaseException]] = {}
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -243,6 +251,11 @@ class FakeSky:
             submitted_at=time.time(),
             started_at=now,
         )
+
+    def _injected(self, fn: str) -> BaseException | None:
+        """The failure :meth:`fail_next` queued for the next call of ``fn``, if any."""
+        queued = self._failures.get(fn)
+        return queued.pop(0) if queued else None
 
     def called(self, fn: str) -> list[dict[str, Any]]:
         """The keyword arguments of every recorded call of ``fn`` (e.g. ``"exec"``)."""
@@ -302,6 +315,8 @@ class FakeSky:
 
         with self._lock:
             self._record("job_status", cluster_name=cluster_name, job_ids=job_ids)
+            if failure := self._injected("job_status"):
+                return self._fail(failure)
             c = self._cluster(cluster_name)
             if isinstance(c, BaseException):
                 return self._fail(c)
@@ -354,6 +369,8 @@ class FakeSky:
     ) -> int:
         with self._lock:
             self._record("tail_logs", cluster_name=cluster_name, job_id=job_id, follow=follow)
+            if failure := self._injected("tail_logs"):
+                raise failure
             c = self._cluster(cluster_name)
             if isinstance(c, BaseException):
                 raise c
@@ -368,6 +385,8 @@ class FakeSky:
     def cancel(self, cluster_name: str, job_ids: list[int] | None = None, **kwargs: Any) -> str:
         with self._lock:
             self._record("cancel", cluster_name=cluster_name, job_ids=job_ids)
+            if failure := self._injected("cancel"):
+                return self._fail(failure)
             c = self._cluster(cluster_name)
             if isinstance(c, BaseException):
                 return self._fail(c)
@@ -383,6 +402,8 @@ class FakeSky:
     def down(self, cluster_name: str, purge: bool = False, **kwargs: Any) -> str:
         with self._lock:
             self._record("down", cluster_name=cluster_name)
+            if failure := self._injected("down"):
+                return self._fail(failure)
             c = self.clusters.pop(cluster_name, None)
             if c is None:
                 return self._fail(self.exceptions.ClusterDoesNotExist(f"{cluster_name} not found"))
@@ -394,6 +415,18 @@ class FakeSky:
         """The next ``n`` launches (cluster or managed) fail with ResourcesUnavailableError."""
         with self._lock:
             self._launch_failures = n
+
+    def fail_next(self, fn: str, n: int = 1, error: BaseException | None = None) -> None:
+        """The next ``n`` calls of ``fn`` fail with ``error`` (default: the API server is down).
+
+        ``fn`` is one of job_status, tail_logs, cancel, down, jobs.queue_v2, jobs.cancel,
+        jobs.tail_logs. Like the real client, a request's failure raises from ``get``
+        (the log calls, which answer directly, raise at once).
+        """
+        with self._lock:
+            self._failures.setdefault(fn, []).extend(
+                error or ConnectionError("fake: could not reach the API server") for _ in range(n)
+            )
 
     def preempt_cluster(self, name: str) -> None:
         """The cluster's instances are taken back: it is no longer UP and its jobs are gone."""

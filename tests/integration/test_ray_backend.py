@@ -29,16 +29,23 @@ ray = pytest.importorskip("ray")
 
 from autoswarm.backends.base import Backend, Reattachable  # noqa: E402
 from autoswarm.backends.factory import make_backend  # noqa: E402
-from autoswarm.backends.ray import RayBackend, read_snapshot, slot_spec, write_snapshot  # noqa: E402
+from autoswarm.backends.ray import (  # noqa: E402
+    RayBackend,
+    ray_errors,
+    read_snapshot,
+    slot_spec,
+    write_snapshot,
+)
 from autoswarm.bench.systems import run_local  # noqa: E402
 from autoswarm.config import Config, PoolConfig, RunConfig, TierConfig  # noqa: E402
-from autoswarm.errors import ConfigError  # noqa: E402
+from autoswarm.errors import BackendCallError, ConfigError  # noqa: E402
 from autoswarm.process import ProcessSpec  # noqa: E402
 from autoswarm.testing.contract import (  # noqa: E402
     BackendContract,
     BackendLaunch,
     Launched,
     ProcessContract,
+    ReattachableContract,
 )
 from autoswarm.testing.raycluster import LocalRayCluster  # noqa: E402
 from autoswarm.types import Job, RunResult  # noqa: E402
@@ -172,6 +179,46 @@ class TestRayProcessContract(ProcessContract):
             [CPU], address=self.address, kill_grace_s=1.0, log_max_bytes=self.log_max_bytes
         )
         return BackendLaunch(backend, spec)
+
+
+class TestRayReattachable(ReattachableContract):
+    """``--resume``'s contract: the slot actors are detached and named by the prefix, so a
+    second backend with the same prefix (a restarted orchestrator) finds them again."""
+
+    @pytest.fixture(autouse=True)
+    def _on_cluster(self, cluster: LocalRayCluster, tmp_path: Path) -> None:
+        self.address = cluster.address
+        self.prefix = f"contract-{os.getpid()}-{tmp_path.name}"
+
+    def make_backend(self, slots: int) -> Backend:
+        return RayBackend(
+            [CPU] * slots, address=self.address, name_prefix=self.prefix, kill_grace_s=1.0
+        )
+
+    def abandon(self, backend: Backend) -> None:
+        pass  # no close(): the detached actors and their processes live on
+
+
+def test_ray_errors_maps_every_failure_to_one_type() -> None:
+    with pytest.raises(BackendCallError) as lost, ray_errors("the result of experiment 1"):
+        raise ray.exceptions.WorkerCrashedError()
+    assert lost.value.gone and lost.value.reason.startswith("WorkerCrashedError: ")
+    assert str(lost.value).startswith("the result of experiment 1 failed (WorkerCrashedError: ")
+    assert str(lost.value).endswith("): check the cluster with `ray status`")
+    with (
+        pytest.raises(BackendCallError) as failed,
+        ray_errors("re-attaching", hint="resume later"),
+    ):
+        raise ValueError("Failed to look up actor with name 'x'")
+    assert not failed.value.gone
+    assert str(failed.value) == (
+        "re-attaching failed (ValueError: Failed to look up actor with name 'x'): resume later"
+    )
+    with (
+        pytest.raises(ConfigError, match="autoswarm's own"),
+        ray_errors("x"),
+    ):  # passes through as it is
+        raise ConfigError("autoswarm's own")
 
 
 def test_is_a_reattachable_backend(tiered: RayBackend) -> None:

@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autoswarm.backends.base import Backend, Reattachable
+from autoswarm.backends.skymodes import sdk_errors
 from autoswarm.backends.skypilot import (
     SkyPilotBackend,
     SkyState,
@@ -25,7 +26,8 @@ from autoswarm.backends.skypilot import (
 )
 from autoswarm.backends.skytask import parse_pool
 from autoswarm.config import PoolConfig, TierConfig
-from autoswarm.testing.contract import BackendContract
+from autoswarm.errors import BackendCallError, BackendError, ConfigError
+from autoswarm.testing.contract import BackendContract, ReattachableContract
 from autoswarm.testing.fakesky import FakeOutcome, FakeSky
 from autoswarm.types import Job, RunResult
 
@@ -127,6 +129,55 @@ class TestSkyPilotContract(BackendContract):
         )
         state = Path(tempfile.mkdtemp(prefix="autoswarm-sky-"))
         return SkyPilotBackend(opts, state_dir=state, sdk=FakeSky(self._outcome))
+
+
+class TestSkyPilotReattachableClusters(ReattachableContract):
+    """``--resume``'s contract on the fake cloud: one FakeSky and state directory per test."""
+
+    mode = "clusters"
+
+    @pytest.fixture(autouse=True)
+    def _world(self, tmp_path: Path) -> None:
+        self.fake = FakeSky(self._outcome)
+        self.state = tmp_path / "state"
+
+    @staticmethod
+    def _outcome(task: Any) -> FakeOutcome:
+        b = task.envs["CONTRACT_BEHAVIOUR"]
+        nap = float(task.envs["CONTRACT_NAP"]) if b == "nap" else 0.05
+        return FakeOutcome(duration=nap, log="---\nval_bpb: 1.234500\n")
+
+    def make_backend(self, slots: int) -> Backend:
+        opts = parse_pool(
+            PoolConfig(
+                backend="skypilot",
+                options={
+                    "mode": self.mode,
+                    "poll_interval_s": 0.05,
+                    "timeout_slack_s": 0,
+                    "forward_env": ["CONTRACT_BEHAVIOUR", "CONTRACT_NAP"],
+                },
+                tiers=(TierConfig(name="h100", accelerator="H100:1", slots=slots),),
+            )
+        )
+        return SkyPilotBackend(opts, state_dir=self.state, tag="t", sdk=self.fake)
+
+    def abandon(self, backend: Backend) -> None:
+        assert isinstance(backend, SkyPilotBackend)
+        backend._stop.set()  # no close(): nothing cancelled or downed
+
+    def until_running(self, backend: Backend, job: Job, limit: float = 30.0) -> None:
+        assert isinstance(backend, SkyPilotBackend)
+        _until(lambda: backend.states[job.experiment_id][-1] is SkyState.RUNNING, limit)
+
+
+class TestSkyPilotReattachableJobs(TestSkyPilotReattachableClusters):
+    mode = "jobs"
+
+    def stale(self, handle: str) -> str:
+        # Managed jobs keep their finished records (adopting one would collect its result):
+        # a stale handle names a job the controller never had.
+        return json.dumps({**json.loads(handle), "job_id": 9999, "name": "autoswarm-t-e9999"})
 
 
 # ---------------------------------------------------------------------------
@@ -395,6 +446,82 @@ def test_managed_job_failure(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
+# The SDK's failures are mapped once (skymodes.sdk_errors) and become data
+
+
+def test_sdk_errors_maps_every_failure_to_one_type() -> None:
+    import sky.exceptions
+
+    fake = FakeSky()
+    with (
+        pytest.raises(BackendCallError) as gone,
+        sdk_errors(fake, "`sky down c`", hint="run it by hand"),
+    ):
+        raise sky.exceptions.ClusterDoesNotExist("cluster c does not exist")
+    assert gone.value.gone
+    assert str(gone.value) == (
+        "`sky down c` failed (ClusterDoesNotExist: cluster c does not exist): run it by hand"
+    )
+    with pytest.raises(BackendCallError) as failed, sdk_errors(fake, "`sky jobs queue`"):
+        raise ConnectionError("refused\nand a long explanation")
+    assert not failed.value.gone and failed.value.reason == "ConnectionError: refused"
+    assert isinstance(failed.value, BackendError) and "`sky api status`" in str(failed.value)
+    with (
+        pytest.raises(ConfigError, match="autoswarm's own"),
+        sdk_errors(fake, "x"),
+    ):  # passes through as it is
+        raise ConfigError("autoswarm's own")
+
+
+@pytest.mark.parametrize("mode", ["clusters", "jobs"])
+def test_failed_status_polls_are_tried_again(tmp_path: Path, mode: str) -> None:
+    fake = FakeSky(lambda task: FakeOutcome(duration=0.2, log=SUMMARY))
+    poll = "jobs.queue_v2" if mode == "jobs" else "job_status"
+    fake.fail_next(poll, 3)
+    b = _backend(tmp_path, fake, mode=mode)
+    try:
+        b.submit(_job(tmp_path, 1))
+        r = _wait(b, 1)[1]
+    finally:
+        b.close()
+    assert r.exit_code == 0 and r.metrics["val_bpb"] == pytest.approx(0.9979) and not r.error
+    assert len(fake.called(poll)) > 3
+    assert b.states[1][-1] is SkyState.SUCCEEDED
+
+
+@pytest.mark.parametrize("mode", ["clusters", "jobs"])
+def test_failed_cancel_and_log_download_are_notes(tmp_path: Path, mode: str) -> None:
+    fake = FakeSky(lambda task: FakeOutcome(duration=None))
+    b = _backend(tmp_path, fake, mode=mode)
+    prefix = "jobs." if mode == "jobs" else ""
+    try:
+        b.submit(_job(tmp_path, 1))
+        _until(lambda: b.states[1][-1] is SkyState.RUNNING)
+        fake.fail_next(prefix + "cancel")
+        fake.fail_next(prefix + "tail_logs")
+        b.cancel(1)
+        r = _wait(b, 1)[1]
+    finally:
+        b.close()
+    assert r.cancelled and not r.metrics
+    text = r.log_path.read_text()
+    assert "autoswarm: cancel failed: ConnectionError: fake: could not reach the API server" in text
+    assert "autoswarm: could not download the log: ConnectionError: fake:" in text
+
+
+def test_a_cluster_that_will_not_go_down_stays_recorded(tmp_path: Path) -> None:
+    fake = FakeSky(lambda task: FakeOutcome(duration=0.02, log=SUMMARY))
+    b = _backend(tmp_path, fake, slots=1)
+    b.submit(_job(tmp_path, 1))
+    _wait(b, 1)
+    fake.fail_next("down")
+    b.close()  # logs the failure; does not raise
+    assert list(read_state(tmp_path / "state")["clusters"]) == ["autoswarm-t-h100-0"]
+    assert down_recorded(tmp_path / "state", sdk=fake) == (["autoswarm-t-h100-0"], [])
+    assert fake.clusters == {}
+
+
+# ---------------------------------------------------------------------------
 # Resume: a new orchestrator re-attaches to jobs the dead one started
 
 
@@ -423,6 +550,25 @@ def test_reattach_after_restart(tmp_path: Path, mode: str) -> None:
     assert len(launches) == 1, "nothing duplicated"
     if mode == "clusters":
         assert [c["cluster_name"] for c in fake.called("down")] == ["autoswarm-t-h100-0"]
+
+
+@pytest.mark.parametrize("mode", ["clusters", "jobs"])
+def test_reattach_while_the_api_server_is_down_is_refused(tmp_path: Path, mode: str) -> None:
+    fake = FakeSky(lambda task: FakeOutcome(duration=None))
+    first = _backend(tmp_path, fake, mode=mode)
+    job = _job(tmp_path, 1)
+    handle = first.submit(job)
+    _until(lambda: first.states[1][-1] is SkyState.RUNNING)
+    first._stop.set()
+    second = _backend(tmp_path, fake, mode=mode)
+    try:
+        fake.fail_next("jobs.queue_v2" if mode == "jobs" else "job_status")
+        assert not second.reattach(job, handle), "a failed lookup is a refusal, not a crash"
+        assert second.reattach(job, handle), "and the next try succeeds"
+        fake.finish(fake.job_by_name("autoswarm-t-e1").job_id, log=SUMMARY)
+        assert _wait(second, 1)[1].exit_code == 0
+    finally:
+        second.close()
 
 
 def test_orphan_cancel_by_handle(tmp_path: Path) -> None:
