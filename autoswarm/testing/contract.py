@@ -619,7 +619,9 @@ class ProcessContract:
         assert out.log.endswith("---\nval_bpb: 1.234500\n")  # the tail is kept
 
     def test_the_environment_has_no_credentials(self, tmp_path: Path) -> None:
-        out = self._run(self._spec(tmp_path, "ok", env={**_SECRETS, "AUTOSWARM_CONTRACT_VISIBLE": "1"}))
+        out = self._run(
+            self._spec(tmp_path, "ok", env={**_SECRETS, "AUTOSWARM_CONTRACT_VISIBLE": "1"})
+        )
         assert out.exit_code == 0, out
         seen = set(json.loads(out.log.split("ENV>", 1)[1].split("<ENV", 1)[0]))
         assert not seen & set(_SECRETS), seen & set(_SECRETS)

@@ -334,7 +334,15 @@ def test_killed_worker_is_retried_on_the_restarted_actor(
     mark = tmp_path / "starts"
     slot = 13  # an h200 slot
     old_pid = tiered.worker_pid(slot)
-    tiered.submit(make_job(tmp_path, 200, NAPPER, slot=slot, env={"AUTOSWARM_MARK": str(mark), "AUTOSWARM_NAP": "2"}))
+    tiered.submit(
+        make_job(
+            tmp_path,
+            200,
+            NAPPER,
+            slot=slot,
+            env={"AUTOSWARM_MARK": str(mark), "AUTOSWARM_NAP": "2"},
+        )
+    )
     first = int(wait_for(mark)[0])
     os.kill(old_pid, signal.SIGKILL)  # the Ray worker process of the slot's actor
     got = wait_results(tiered, {200})[200]
@@ -353,7 +361,11 @@ def test_retries_are_limited(cluster: LocalRayCluster, tmp_path: Path) -> None:
     b = RayBackend([CPU], address=cluster.address, max_retries=0)
     try:
         mark = tmp_path / "starts"
-        b.submit(make_job(tmp_path, 300, NAPPER, env={"AUTOSWARM_MARK": str(mark), "AUTOSWARM_NAP": "30"}))
+        b.submit(
+            make_job(
+                tmp_path, 300, NAPPER, env={"AUTOSWARM_MARK": str(mark), "AUTOSWARM_NAP": "30"}
+            )
+        )
         wait_for(mark)
         os.kill(b.worker_pid(0), signal.SIGKILL)
         r = wait_results(b, {300})[300]
@@ -381,7 +393,11 @@ def test_timeout_kills_the_process_group(tiered: RayBackend, tmp_path: Path) -> 
 
 def test_cancel_kills_the_training_process(tiered: RayBackend, tmp_path: Path) -> None:
     mark = tmp_path / "starts"
-    tiered.submit(make_job(tmp_path, 500, NAPPER, slot=5, env={"AUTOSWARM_MARK": str(mark), "AUTOSWARM_NAP": "300"}))
+    tiered.submit(
+        make_job(
+            tmp_path, 500, NAPPER, slot=5, env={"AUTOSWARM_MARK": str(mark), "AUTOSWARM_NAP": "300"}
+        )
+    )
     pid = int(wait_for(mark)[0])
     tiered.cancel(500)
     r = wait_results(tiered, {500})[500]

@@ -143,8 +143,8 @@ class TestSkyPilotReattachableClusters(ReattachableContract):
 
     @staticmethod
     def _outcome(task: Any) -> FakeOutcome:
-        b = task.envs["CONTRACT_BEHAVIOUR"]
-        nap = float(task.envs["CONTRACT_NAP"]) if b == "nap" else 0.05
+        b = task.envs["AUTOSWARM_CONTRACT_BEHAVIOUR"]
+        nap = float(task.envs["AUTOSWARM_CONTRACT_NAP"]) if b == "nap" else 0.05
         return FakeOutcome(duration=nap, log="---\nval_bpb: 1.234500\n")
 
     def make_backend(self, slots: int) -> Backend:
@@ -155,7 +155,7 @@ class TestSkyPilotReattachableClusters(ReattachableContract):
                     "mode": self.mode,
                     "poll_interval_s": 0.05,
                     "timeout_slack_s": 0,
-                    "forward_env": ["CONTRACT_BEHAVIOUR", "CONTRACT_NAP"],
+                    "forward_env": ["AUTOSWARM_CONTRACT_BEHAVIOUR", "AUTOSWARM_CONTRACT_NAP"],
                 },
                 tiers=(TierConfig(name="h100", accelerator="H100:1", slots=slots),),
             )
