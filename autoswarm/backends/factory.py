@@ -56,10 +56,15 @@ def sandbox_line(cfg: Config) -> str:
     Raises:
         ConfigError: ``[sandbox] mode = "bwrap"`` and bubblewrap cannot run here.
     """
+    if cfg.pool.backend == "ray":
+        return (
+            f"sandbox: on each Ray node, bubblewrap where it runs there ([sandbox] mode = "
+            f"{cfg.sandbox.mode.value!r}); the first line of each experiment's log says which"
+        )
     if cfg.pool.backend != "local":
         return (
-            f"sandbox: NONE on {cfg.pool.backend} workers (bubblewrap is used by the local "
-            "backend only): experiments get an allowlisted environment and their own session"
+            f"sandbox: NONE on {cfg.pool.backend} nodes (bubblewrap is used by the local and "
+            "Ray backends only): experiments get an allowlisted environment and their own session"
         )
     try:
         return choose(cfg.sandbox.mode).line

@@ -466,3 +466,79 @@ def test_restarted_orchestrator_reattaches(cluster: LocalRayCluster, tmp_path: P
         b.close()
     with pytest.raises(ValueError):
         ray.get_actor(f"{prefix}-slot0", namespace="autoswarm")
+
+
+# A hostile train.py on a Ray worker (issue 15): it reads its parent's environment and its
+# own, tries the host's network, leaves a detached grandchild and signals its parent.
+HOSTILE = """
+import json, os, signal, socket, subprocess, sys, time
+seen = {"env": sorted(os.environ), "ppid": os.getppid()}
+try:
+    seen["ppid_environ"] = open(f"/proc/{os.getppid()}/environ", "rb").read().decode(errors="replace")
+except OSError as e:
+    seen["ppid_environ"] = f"error {e.errno}"
+seen["pids"] = sorted(int(d) for d in os.listdir("/proc") if d.isdigit())
+subprocess.Popen([sys.executable, "-c", "import os, time\\nos.setsid()\\nif os.fork() == 0:\\n    time.sleep(300)  # MARKER\\n"])
+time.sleep(0.3)
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    try:
+        os.kill(os.getppid(), sig)
+    except OSError:
+        pass
+print("SEEN>" + json.dumps(seen) + "<SEEN")
+print("---")
+print("val_bpb: 0.990000")
+"""
+
+
+def test_a_hostile_variant_on_a_ray_worker_is_contained(
+    cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    import uuid
+
+    from autoswarm.backends.ray import sandbox_settings
+    from autoswarm.sandbox import find_bwrap
+
+    assert find_bwrap()[0] is not None, find_bwrap()[1]
+    marker = f"ray-escapee-{uuid.uuid4().hex}"
+    b = RayBackend(
+        (CPU,),
+        address=cluster.address,
+        name_prefix=f"hostile-{uuid.uuid4().hex[:6]}",
+        kill_grace_s=1.0,
+        sandbox=sandbox_settings(Config()),
+    )
+    try:
+        worker = b.worker_pid(0)
+        secrets = {"DATABASE_URL": "postgres://u:ray-secret@h/db", "OPENAI_API_KEY": "sk-ray"}
+        b.submit(make_job(tmp_path, 900, HOSTILE.replace("MARKER", marker), env=secrets))
+        (res,) = wait_results(b, {900}).values()
+        log = res.log_path.read_text()
+        assert res.exit_code == 0, log
+        assert "bubblewrap" in log.splitlines()[0], log  # the node says how it contained it
+        seen = json.loads(log.split("SEEN>", 1)[1].split("<SEEN", 1)[0])
+        assert not {"DATABASE_URL", "OPENAI_API_KEY"} & set(seen["env"]), seen["env"]
+        assert "ray-secret" not in log and "sk-ray" not in log
+        assert seen["ppid"] == 1 and seen["pids"][:2] == [1, 2]  # its own PID namespace
+        # Its parent (the sandbox's init) ignored the signals; the slot's worker lives on
+        # and runs the next experiment; the grandchild died with the experiment.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _marked(marker):
+            time.sleep(0.1)
+        assert not _marked(marker)
+        assert b.worker_pid(0) == worker
+        b.submit(make_job(tmp_path, 901, NAPPER, env={"AUTOSWARM_MARK": "/dev/null"}))
+        assert wait_results(b, {901})[901].exit_code == 0
+    finally:
+        b.close()
+
+
+def _marked(marker: str) -> bool:
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if marker in d.joinpath("cmdline").read_bytes().decode(errors="replace"):
+                    return True
+            except OSError:
+                continue
+    return False

@@ -204,8 +204,8 @@ def test_without_bubblewrap_auto_says_so_and_bwrap_refuses(monkeypatch) -> None:
     cfg = Config.model_validate({"sandbox": {"mode": "bwrap"}})
     with pytest.raises(ConfigError, match='mode = "bwrap" but bubblewrap is not installed'):
         sandbox_line(cfg)
-    ray = Config.model_validate({"pool": {"backend": "ray"}})
-    assert sandbox_line(ray).startswith("sandbox: NONE on ray workers")
+    sky = Config.model_validate({"pool": {"backend": "skypilot"}})
+    assert sandbox_line(sky).startswith("sandbox: NONE on skypilot nodes")
 
 
 def test_sandbox_config_is_checked() -> None:
