@@ -953,6 +953,27 @@ def bench_systems(
         options.write_section(out, systems.section(backends, options.csv(slots), budget), text)
 
 
+@bench_app.command("sandbox")
+def bench_sandbox(
+    runs: Annotated[int, typer.Option(help="Starts of each command, plain and sandboxed.")] = 20,
+    out: OutOpt = None,
+) -> None:
+    """The sandbox's cost per experiment: start-up time with and without bubblewrap."""
+    from autoswarm.bench import options
+    from autoswarm.bench import sandbox as cost
+
+    with _options():
+        options.at_least_one(("--runs", runs))
+    try:
+        rows = cost.measure(runs)
+    except RuntimeError as e:
+        raise AutoswarmError(f"cannot measure the sandbox here: {e}") from None
+    text = cost.markdown(rows)
+    print(text)
+    if out is not None:
+        options.write_section(out, "sandbox", text)
+
+
 @bench_app.command("real")
 def bench_real(
     strategies: Annotated[
