@@ -276,7 +276,16 @@ class SlotWorker:
             # A thread of its own, so the subprocess does not depend on this Ray call.
             threading.Thread(
                 target=self._execute,
-                args=(r, files, argv, env, timeout_s, log_max_bytes, threads, sandbox or {}),
+                args=(
+                    r,
+                    files,
+                    argv,
+                    env,
+                    timeout_s,
+                    log_max_bytes,
+                    threads,
+                    sandbox if sandbox is not None else {"mode": "off"},
+                ),
                 daemon=True,
                 name=f"autoswarm-{token}",
             ).start()
