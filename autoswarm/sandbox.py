@@ -37,7 +37,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from autoswarm.config import SandboxConfig
@@ -66,6 +66,13 @@ _SECRET_PREFIXES = (
     "SKYPILOT_",
     "SSH_AUTH_SOCK",
 )
+
+
+def secret_name_regex() -> str:
+    """:func:`is_secret_name` as one POSIX extended regex over the upper-cased name (for
+    the shell of a remote node)."""
+    prefixes = "|".join(re.escape(p) for p in _SECRET_PREFIXES)
+    return f"{_SECRET_NAME.pattern}|^({prefixes})"
 
 
 def is_secret_name(name: str) -> bool:
@@ -350,6 +357,20 @@ def view_of(
     )
 
 
+def sandbox_settings(box: SandboxConfig) -> dict[str, Any]:
+    """``[sandbox]`` as plain data, for the nodes of a cluster to build their view from."""
+    return {
+        "mode": box.mode.value,
+        "network": box.network,
+        "read_only": list(box.read_only),
+        "hide": list(box.hide),
+        "pass_env": list(box.pass_env),
+        "memory_bytes": int(box.memory_gb * 2**30),
+        "open_files": box.open_files,
+        "processes": box.processes,
+    }
+
+
 @functools.cache
 def find_bwrap() -> tuple[str | None, str]:
     """``(path to a working bwrap, "")`` or ``(None, why not)``: probed once per process."""
@@ -461,6 +482,8 @@ __all__ = [
     "kill_group",
     "kill_orphan",
     "process_start_time",
+    "sandbox_settings",
     "scrubbed_env",
+    "secret_name_regex",
     "view_of",
 ]

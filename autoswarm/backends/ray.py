@@ -72,7 +72,7 @@ from autoswarm.config import Config, TierConfig
 from autoswarm.errors import AutoswarmError, BackendCallError, BackendError, ConfigError
 from autoswarm.metrics import parse_summary, read_tail
 from autoswarm.process import ProcessRunner, ProcessSpec, RunningProcess
-from autoswarm.sandbox import Sandbox, SandboxMode, choose, experiment_view
+from autoswarm.sandbox import Sandbox, SandboxMode, choose, experiment_view, sandbox_settings
 from autoswarm.types import Job, RunResult
 
 # The snapshot is a handful of source files; anything this large is a mistake (data
@@ -201,21 +201,6 @@ def _assigned_gpus() -> list[str]:
         if ray.is_initialized():
             return [str(g) for g in ray.get_gpu_ids()]
     return []
-
-
-def sandbox_settings(cfg: Config) -> dict[str, Any]:
-    """``[sandbox]`` as plain data for the slot workers (they build their view on their node)."""
-    box = cfg.sandbox
-    return {
-        "mode": box.mode.value,
-        "network": box.network,
-        "read_only": list(box.read_only),
-        "hide": list(box.hide),
-        "pass_env": list(box.pass_env),
-        "memory_bytes": int(box.memory_gb * 2**30),
-        "open_files": box.open_files,
-        "processes": box.processes,
-    }
 
 
 class SlotWorker:
@@ -735,7 +720,7 @@ class RayBackend:
             log_max_bytes=cfg.run.log_max_bytes,
             start_timeout_s=float(opts.get("start_timeout_s", 180.0)),
             result_grace_s=float(opts.get("result_grace_s", 120.0)),
-            sandbox=sandbox_settings(cfg),
+            sandbox=sandbox_settings(cfg.sandbox),
         )
 
     # -- actors --------------------------------------------------------------

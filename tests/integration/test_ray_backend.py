@@ -496,8 +496,7 @@ def test_a_hostile_variant_on_a_ray_worker_is_contained(
 ) -> None:
     import uuid
 
-    from autoswarm.backends.ray import sandbox_settings
-    from autoswarm.sandbox import find_bwrap
+    from autoswarm.sandbox import find_bwrap, sandbox_settings
 
     assert find_bwrap()[0] is not None, find_bwrap()[1]
     marker = f"ray-escapee-{uuid.uuid4().hex}"
@@ -506,7 +505,7 @@ def test_a_hostile_variant_on_a_ray_worker_is_contained(
         address=cluster.address,
         name_prefix=f"hostile-{uuid.uuid4().hex[:6]}",
         kill_grace_s=1.0,
-        sandbox=sandbox_settings(Config()),
+        sandbox=sandbox_settings(Config().sandbox),
     )
     try:
         worker = b.worker_pid(0)
