@@ -343,14 +343,17 @@ class SlotWorker:
         return tuple(cmd)
 
     def _view(self, settings: Mapping[str, Any]) -> tuple[Sandbox | None, str]:
-        """This node's sandbox for ``settings`` and the line that says what it is.
+        """This node's sandbox for ``settings`` and the line that says what it is ("" off).
 
         Raises:
             OSError: ``mode = "bwrap"`` and bubblewrap cannot run on this node (the
                 experiment then does not start, and its error says why).
         """
+        mode = SandboxMode(settings.get("mode", "auto"))
+        if mode is SandboxMode.OFF:
+            return None, ""  # nothing to say: the run's first lines said it
         try:
-            choice = choose(SandboxMode(settings.get("mode", "auto")))
+            choice = choose(mode)
         except RuntimeError as e:
             raise OSError(f'[sandbox] mode = "bwrap" but on {socket.gethostname()} {e}') from None
         if choice.bwrap is None:
