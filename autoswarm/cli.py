@@ -693,6 +693,30 @@ def _print_table(
 
 
 @app.command()
+def doctor(
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "--workspace", "-w", help="Check this workspace's [sandbox] (default: defaults)."
+        ),
+    ] = None,
+) -> None:
+    """Run hostile probes in this machine's sandbox and print what held (docs/security.md)."""
+    from autoswarm import doctor as probes
+
+    box = load_config(workspace).sandbox if workspace is not None else Config().sandbox
+    try:
+        line, found = probes.check(box)
+    except RuntimeError as e:
+        raise ConfigError(
+            f'[sandbox] mode = "bwrap" but {e}; install it, or set [sandbox] mode = "auto"'
+        ) from None
+    console.print(probes.table(line, found), markup=False, highlight=False)
+    if not all(p.held for p in found):
+        raise typer.Exit(1)
+
+
+@app.command()
 def submit(
     path: Annotated[
         Path | None,

@@ -50,6 +50,7 @@ import itertools
 import logging
 import os
 import queue
+import select
 import shutil
 import signal
 import subprocess
@@ -436,11 +437,25 @@ class _Deadlines:
                 self._cond.wait(timeout=self._heap[0][0] - now if self._heap else None)
 
 
-def _pump(stream: IO[bytes], out: CappedLog) -> None:
+def _pump(stream: IO[bytes], out: CappedLog, wake: int) -> None:
+    """Copy ``stream`` into ``out`` until EOF, or until a byte arrives on the fd ``wake``.
+
+    A grandchild that escaped the process group can hold the pipe open for as long as
+    it lives; the watcher then writes to ``wake`` and this returns at once (a read
+    blocked on the pipe could not be interrupted, and closing the stream under it
+    blocks on the stream's lock).
+    """
+    fd = stream.fileno()
     try:
-        while chunk := stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536):
+        while True:
+            ready, _, _ = select.select([fd, wake], [], [])
+            if wake in ready:
+                return
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
             out.write(chunk)
-    except (OSError, ValueError):  # closed under us: a grandchild kept the pipe open
+    except (OSError, ValueError):  # the pipe broke under us
         pass
 
 
@@ -499,8 +514,11 @@ class ProcessRunner:
             if spec.timeout_s is not None:
                 self._deadlines_locked().add(t0 + spec.timeout_s, _Deadline.TIMEOUT, p)
             workers = self._workers_locked()
-            pumped = workers.submit(lambda: _pump(stdout, out))
-            workers.submit(lambda: self._watch(p, out, pumped, started, t0, on_exit))
+            wake_r, wake_w = os.pipe()
+            pumped = workers.submit(lambda: _pump(stdout, out, wake_r))
+            workers.submit(
+                lambda: self._watch(p, out, pumped, (wake_r, wake_w), started, t0, on_exit)
+            )
         return p
 
     def run(self, spec: ProcessSpec) -> ProcessResult:
@@ -577,6 +595,7 @@ class ProcessRunner:
         p: RunningProcess,
         out: CappedLog,
         pumped: threading.Event,
+        wake: tuple[int, int],
         started: float,
         t0: float,
         on_exit: Callable[[ProcessResult], None] | None,
@@ -589,8 +608,10 @@ class ProcessRunner:
         # Children that outlived the main process (dataloader workers, a sleep) go too.
         kill_group(proc.pid, signal.SIGKILL)
         if not pumped.wait(timeout=5):  # a grandchild escaped the group and holds the pipe
-            proc.stdout.close()
-            pumped.wait(timeout=5)
+            os.write(wake[1], b"x")
+            pumped.wait()
+        for fd in wake:
+            os.close(fd)
         with contextlib.suppress(OSError, RuntimeError):
             proc.stdout.close()  # now, not when its deadline entry lets go of the process
         try:

@@ -334,7 +334,12 @@ def experiment_view(
 
 
 def view_of(
-    box: SandboxConfig, *, workspace: Path, state_dir: Path, network: bool | None = None
+    box: SandboxConfig,
+    *,
+    workspace: Path,
+    state_dir: Path,
+    network: bool | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Sandbox | None:
     """The :func:`experiment_view` that ``[sandbox]`` asks for, None where there is none.
 
@@ -354,6 +359,7 @@ def view_of(
         memory_bytes=int(box.memory_gb * 2**30),
         open_files=box.open_files,
         processes=box.processes,
+        env=env,
     )
 
 
