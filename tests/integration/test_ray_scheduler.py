@@ -57,6 +57,12 @@ def cluster() -> Iterator[LocalRayCluster]:
     try:
         yield c
     finally:
+        # A driver left connected to a stopped cluster exits this process (Ray's core
+        # worker gives up on its GCS after a minute, in whatever test runs then).
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
         c.stop()
     assert not c.pids(), "the test cluster must be gone"
 
