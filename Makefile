@@ -13,7 +13,7 @@ DEMO_TIME ?= 12m
 DEMO_BUDGET ?= 60
 DEMO_WORKERS ?= 2
 
-.PHONY: demo test venv lint clean-demo
+.PHONY: demo test venv lint clean-demo sandbox
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ venv: $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[train,dev]"
 
+# bubblewrap, the experiments' sandbox: installed where apt-get can (root), else said.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& { apt-get update -q && apt-get install -y -q bubblewrap; } ; } \
+		|| echo "note: bubblewrap is not installed (apt-get install bubblewrap); the sandbox tests will fail"
+
 demo: venv
 	@test -d $(DEMO_DIR) || $(BIN)/autoswarm init $(DEMO_DIR) --template cpu
 	$(BIN)/autoswarm run --workspace $(DEMO_DIR) --workers $(DEMO_WORKERS) --budget $(DEMO_BUDGET) \
@@ -30,7 +36,7 @@ demo: venv
 	$(BIN)/autoswarm results --workspace $(DEMO_DIR)
 	$(BIN)/autoswarm status --workspace $(DEMO_DIR)
 
-test: venv
+test: venv sandbox
 	$(BIN)/ruff check autoswarm tests
 	$(BIN)/mypy
 	$(BIN)/pytest -q

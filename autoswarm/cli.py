@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -47,7 +47,7 @@ from autoswarm.config import (
     with_overrides,
     with_recorded_run,
 )
-from autoswarm.errors import AutoswarmError, RunStateError, WorkspaceError
+from autoswarm.errors import AutoswarmError, ConfigError, RunStateError, WorkspaceError
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.outputs import (
     TSV_HEADER,
@@ -159,6 +159,21 @@ def _strategies_help() -> str:
     )
 
 
+def _first_saying(line: str, then: Callable[[], None]) -> Callable[[], None]:
+    """An ``on_change`` that prints ``line`` (how experiments are contained) once the run
+    has started, then does what ``then`` does."""
+    said = False
+
+    def on_change() -> None:
+        nonlocal said
+        if not said:
+            said = True
+            err.print(line, markup=False, highlight=False)
+        then()
+
+    return on_change
+
+
 @app.command(epilog=_strategies_help())
 def run(
     workspace: WorkspaceOpt = Path("."),
@@ -201,7 +216,7 @@ def run(
     ] = False,
 ) -> None:
     """Run the research loop until a limit is reached or Ctrl-C."""
-    from autoswarm.backends.factory import make_backend
+    from autoswarm.backends.factory import make_backend, sandbox_line
     from autoswarm.proposers.registry import make_proposer
     from autoswarm.report.live import LiveView, print_event_lines
     from autoswarm.scheduler import Scheduler
@@ -225,6 +240,7 @@ def run(
     if dry_run:
         _dry_run(cfg, workspace)
         return
+    contained = sandbox_line(cfg)  # before anything runs: mode = "bwrap" may refuse
     ws = Workspace(workspace, cfg)
     if not skip_prepare:
         run_prepare(ws, cfg)
@@ -247,9 +263,9 @@ def run(
     old_int = signal.signal(signal.SIGINT, on_signal)
     old_term = signal.signal(signal.SIGTERM, on_signal)
     use_live = console.is_terminal if live is None else live
-    view = LiveView(sched, console) if use_live else None
+    view = LiveView(sched, console, banner=contained) if use_live else None
     if view is None:
-        sched.on_change = print_event_lines(sched, err)
+        sched.on_change = _first_saying(contained, print_event_lines(sched, err))
     try:
         if view is not None:
             with view:
@@ -379,9 +395,15 @@ def status(
     tag: TagOpt = None,
 ) -> None:
     """Counts, baseline, best, noise, throughput and slot use of a run."""
+    from autoswarm.backends.factory import sandbox_line
+
     ledger, run_rec = _open_run(workspace, tag)
     with ledger:
         st = status_record(ledger, run_rec, time.time())
+    try:  # how experiments of this run are contained on this machine
+        st["sandbox"] = sandbox_line(Config.from_record(run_rec.config))
+    except ConfigError as refused:
+        st["sandbox"] = f"sandbox: cannot start here: {refused}"
     if as_json:
         print(json.dumps(st, indent=2))
         return
@@ -440,6 +462,7 @@ def status(
             f"{c['experiments']} runs, ${c['cost_usd']:.2f}, {c['gpu_hours']:.2f} GPU-hours",
         )
     t.add_row("branch", st["branch"])
+    t.add_row("sandbox", st["sandbox"].removeprefix("sandbox: "))
     console.print(t)
 
 
@@ -461,7 +484,7 @@ def reproduce(
     """
     from autoswarm import judge
     from autoswarm.analysis.noise import groups_of
-    from autoswarm.backends.factory import make_backend
+    from autoswarm.backends.factory import make_backend, sandbox_line
     from autoswarm.proposers.registry import make_proposer
     from autoswarm.scheduler import Reproduce, Scheduler
     from autoswarm.types import Kind, Purpose, Status
@@ -497,6 +520,7 @@ def reproduce(
         recorded = statistics.fmean(base) if base else recorded
     if recorded is None:
         raise RunStateError(f"experiment #{experiment} has no recorded {metric} to reproduce")
+    contained = sandbox_line(cfg)  # before anything runs: mode = "bwrap" may refuse
     ws = Workspace(workspace, cfg)
     if not skip_prepare:
         run_prepare(ws, cfg)
@@ -509,6 +533,7 @@ def reproduce(
         proposer=make_proposer(cfg, state_dir=None),
         config=cfg,
     )
+    sched.on_change = _first_saying(contained, lambda: None)
     try:
         sched.run(tag=run_rec.tag, reproduce=Reproduce(experiment, runs, tier))
         exps = ledger.experiments(run_rec.id)
@@ -667,6 +692,30 @@ def _print_table(
 
 # ---------------------------------------------------------------------------
 # external-agent mode: submit / wait / skill (see autoswarm/proposers/external.py)
+
+
+@app.command()
+def doctor(
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "--workspace", "-w", help="Check this workspace's [sandbox] (default: defaults)."
+        ),
+    ] = None,
+) -> None:
+    """Run hostile probes in this machine's sandbox and print what held (docs/security.md)."""
+    from autoswarm import doctor as probes
+
+    box = load_config(workspace).sandbox if workspace is not None else Config().sandbox
+    try:
+        line, found = probes.check(box)
+    except RuntimeError as e:
+        raise ConfigError(
+            f'[sandbox] mode = "bwrap" but {e}; install it, or set [sandbox] mode = "auto"'
+        ) from None
+    console.print(probes.table(line, found), markup=False, highlight=False)
+    if not all(p.held for p in found):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -928,6 +977,27 @@ def bench_systems(
     print(text)
     if out is not None:
         options.write_section(out, systems.section(backends, options.csv(slots), budget), text)
+
+
+@bench_app.command("sandbox")
+def bench_sandbox(
+    runs: Annotated[int, typer.Option(help="Starts of each command, plain and sandboxed.")] = 20,
+    out: OutOpt = None,
+) -> None:
+    """The sandbox's cost per experiment: start-up time with and without bubblewrap."""
+    from autoswarm.bench import options
+    from autoswarm.bench import sandbox as cost
+
+    with _options():
+        options.at_least_one(("--runs", runs))
+    try:
+        rows = cost.measure(runs)
+    except RuntimeError as e:
+        raise AutoswarmError(f"cannot measure the sandbox here: {e}") from None
+    text = cost.markdown(rows)
+    print(text)
+    if out is not None:
+        options.write_section(out, "sandbox", text)
 
 
 @bench_app.command("real")

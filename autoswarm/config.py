@@ -54,6 +54,7 @@ from pydantic_core import PydanticCustomError
 
 from autoswarm.errors import ConfigError
 from autoswarm.proposers.registry import HYBRID_KNOB_STRATEGIES, KNOB_STRATEGIES, STRATEGIES
+from autoswarm.sandbox import SandboxMode
 from autoswarm.types import Direction
 
 CONFIG_NAME = "autoswarm.toml"
@@ -587,6 +588,47 @@ class PoolConfig(_Table):
         return tuple(t for t in self.tiers if t.role is TierRole.VALIDATE)
 
 
+class SandboxConfig(_Table):
+    """How experiments (and the agent CLI) are contained ([sandbox]; see autoswarm.sandbox).
+
+    Attributes:
+        mode: "auto" (bubblewrap where it works, else the allowlisted environment and
+            the process's own session only, said in the run's first lines and in
+            ``status``), "bwrap" (bubblewrap or refuse to start) or "off".
+        network: let experiments use the network (off: a network namespace of their own,
+            loopback only).
+        pass_env: environment variables passed to experiments beside the allowlist
+            (autoswarm.sandbox.ALLOWED_NAMES), e.g. WANDB_API_KEY.
+        read_only: directories experiments may read although they are under a hidden
+            one (the home directory, the workspace): data and caches, e.g.
+            "~/.cache/autoresearch". The interpreter and ~/.cache/autoswarm always are.
+        hide: more directories to replace by empty ones (secrets outside the home).
+        memory_gb: address-space limit per experiment (RLIMIT_AS; leave 0 on GPUs, CUDA
+            maps more address space than it uses).
+        open_files: open-file limit per experiment (RLIMIT_NOFILE), 0 = the system's.
+        processes: process limit (RLIMIT_NPROC, counted per user), 0 = the system's.
+    """
+
+    mode: Annotated[SandboxMode, _named(SandboxMode)] = SandboxMode.AUTO
+    network: bool = False
+    pass_env: Annotated[tuple[str, ...], _list_of("environment variable names")] = Field(
+        default=(), examples=[("WANDB_API_KEY",)]
+    )
+    read_only: Annotated[tuple[str, ...], _list_of("directories")] = ()
+    hide: Annotated[tuple[str, ...], _list_of("directories")] = ()
+    memory_gb: float = Field(default=0.0, ge=0, description="must be >= 0 (0 = no limit)")
+    open_files: int = Field(default=0, ge=0, description="must be >= 0 (0 = no limit)")
+    processes: int = Field(default=0, ge=0, description="must be >= 0 (0 = no limit)")
+
+    @field_validator("pass_env")
+    @classmethod
+    def _variables(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not _VARIABLE.fullmatch(name):
+                _fail(f"pass_env must list environment variable names, got {name!r}; {_KEY_HINT}")
+        return names
+
+
 class Config(_Table):
     """The whole of autoswarm.toml, one field per table."""
 
@@ -597,6 +639,7 @@ class Config(_Table):
     pool: PoolConfig = Field(default_factory=PoolConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
     @model_validator(mode="after")
     def _strategy_needs(self) -> Self:

@@ -8,22 +8,60 @@ often write. Nothing here touches the workspace.
 
 A diff that does not apply, or that touches a file outside ``allowed``, raises a
 :class:`~autoswarm.errors.PatchError` whose message says which file and why, so a
-proposer can send it back to the model for one repair round-trip.
+proposer can send it back to the model for one repair round-trip. So does a diff that
+would make a file anything but a plain file (a symlink to ``/proc/self/environ`` would
+put the reader's environment into the ledger): a variant changes file *contents*.
+:func:`read_plain` is the one way a proposed file is read from disk, for the same
+reason.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import stat
 import subprocess
 import tempfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
-from autoswarm.errors import LockedFileError, PatchError
+from autoswarm.errors import LockedFileError, PatchError, WorkspaceError
 
 _FENCE = re.compile(r"^```[a-zA-Z0-9_-]*\s*$")
 _HEADER = re.compile(r"^(?:---|\+\+\+) (\S+)")
+# Extended headers that make a path something other than a file: a symlink (120000) or
+# a submodule (160000); binary patches are refused too.
+_MODE = re.compile(r"^(?:new file mode|new mode|old mode|deleted file mode) (\d+)\s*$")
+_NOT_A_FILE = {"120000": "a symlink", "160000": "a submodule"}
+
+
+def read_plain(root: Path, rel: str) -> str:
+    """The text of ``root/rel`` if it is a plain file inside ``root``.
+
+    Raises:
+        WorkspaceError: it is a symlink (or under one), a device, a FIFO or a directory,
+            or it does not exist; the message names it and says what is accepted.
+    """
+    path = root / rel
+    try:
+        real_root = root.resolve(strict=True)
+        if not path.resolve(strict=True).is_relative_to(real_root):
+            raise WorkspaceError(
+                f"{path} leads outside {root} (through a symlink): submit plain files only"
+            )
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise WorkspaceError(f"{path} does not exist") from None
+    except OSError as e:
+        raise WorkspaceError(f"cannot read {path}: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise WorkspaceError(f"{path} is a symlink: submit plain files only, never links")
+    if not stat.S_ISREG(st.st_mode):
+        raise WorkspaceError(f"{path} is not a plain file (a device, FIFO or directory)")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        return f.read().decode("utf-8", errors="replace")
 
 
 def strip_fences(text: str) -> str:
@@ -63,6 +101,15 @@ def apply_diff(
         raise PatchError(
             "the text is not a unified diff: expected '--- a/FILE', '+++ b/FILE' and '@@' hunk lines"
         )
+    for line in text.splitlines():
+        mode = _MODE.match(line)
+        if mode and mode.group(1) in _NOT_A_FILE:
+            raise PatchError(
+                f"the diff makes a file {_NOT_A_FILE[mode.group(1)]} ({line.strip()!r}); "
+                "variants change file contents only"
+            )
+        if line.startswith(("GIT binary patch", "Binary files ")):
+            raise PatchError("the diff is a binary patch; variants change text files only")
     for path in paths:
         if path.startswith("/") or ".." in Path(path).parts:
             raise LockedFileError(f"the diff names {path!r}, which is outside the workspace")
@@ -101,6 +148,8 @@ def apply_diff(
         out: dict[str, str] = {}
         for path in paths:
             target = root / path
+            if target.is_symlink() or (target.exists() and not target.is_file()):
+                raise PatchError(f"the diff makes {path!r} something other than a plain file")
             if target.is_file():
                 new = target.read_text(encoding="utf-8")
                 if files.get(path) != new:
@@ -134,4 +183,4 @@ def make_diff(old: Mapping[str, str], new: Mapping[str, str]) -> str:
     )
 
 
-__all__ = ["apply_diff", "make_diff", "strip_fences", "touched_paths"]
+__all__ = ["apply_diff", "make_diff", "read_plain", "strip_fences", "touched_paths"]

@@ -3,9 +3,11 @@
 Experiments (train.py on the local backend and in a Ray slot actor) and coding-agent
 CLIs all run code nobody reviewed. All of them start here, and get the same treatment:
 
-- an argv list (never a shell), a working directory and a scrubbed environment: every
-  credential-like variable is removed (:func:`autoswarm.sandbox.scrubbed_env`), except
-  the names a caller lets through on purpose (an agent CLI's own API key);
+- an argv list (never a shell), a working directory and an environment built from an
+  allowlist (:func:`autoswarm.sandbox.allowed_env`), plus the names a caller lets
+  through on purpose (an agent CLI's own API key, ``[sandbox] pass_env``);
+- with a :class:`~autoswarm.sandbox.Sandbox`, bubblewrap around it: its own PID and
+  mount namespaces, only its run directory writable (see :mod:`autoswarm.sandbox`);
 - their own session, hence their own process group, so that a kill takes the children
   too; when the main process exits, whatever it left in its group is killed;
 - a hard timeout that SIGKILLs the whole group; a cancel sends SIGTERM, then SIGKILL
@@ -48,6 +50,7 @@ import itertools
 import logging
 import os
 import queue
+import select
 import shutil
 import signal
 import subprocess
@@ -60,7 +63,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO
 
-from autoswarm.sandbox import kill_group, process_start_time, scrubbed_env
+from autoswarm.sandbox import (
+    Sandbox,
+    allowed_env,
+    bwrap_argv,
+    find_bwrap,
+    kill_group,
+    process_start_time,
+)
 
 DEFAULT_LOG_MAX_BYTES = 2_000_000  # the default of [run] log_max_bytes
 
@@ -149,6 +159,9 @@ class ProcessSpec:
         cpus: the CPU cores it may run on (empty: the caller's).
         die_with_parent: kill it when the caller's process dies (Linux, through
             ``setpriv --pdeathsig``), so that a killed Ray worker leaves no orphan.
+        sandbox: run it inside this bubblewrap view (None: environment and session
+            only). An exit status of 128 + N from inside is reported as killed by
+            signal N, as from a process run directly.
     """
 
     argv: tuple[str, ...]
@@ -161,6 +174,7 @@ class ProcessSpec:
     nice: int = 0
     cpus: tuple[int, ...] = ()
     die_with_parent: bool = False
+    sandbox: Sandbox | None = None
 
     def __post_init__(self) -> None:
         if not self.argv:
@@ -210,12 +224,8 @@ def _setpriv() -> str | None:
 
 
 def child_env(spec: ProcessSpec) -> dict[str, str]:
-    """The environment ``spec``'s process gets: scrubbed, plus ``spec.pass_env``."""
-    env = scrubbed_env(spec.env)
-    for name in spec.pass_env:
-        if name in spec.env:
-            env[name] = spec.env[name]
-    return env
+    """The environment ``spec``'s process gets: the allowlist, plus ``spec.pass_env``."""
+    return allowed_env(spec.env, spec.pass_env)
 
 
 def spawn(spec: ProcessSpec) -> subprocess.Popen[bytes]:
@@ -227,12 +237,19 @@ def spawn(spec: ProcessSpec) -> subprocess.Popen[bytes]:
     env = child_env(spec)
     argv = list(spec.argv)
     setpriv = _setpriv() if spec.die_with_parent else None
-    if setpriv:
-        # setpriv would start, then fail to exec a missing command: say so as Popen would.
+    if setpriv or spec.sandbox is not None:
+        # A wrapper would start, then fail to exec a missing command: say so as Popen would.
         where = os.path.join(spec.cwd, argv[0]) if os.sep in argv[0] else None
         found = where if where else shutil.which(argv[0], path=env.get("PATH", os.defpath))
         if not found or not os.access(found, os.X_OK):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+    if spec.sandbox is not None:
+        bwrap, why = find_bwrap()
+        if bwrap is None:  # never silently weaker: the caller asked for the sandbox
+            raise OSError(errno.ENOSYS, f"cannot start the sandbox: {why}")
+        # bwrap's own environment is the child's: /proc/1/environ inside shows nothing more.
+        argv = bwrap_argv(bwrap, spec.sandbox, argv, spec.cwd)
+    if setpriv:
         argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
     proc = subprocess.Popen(
         argv,
@@ -420,11 +437,25 @@ class _Deadlines:
                 self._cond.wait(timeout=self._heap[0][0] - now if self._heap else None)
 
 
-def _pump(stream: IO[bytes], out: CappedLog) -> None:
+def _pump(stream: IO[bytes], out: CappedLog, wake: int) -> None:
+    """Copy ``stream`` into ``out`` until EOF, or until a byte arrives on the fd ``wake``.
+
+    A grandchild that escaped the process group can hold the pipe open for as long as
+    it lives; the watcher then writes to ``wake`` and this returns at once (a read
+    blocked on the pipe could not be interrupted, and closing the stream under it
+    blocks on the stream's lock).
+    """
+    fd = stream.fileno()
     try:
-        while chunk := stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536):
+        while True:
+            ready, _, _ = select.select([fd, wake], [], [])
+            if wake in ready:
+                return
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
             out.write(chunk)
-    except (OSError, ValueError):  # closed under us: a grandchild kept the pipe open
+    except (OSError, ValueError):  # the pipe broke under us
         pass
 
 
@@ -444,6 +475,12 @@ class ProcessRunner:
         self._live: set[RunningProcess] = set()
         self._workers_: _Workers | None = None
         self._deadlines_: _Deadlines | None = None
+
+    def __enter__(self) -> ProcessRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def start(
         self, spec: ProcessSpec, *, on_exit: Callable[[ProcessResult], None] | None = None
@@ -477,8 +514,11 @@ class ProcessRunner:
             if spec.timeout_s is not None:
                 self._deadlines_locked().add(t0 + spec.timeout_s, _Deadline.TIMEOUT, p)
             workers = self._workers_locked()
-            pumped = workers.submit(lambda: _pump(stdout, out))
-            workers.submit(lambda: self._watch(p, out, pumped, started, t0, on_exit))
+            wake_r, wake_w = os.pipe()
+            pumped = workers.submit(lambda: _pump(stdout, out, wake_r))
+            workers.submit(
+                lambda: self._watch(p, out, pumped, (wake_r, wake_w), started, t0, on_exit)
+            )
         return p
 
     def run(self, spec: ProcessSpec) -> ProcessResult:
@@ -555,6 +595,7 @@ class ProcessRunner:
         p: RunningProcess,
         out: CappedLog,
         pumped: threading.Event,
+        wake: tuple[int, int],
         started: float,
         t0: float,
         on_exit: Callable[[ProcessResult], None] | None,
@@ -567,8 +608,10 @@ class ProcessRunner:
         # Children that outlived the main process (dataloader workers, a sleep) go too.
         kill_group(proc.pid, signal.SIGKILL)
         if not pumped.wait(timeout=5):  # a grandchild escaped the group and holds the pipe
-            proc.stdout.close()
-            pumped.wait(timeout=5)
+            os.write(wake[1], b"x")
+            pumped.wait()
+        for fd in wake:
+            os.close(fd)
         with contextlib.suppress(OSError, RuntimeError):
             proc.stdout.close()  # now, not when its deadline entry lets go of the process
         try:
@@ -577,10 +620,13 @@ class ProcessRunner:
             out.close()
         except OSError as e:  # the orchestrator's disk (full?): the result must still come
             log.warning("cannot finish the log %s: %s", p.spec.log_path, e)
+        code = proc.returncode
+        if p.spec.sandbox is not None and code is not None and 128 < code <= 128 + 64:
+            code = 128 - code  # bwrap reports a child killed by signal N as 128 + N
         result = ProcessResult(
             argv=p.spec.argv,
             pid=proc.pid,
-            exit_code=proc.returncode,
+            exit_code=code,
             timed_out=timed_out,
             cancelled=p._cancelled,
             started_at=started,

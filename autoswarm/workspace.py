@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +28,9 @@ RESULTS_NAME = "results.tsv"
 
 # Commits autoswarm makes carry its own identity, so they work on machines where
 # git has no user configured and never impersonate the user.
-_GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "autoswarm",
-    "GIT_AUTHOR_EMAIL": "autoswarm@localhost",
-    "GIT_COMMITTER_NAME": "autoswarm",
-    "GIT_COMMITTER_EMAIL": "autoswarm@localhost",
-}
-
-
 _SIGNATURE = pygit2.Signature("autoswarm", "autoswarm@localhost")
+# Status flags that do not make a watched file dirty: a file git does not track.
+_UNTRACKED_OR_IGNORED = pygit2.enums.FileStatus.WT_NEW | pygit2.enums.FileStatus.IGNORED
 
 
 @dataclass(frozen=True)
@@ -90,10 +83,13 @@ class Workspace:
         return self.state_dir / "logs" / f"{exp_id:05d}.log"
 
     # -- git plumbing --------------------------------------------------------
-    # Object reads and writes go through libgit2 (pygit2), in-process: the scheduler
-    # makes a commit, a ref and a snapshot per experiment, and forking git a dozen
-    # times for each would dominate the dispatch overhead. The git CLI is kept for
-    # the few porcelain operations (status) where its exact behaviour matters.
+    # Every git operation goes through libgit2 (pygit2), in-process. It is fast (the
+    # scheduler makes a commit, a ref and a snapshot per experiment, and forking git a
+    # dozen times for each would dominate the dispatch overhead), and it runs nothing
+    # the repository's config names: no core.fsmonitor, no hooks, no filter or diff
+    # drivers, no pager, no ssh command. The git CLI does run those, so a variant that
+    # wrote `core.fsmonitor = <script>` into .git/config would run its script with the
+    # orchestrator's environment on the next `git status`.
 
     @property
     def repo(self) -> pygit2.Repository:
@@ -103,25 +99,6 @@ class Workspace:
             except pygit2.GitError as e:
                 raise WorkspaceError(f"cannot open the git repository in {self.root}: {e}") from e
         return self._repo
-
-    def git(
-        self, *args: str, input: bytes | None = None, env: Mapping[str, str] | None = None
-    ) -> str:
-        full_env = {**os.environ, **_GIT_IDENTITY, **(env or {})}
-        proc = subprocess.run(
-            ["git", *args],
-            cwd=self.root,
-            input=input,
-            capture_output=True,
-            env=full_env,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise WorkspaceError(
-                f"git {' '.join(args[:3])} failed in {self.root}: "
-                f"{proc.stderr.decode(errors='replace').strip()}"
-            )
-        return proc.stdout.decode("utf-8", errors="replace")
 
     def _commit(self, ref: str) -> pygit2.Commit:
         try:
@@ -170,8 +147,15 @@ class Workspace:
     def dirty_files(self) -> list[str]:
         """Tracked workspace files (editable or locked) with uncommitted changes."""
         watched = [*self.config.workspace.editable, *self.config.workspace.locked]
-        out = self.git("status", "--porcelain", "--", *watched)
-        return [line[3:] for line in out.splitlines() if line.strip()]
+        dirty = []
+        for path in watched:
+            try:
+                flags = self.repo.status_file(path)
+            except KeyError:  # neither tracked nor in the working tree
+                continue
+            if flags & ~_UNTRACKED_OR_IGNORED:
+                dirty.append(path)
+        return dirty
 
     # -- proposals -----------------------------------------------------------
 

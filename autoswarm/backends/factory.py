@@ -16,6 +16,7 @@ from pathlib import Path
 from autoswarm.backends.base import Backend
 from autoswarm.config import Config
 from autoswarm.errors import ConfigError
+from autoswarm.sandbox import Sandbox, choose, view_of
 
 # backend name -> (module, class, pip extra)
 _REMOTE = {
@@ -49,6 +50,43 @@ def local_nice(cfg: Config, workspace_root: Path) -> int:
     return nice
 
 
+def sandbox_line(cfg: Config) -> str:
+    """The one line that says how this run's experiments are contained (run, status).
+
+    Raises:
+        ConfigError: ``[sandbox] mode = "bwrap"`` and bubblewrap cannot run here.
+    """
+    if cfg.pool.backend == "ray":
+        return (
+            f"sandbox: on each Ray node, bubblewrap where it runs there ([sandbox] mode = "
+            f"{cfg.sandbox.mode.value!r}); the first line of each experiment's log says which"
+        )
+    if cfg.pool.backend != "local":
+        return (
+            f"sandbox: NONE on {cfg.pool.backend} nodes (bubblewrap is used by the local and "
+            "Ray backends only): experiments get an allowlisted environment and their own session"
+        )
+    try:
+        return choose(cfg.sandbox.mode).line
+    except RuntimeError as e:
+        raise ConfigError(
+            f'[sandbox] mode = "bwrap" but {e}; install it, or set [sandbox] mode = "auto" '
+            "to run with the allowlisted environment only"
+        ) from None
+
+
+def experiment_sandbox(cfg: Config, *, workspace_root: Path, state_dir: Path) -> Sandbox | None:
+    """The bubblewrap view of ``cfg``'s experiments on this machine, None without one.
+
+    Raises:
+        ConfigError: ``[sandbox] mode = "bwrap"`` and bubblewrap cannot run here.
+    """
+    sandbox_line(cfg)  # refuses mode = "bwrap" without bubblewrap
+    if cfg.pool.backend != "local":
+        return None
+    return view_of(cfg.sandbox, workspace=workspace_root, state_dir=state_dir)
+
+
 def make_backend(
     cfg: Config,
     *,
@@ -77,6 +115,8 @@ def make_backend(
             gpus=gpus,
             log_max_bytes=cfg.run.log_max_bytes,
             nice=local_nice(cfg, workspace_root),
+            sandbox=experiment_sandbox(cfg, workspace_root=workspace_root, state_dir=state_dir),
+            pass_env=cfg.sandbox.pass_env,
         )
     if name not in _REMOTE:
         raise ConfigError(
@@ -96,4 +136,4 @@ def make_backend(
     return backend
 
 
-__all__ = ["local_nice", "local_workers", "make_backend"]
+__all__ = ["experiment_sandbox", "local_nice", "local_workers", "make_backend", "sandbox_line"]

@@ -2,10 +2,12 @@
 
 With CUDA GPUs each slot owns one GPU (``CUDA_VISIBLE_DEVICES``); on CPU the cores
 are split between slots (thread-count variables, and CPU affinity where the OS has
-it). Each job is started by :mod:`autoswarm.process`: a scrubbed environment, its
-own process group with a hard timeout that kills the whole group, and its output in
-a log file capped in size (the first part is kept, then only the last part, because
-the summary block and the traceback are always at the end).
+it). Each job is started by :mod:`autoswarm.process`: an allowlisted environment, the
+run's sandbox (bubblewrap: own PID and mount namespaces, only the job's run directory
+writable; see :mod:`autoswarm.sandbox`) where it works, its own process group with a
+hard timeout that kills the whole group, and its output in a log file capped in size
+(the first part is kept, then only the last part, because the summary block and the
+traceback are always at the end).
 
 Experiments run ``nice`` levels below the orchestrator (10 by default): on a
 machine whose cores the experiments saturate (CPU training, or hundreds of
@@ -29,7 +31,7 @@ from autoswarm.backends.base import drain
 from autoswarm.errors import BackendError
 from autoswarm.metrics import parse_summary, read_tail
 from autoswarm.process import ProcessResult, ProcessRunner, ProcessSpec, RunningProcess
-from autoswarm.sandbox import kill_orphan
+from autoswarm.sandbox import Sandbox, kill_orphan
 from autoswarm.types import Job, RunResult
 
 # ---------------------------------------------------------------------------
@@ -127,10 +129,14 @@ class LocalBackend:
         log_max_bytes: int = 2_000_000,
         kill_grace_s: float = 3.0,
         nice: int = 10,
+        sandbox: Sandbox | None = None,
+        pass_env: Sequence[str] = (),
     ) -> None:
         if not 0 <= nice <= 19:
             raise BackendError(f"nice must be between 0 and 19, got {nice}")
         self.nice = nice
+        self.sandbox = sandbox  # None: allowlisted environment and own session only
+        self.pass_env = tuple(pass_env)
         self.plans = plan_slots(workers, threads_per_worker=threads_per_worker, gpus=gpus)
         self.log_max_bytes = log_max_bytes
         self.kill_grace_s = kill_grace_s
@@ -167,6 +173,8 @@ class LocalBackend:
             log_max_bytes=self.log_max_bytes,
             nice=self.nice,
             cpus=plan.cores if plan.gpu is None else (),
+            pass_env=self.pass_env,
+            sandbox=self.sandbox.with_writable(job.workdir) if self.sandbox else None,
         )
         proc = self._runner.start(spec, on_exit=lambda res: self._finished(job, res))
         with self._lock:

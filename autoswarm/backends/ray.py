@@ -72,6 +72,7 @@ from autoswarm.config import Config, TierConfig
 from autoswarm.errors import AutoswarmError, BackendCallError, BackendError, ConfigError
 from autoswarm.metrics import parse_summary, read_tail
 from autoswarm.process import ProcessRunner, ProcessSpec, RunningProcess
+from autoswarm.sandbox import Sandbox, SandboxMode, choose, experiment_view, sandbox_settings
 from autoswarm.types import Job, RunResult
 
 # The snapshot is a handful of source files; anything this large is a mistake (data
@@ -238,8 +239,13 @@ class SlotWorker:
         timeout_s: float,
         log_max_bytes: int,
         threads: int,
+        sandbox: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Run one experiment to its end and return what happened (see :meth:`_execute`).
+
+        ``sandbox`` is the run's ``[sandbox]`` table (:func:`sandbox_settings`): this node
+        decides what it can honour (bubblewrap, or the allowlisted environment only), and
+        the result's ``sandbox`` says which.
 
         Calling it again with the same token (a retry after a transient error) waits for
         the same run instead of starting a second one.
@@ -255,7 +261,16 @@ class SlotWorker:
             # A thread of its own, so the subprocess does not depend on this Ray call.
             threading.Thread(
                 target=self._execute,
-                args=(r, files, argv, env, timeout_s, log_max_bytes, threads),
+                args=(
+                    r,
+                    files,
+                    argv,
+                    env,
+                    timeout_s,
+                    log_max_bytes,
+                    threads,
+                    sandbox if sandbox is not None else {"mode": "off"},
+                ),
                 daemon=True,
                 name=f"autoswarm-{token}",
             ).start()
@@ -327,6 +342,34 @@ class SlotWorker:
             cmd[0] = sys.executable  # the orchestrator's interpreter is not on this node
         return tuple(cmd)
 
+    def _view(self, settings: Mapping[str, Any]) -> tuple[Sandbox | None, str]:
+        """This node's sandbox for ``settings`` and the line that says what it is ("" off).
+
+        Raises:
+            OSError: ``mode = "bwrap"`` and bubblewrap cannot run on this node (the
+                experiment then does not start, and its error says why).
+        """
+        mode = SandboxMode(settings.get("mode", "auto"))
+        if mode is SandboxMode.OFF:
+            return None, ""  # nothing to say: the run's first lines said it
+        try:
+            choice = choose(mode)
+        except RuntimeError as e:
+            raise OSError(f'[sandbox] mode = "bwrap" but on {socket.gethostname()} {e}') from None
+        if choice.bwrap is None:
+            return None, choice.line
+        view = experiment_view(
+            workspace=self.root,
+            state_dir=self.root,
+            read_only=settings.get("read_only", ()),
+            hide=settings.get("hide", ()),
+            network=bool(settings.get("network", False)),
+            memory_bytes=int(settings.get("memory_bytes", 0)),
+            open_files=int(settings.get("open_files", 0)),
+            processes=int(settings.get("processes", 0)),
+        )
+        return view, choice.line
+
     def _execute(
         self,
         r: _ActorRun,
@@ -336,6 +379,7 @@ class SlotWorker:
         timeout_s: float,
         log_max_bytes: int,
         threads: int,
+        sandbox: Mapping[str, Any],
     ) -> None:
         started = time.time()
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in r.token)
@@ -364,6 +408,7 @@ class SlotWorker:
                 OPENBLAS_NUM_THREADS=t,
                 AUTOSWARM_THREADS=t,
             )
+            view, result["sandbox"] = self._view(sandbox)
             spec = ProcessSpec(
                 argv=self._command(argv),
                 cwd=workdir,
@@ -374,6 +419,8 @@ class SlotWorker:
                 # If this actor's process dies (killed worker, lost node), train.py dies
                 # with it instead of running on as an orphan.
                 die_with_parent=True,
+                pass_env=tuple(sandbox.get("pass_env", ())),
+                sandbox=view.with_writable(workdir) if view is not None else None,
             )
             # Under the lock: a cancel() either comes first (nothing starts) or finds r.proc.
             with self._lock:
@@ -609,6 +656,7 @@ class RayBackend:
         kill_grace_s: float = 3.0,
         start_timeout_s: float = 180.0,
         result_grace_s: float = 120.0,
+        sandbox: Mapping[str, Any] | None = None,
     ) -> None:
         if not slot_tiers:
             raise ConfigError("the ray backend needs at least one slot: add [[pool.tiers]]")
@@ -619,6 +667,9 @@ class RayBackend:
         self.log_max_bytes = log_max_bytes
         self.kill_grace_s = kill_grace_s
         self.result_grace_s = result_grace_s
+        # The [sandbox] table (sandbox_settings), sent with every run: each node applies
+        # what it can. None: no sandbox (tests of the backend itself).
+        self.sandbox = dict(sandbox) if sandbox is not None else {"mode": "off"}
         self._lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
         self._by_ref: dict[Any, int] = {}
@@ -672,6 +723,7 @@ class RayBackend:
             log_max_bytes=cfg.run.log_max_bytes,
             start_timeout_s=float(opts.get("start_timeout_s", 180.0)),
             result_grace_s=float(opts.get("result_grace_s", 120.0)),
+            sandbox=sandbox_settings(cfg.sandbox),
         )
 
     # -- actors --------------------------------------------------------------
@@ -900,6 +952,7 @@ class RayBackend:
                 job.timeout_s,
                 self.log_max_bytes,
                 max(1, int(self.specs[job.slot].num_cpus)),
+                self.sandbox,
             )
         self._by_ref[p.ref] = job.experiment_id
 
@@ -980,7 +1033,10 @@ class RayBackend:
                 return
             del self._pending[job.experiment_id]
         res = res or {}
-        header = "".join(n + "\n" for n in p.notes).encode()
+        notes = list(p.notes)
+        if res.get("sandbox"):  # how the node contained it (bubblewrap, or why not)
+            notes.append(f"autoswarm: on {res.get('host', '?')}, {res['sandbox']}")
+        header = "".join(n + "\n" for n in notes).encode()
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
         job.log_path.write_bytes(header + bytes(res.get("log", b"")))
         # After a lost worker the slot was busy since the first attempt was sent.

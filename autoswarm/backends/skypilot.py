@@ -80,6 +80,7 @@ from autoswarm.config import Config
 from autoswarm.errors import BackendCallError, BackendError, ConfigError
 from autoswarm.metrics import parse_summary
 from autoswarm.process import CappedLog
+from autoswarm.sandbox import sandbox_settings
 from autoswarm.types import Job, RunResult
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,8 @@ class SkyPilotBackend:
                 f'[pool] backend is {cfg.pool.backend!r}, not "skypilot": set backend = "skypilot"'
             )
         return cls(
-            parse_pool(cfg.pool),
+            # Each node contains its experiments as [sandbox] says (skytask.sandbox_prelude).
+            dataclasses.replace(parse_pool(cfg.pool), sandbox=sandbox_settings(cfg.sandbox)),
             state_dir=state_dir,
             tag=cfg.run.tag,
             prepare=cfg.workspace.prepare,

@@ -14,6 +14,7 @@ FAILED, while the ledger wants the exact exit code and whether the timeout fired
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
@@ -25,7 +26,13 @@ from typing import Any
 
 from autoswarm.config import Config, PoolConfig, TierConfig
 from autoswarm.errors import ConfigError
-from autoswarm.sandbox import is_secret_name
+from autoswarm.sandbox import (
+    ALLOWED_NAMES,
+    ALLOWED_PREFIXES,
+    is_secret_name,
+    sandbox_settings,
+    secret_name_regex,
+)
 from autoswarm.types import Job
 
 MODES = ("clusters", "jobs")
@@ -89,6 +96,8 @@ class SkyOptions:
     timeout_slack_s: float = 60.0  # backend watchdog: timeout + this before it cancels
     keep_clusters: bool = False  # True: close() leaves clusters up (`autoswarm down` later)
     tiers: tuple[SkyTier, ...] = field(default_factory=tuple)
+    # [sandbox] as autoswarm.sandbox.sandbox_settings gives it; empty: no sandbox on the node.
+    sandbox: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def capacity(self) -> int:
@@ -395,13 +404,90 @@ def setup_script(opts: SkyOptions, prepare: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_script(job: Job, python: str) -> str:
-    """Runs the training command under a hard timeout and prints the exit markers."""
+def sandbox_prelude(settings: Mapping[str, Any], python: str) -> str:
+    """Bash that sets ``box``: the command prefix that contains the experiment on the node.
+
+    The node's shell builds the same view as :func:`autoswarm.sandbox.experiment_view`
+    builds locally: bubblewrap with its own PID, mount, IPC and UTS namespaces (and
+    network unless ``network``), no capabilities, the machine read-only, ``$HOME``,
+    ``/tmp``, ``/var/tmp``, ``/run`` and ``hide`` empty, the interpreter, the data cache
+    and ``read_only`` readable, the task's working directory writable, started by
+    ``env -i`` with the allowlisted variables only (so that its init's
+    ``/proc/1/environ`` holds no more than the child's). Without a working bubblewrap,
+    mode ``auto`` keeps the allowlisted environment and says so; ``bwrap`` refuses
+    (exit 126). The first line the experiment's log gets says which.
+    """
+    mode = settings.get("mode", "off")
+    if mode == "off":
+        return 'box=()\necho "autoswarm: sandbox: off ([sandbox] mode = off)"\n'
+    names = sorted({*ALLOWED_NAMES, *settings.get("pass_env", ())})
+    allowed = "^(" + "|".join([*names, *(p + ".*" for p in ALLOWED_PREFIXES)]) + ")$"
+    # Credential-like names are dropped even when allowlisted, unless passed on purpose.
+    passed = "^(" + "|".join(settings.get("pass_env", ()) or ["$"]) + ")$"
+    hide = " ".join(shlex.quote(h) for h in settings.get("hide", ()))
+    read_only = " ".join(shlex.quote(r) for r in settings.get("read_only", ()))
+    limits = [
+        f"--{name}={n}:{n}"
+        for name, key in (("as", "memory_bytes"), ("nofile", "open_files"), ("nproc", "processes"))
+        if (n := int(settings.get(key, 0)))
+    ]
+    net = "" if settings.get("network") else " --unshare-net"
+    refuse = (
+        'echo "autoswarm: [sandbox] mode = bwrap but bubblewrap cannot run on $(hostname)"; '
+        "exit 126"
+    )
+    fallback = (
+        'echo "autoswarm: sandbox: NONE on $(hostname) (bubblewrap missing or cannot make '
+        'namespaces): allowlisted environment only"; box=(env -i "${keep[@]}")'
+    )
+    return "\n".join(
+        [
+            # =~ with an unquoted variable: a quoted pattern would match literally.
+            f"allowed_re={shlex.quote(allowed)}",
+            f"secret_re={shlex.quote(secret_name_regex())}",
+            f"passed_re={shlex.quote(passed)}",
+            "keep=()",
+            "for name in $(compgen -e); do",
+            "  if [[ $name =~ $allowed_re ]] && "
+            "{ ! [[ ${name^^} =~ $secret_re ]] || [[ $name =~ $passed_re ]]; }; then",
+            '    keep+=("$name=${!name}")',
+            "  fi",
+            "done",
+            "if command -v bwrap >/dev/null 2>&1 && bwrap --ro-bind / / --proc /proc --dev /dev "
+            "--unshare-pid --die-with-parent true >/dev/null 2>&1; then",
+            f"  py=$(command -v {shlex.quote(python)} || true)",
+            '  box=(env -i "${keep[@]}" bwrap --ro-bind / / --proc /proc --dev /dev '
+            "--unshare-user-try --unshare-pid --unshare-ipc --unshare-uts --unshare-cgroup-try "
+            f"--die-with-parent --cap-drop ALL{net})",
+            f'  for d in "$HOME" /tmp /var/tmp /run {hide}; do '
+            '[ -d "$d" ] && box+=(--tmpfs "$d"); done',
+            '  for d in "${py:+$(dirname "$(dirname "$py")")}" '
+            '"${py:+$(dirname "$(dirname "$(readlink -f "$py")")")}" '
+            f'"${{AUTOSWARM_CACHE:-$HOME/.cache/autoswarm}}" {read_only}; do '
+            '[ -n "$d" ] && [ -e "$d" ] && box+=(--ro-bind "$d" "$d"); done',
+            "  for d in /dev/nvidia* /dev/nvidia-caps /dev/dri /dev/kfd; do "
+            '[ -e "$d" ] && box+=(--dev-bind "$d" "$d"); done',
+            '  box+=(--bind "$PWD" "$PWD" --chdir "$PWD" --'
+            + "".join(f" {x}" for x in (["prlimit", *limits, "--"] if limits else []))
+            + ")",
+            '  echo "autoswarm: sandbox: bubblewrap on $(hostname)"',
+            "else",
+            f"  {refuse if mode == 'bwrap' else fallback}",
+            "fi",
+            "",
+        ]
+    )
+
+
+def run_script(job: Job, python: str, sandbox: Mapping[str, Any] | None = None) -> str:
+    """Runs the training command in the node's sandbox (:func:`sandbox_prelude`) under a
+    hard timeout, and prints the exit markers."""
     cmd = shlex.join(remote_argv(job.argv, python))
     t = max(1, math.ceil(job.timeout_s))
     return (
         "set +e\n"
-        f"timeout --kill-after=30 {t} {cmd}\n"
+        + sandbox_prelude(sandbox or {}, python)
+        + f'timeout --kill-after=30 {t} "${{box[@]}}" {cmd}\n'
         "code=$?\n"
         f'if [ "$code" -eq {TIMEOUT_EXIT} ]; then echo "autoswarm: timed out after {t}s"; fi\n'
         'echo "autoswarm: exit code $code"\n'
@@ -460,13 +546,13 @@ def task_config(
         "resources": resources_config(tier, opts.mode),
         "envs": task_envs(job, tier, opts.forward_env),
         "setup": setup_script(opts, prepare),
-        "run": run_script(job, opts.python),
+        "run": run_script(job, opts.python, opts.sandbox),
     }
 
 
 def plan_tasks(cfg: Config, workspace: Path, count: int, *, tag: str = "") -> list[dict[str, Any]]:
     """The tasks of the first ``count`` jobs of a run (the baseline repeats), for --dry-run."""
-    opts = parse_pool(cfg.pool)
+    opts = dataclasses.replace(parse_pool(cfg.pool), sandbox=sandbox_settings(cfg.sandbox))
     tag = tag or cfg.run.tag
     out = []
     state = workspace / ".autoswarm"
@@ -505,6 +591,7 @@ __all__ = [
     "remote_argv",
     "resources_config",
     "run_script",
+    "sandbox_prelude",
     "setup_script",
     "task_config",
     "task_envs",

@@ -33,6 +33,7 @@ from autoswarm.config import load_config, with_overrides
 from autoswarm.ledger import Ledger
 from autoswarm.outputs import status_record
 from autoswarm.proposers.registry import make_proposer
+from autoswarm.sandbox import view_of
 from autoswarm.scheduler import Scheduler
 from autoswarm.testing.synthetic import make_workspace
 from autoswarm.workspace import Workspace
@@ -106,7 +107,13 @@ def run_local(
             )
             stack.callback(runner.close)
         else:
-            runner = LocalBackend(slots, gpus=[], log_max_bytes=100_000)
+            # As the product runs them: in the run's sandbox where bubblewrap works.
+            runner = LocalBackend(
+                slots,
+                gpus=[],
+                log_max_bytes=100_000,
+                sandbox=view_of(cfg.sandbox, workspace=ws.root, state_dir=ws.state_dir),
+            )
         sched = Scheduler(
             workspace=ws,
             ledger=ledger,

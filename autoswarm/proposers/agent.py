@@ -36,12 +36,18 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoswarm.config import Config
-from autoswarm.patching import make_diff
+from autoswarm.errors import ConfigError, WorkspaceError
+from autoswarm.patching import make_diff, read_plain
 from autoswarm.process import Ending, ProcessRunner, ProcessSpec
 from autoswarm.proposers.base import Context
+from autoswarm.sandbox import Sandbox, view_of
 from autoswarm.types import Direction, Experiment, Proposal, Status
+
+if TYPE_CHECKING:
+    from autoswarm.workspace import Workspace
 
 log = logging.getLogger("autoswarm.agent")
 
@@ -152,6 +158,7 @@ class AgentProposer:
         history: int = 30,
         environ: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         if not command:
             raise ValueError("AgentProposer needs a command (argv template)")
@@ -167,6 +174,10 @@ class AgentProposer:
         self.history = history
         self.environ = dict(os.environ if environ is None else environ)
         self.log_dir = log_dir
+        # Where bubblewrap works: the agent sees the machine read-only, not the workspace,
+        # the run's state or the home directory; its scratch copy is writable, and its
+        # HOME is a fresh directory in it (its own API key comes through pass_env).
+        self.sandbox = sandbox
         self.failures: list[str] = []  # every failed attempt, for reports and tests
         self._consecutive = 0
         self._attempts = 0
@@ -280,13 +291,18 @@ class AgentProposer:
                 log_path = self.log_dir / f"agent-{job.number:04d}.log"
             else:
                 log_path = root / "agent.log"
+            env = dict(self.environ)
+            if self.sandbox is not None:
+                (root / "home").mkdir()
+                env["HOME"] = str(root / "home")
             spec = ProcessSpec(
                 argv=tuple(argv),
                 cwd=work,
-                env=self.environ,  # scrubbed by the runner, but for
+                env=env,  # reduced to the allowlist by the runner, but for
                 pass_env=self.pass_env,  # the agent CLI's own key, named in [agent] pass_env
                 log_path=log_path,
                 timeout_s=self.timeout,
+                sandbox=self.sandbox.with_writable(root) if self.sandbox is not None else None,
             )
             proc = self._runner.start(spec)
             if self._closing:  # close() ran while this attempt was starting
@@ -321,14 +337,20 @@ class AgentProposer:
         after: dict[str, str] = {}
         for path in self.editable:
             target = work / path
-            if not target.is_file():
+            if not target.is_file() and not target.is_symlink():
                 return None, f"the agent deleted {path}; variants may change files, not delete them"
-            after[path] = target.read_text(encoding="utf-8", errors="replace")
+            try:
+                after[path] = read_plain(work, path)
+            except WorkspaceError as e:
+                return None, f"refused: {e}"
         diff = make_diff(before, after)
         locked_edits: dict[str, str] = {}
         for path, text in job.locked_files.items():
             target = work / path
-            now = target.read_text(encoding="utf-8", errors="replace") if target.is_file() else ""
+            try:
+                now = read_plain(work, path) if target.is_file() or target.is_symlink() else ""
+            except WorkspaceError as e:
+                return None, f"refused: {e}"
             if now != text:
                 locked_edits[path] = now
         if not diff and not locked_edits:
@@ -389,7 +411,17 @@ def agent_from_config(cfg: Config, *, workspace: Path) -> AgentProposer:
         max_failures=a.max_failures,
         history=a.history,
         log_dir=ws.state_dir / "agents",
+        sandbox=_agent_view(cfg, ws),
     )
+
+
+def _agent_view(cfg: Config, ws: Workspace) -> Sandbox | None:
+    try:
+        return view_of(cfg.sandbox, workspace=ws.root, state_dir=ws.state_dir, network=True)
+    except RuntimeError as e:
+        raise ConfigError(
+            f'[sandbox] mode = "bwrap" but {e}; install it, or set [sandbox] mode = "auto"'
+        ) from None
 
 
 __all__ = ["DESCRIPTION_FILE", "AgentProposer", "agent_from_config", "build_prompt"]

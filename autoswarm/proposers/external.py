@@ -30,7 +30,7 @@ from pathlib import Path
 from autoswarm.config import Config
 from autoswarm.errors import LockedFileError, PatchError, RunStateError, WorkspaceError
 from autoswarm.ledger import Ledger, RunRecord
-from autoswarm.patching import apply_diff, touched_paths
+from autoswarm.patching import apply_diff, read_plain, touched_paths
 from autoswarm.proposers.base import Context
 from autoswarm.types import Experiment, Proposal
 from autoswarm.workspace import Workspace
@@ -160,9 +160,11 @@ def files_from_path(path: Path, cfg: Config) -> dict[str, str]:
                 f"{path} is not one of the workspace's files (editable: {', '.join(wsc.editable)}): "
                 "name the file like the one it replaces, or submit a directory"
             )
-        return {match[0]: path.read_text(encoding="utf-8")}
+        return {match[0]: read_plain(path.parent, path.name)}
     if path.is_dir():
-        found = {p: (path / p).read_text(encoding="utf-8") for p in known if (path / p).is_file()}
+        found = {
+            p: read_plain(path, p) for p in known if (path / p).is_file() or (path / p).is_symlink()
+        }
         if not any(p in found for p in wsc.editable):
             raise WorkspaceError(
                 f"{path} holds none of the editable files ({', '.join(wsc.editable)}): submit the "

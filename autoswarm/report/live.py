@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from autoswarm.scheduler import Scheduler, Snapshot
 
 
-def render(s: Snapshot, metric: str) -> RenderableType:
+def render(s: Snapshot, metric: str, banner: str = "") -> RenderableType:
     c = s.counts
     head = Text.assemble(
         ("autoswarm ", "bold"),
@@ -83,18 +83,19 @@ def render(s: Snapshot, metric: str) -> RenderableType:
             )[:100],
         )
     notes = [Text(f"note: {text}", style="yellow") for _, text in s.events[-3:]]
-    return Group(head, best, slots, recent, *notes)
+    top = [head, Text(banner, style="dim")] if banner else [head]
+    return Group(*top, best, slots, recent, *notes)
 
 
 class LiveView:
     """Context manager that shows :func:`render` of the scheduler while a run goes on."""
 
-    def __init__(self, scheduler: Scheduler, console: Console) -> None:
+    def __init__(self, scheduler: Scheduler, console: Console, banner: str = "") -> None:
         self.sched = scheduler
         self.live = Live(
             console=console,
             refresh_per_second=2,
-            get_renderable=lambda: render(self.sched.snapshot(), self.sched.metric),
+            get_renderable=lambda: render(self.sched.snapshot(), self.sched.metric, banner),
             redirect_stdout=False,
             redirect_stderr=False,
         )

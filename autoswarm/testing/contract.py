@@ -5,7 +5,7 @@ Subclass in a test module and provide the factory::
     class TestLocalBackend(BackendContract):
         def make_backend(self, slots: int) -> Backend: return LocalBackend(slots)
 
-Backend jobs say what to do through ``CONTRACT_BEHAVIOUR`` (ok, fail, hang, nap) in
+Backend jobs say what to do through ``AUTOSWARM_CONTRACT_BEHAVIOUR`` (ok, fail, hang, nap) in
 their environment; a real backend runs :data:`CONTRACT_SCRIPT`, a fake one reads
 the variable (see :func:`fake_contract_outcome`).
 
@@ -43,13 +43,13 @@ from autoswarm.types import Direction, Experiment, Job, Kind, RunResult, Status
 
 CONTRACT_SCRIPT = """\
 import os, sys, time
-b = os.environ["CONTRACT_BEHAVIOUR"]
-if os.environ.get("CONTRACT_STARTED"):
-    open(os.environ["CONTRACT_STARTED"], "w").close()
+b = os.environ["AUTOSWARM_CONTRACT_BEHAVIOUR"]
+if os.environ.get("AUTOSWARM_CONTRACT_STARTED"):
+    open(os.environ["AUTOSWARM_CONTRACT_STARTED"], "w").close()
 if b == "hang":
     time.sleep(3600)
 if b == "nap":
-    time.sleep(float(os.environ.get("CONTRACT_NAP", "2")))
+    time.sleep(float(os.environ.get("AUTOSWARM_CONTRACT_NAP", "2")))
 if b == "fail":
     print("Traceback (most recent call last):\\nValueError: broken on purpose", flush=True)
     sys.exit(3)
@@ -60,12 +60,12 @@ print("peak_vram_mb: 10.0")
 
 
 def fake_contract_outcome(job: Job) -> Outcome:
-    b = job.env["CONTRACT_BEHAVIOUR"]
+    b = job.env["AUTOSWARM_CONTRACT_BEHAVIOUR"]
     if b == "hang":
         return Outcome(duration=3600.0)
     if b == "fail":
         return Outcome(duration=0.1, exit_code=3, log="ValueError: broken on purpose\n")
-    duration = float(job.env.get("CONTRACT_NAP", "2")) if b == "nap" else 0.1
+    duration = float(job.env.get("AUTOSWARM_CONTRACT_NAP", "2")) if b == "nap" else 0.1
     return Outcome(duration=duration, metrics={"val_bpb": 1.2345, "peak_vram_mb": 10.0})
 
 
@@ -96,7 +96,7 @@ class BackendContract:
             experiment_id=exp_id,
             workdir=workdir,
             argv=(sys.executable, "job.py"),
-            env={"CONTRACT_BEHAVIOUR": behaviour, "PATH": "/usr/bin:/bin"},
+            env={"AUTOSWARM_CONTRACT_BEHAVIOUR": behaviour, "PATH": "/usr/bin:/bin"},
             timeout_s=self.timeout_s,
             slot=slot,
             log_path=tmp_path / "logs" / f"{exp_id}.log",
@@ -173,7 +173,7 @@ class ReattachableContract:
       without ``close()``: nothing is cancelled, torn down or collected.
 
     and, where the defaults do not fit, ``until_running`` (default: the job's
-    ``CONTRACT_STARTED`` file appears, which :data:`CONTRACT_SCRIPT` writes) and
+    ``AUTOSWARM_CONTRACT_STARTED`` file appears, which :data:`CONTRACT_SCRIPT` writes) and
     ``stale`` (default: the handle unchanged).
     """
 
@@ -188,7 +188,7 @@ class ReattachableContract:
 
     def until_running(self, backend: Backend, job: Job, limit: float = 30.0) -> None:
         """Wait until ``job`` runs remotely (so an abandoned orchestrator leaves it running)."""
-        marker = Path(job.env["CONTRACT_STARTED"])
+        marker = Path(job.env["AUTOSWARM_CONTRACT_STARTED"])
         deadline = time.monotonic() + limit
         while not marker.exists():
             assert time.monotonic() < deadline, f"experiment {job.experiment_id} did not start"
@@ -212,9 +212,9 @@ class ReattachableContract:
             workdir=workdir,
             argv=(sys.executable, "job.py"),
             env={
-                "CONTRACT_BEHAVIOUR": behaviour,
-                "CONTRACT_NAP": f"{self.nap_s:g}",
-                "CONTRACT_STARTED": str(tmp_path / f"started{exp_id}"),
+                "AUTOSWARM_CONTRACT_BEHAVIOUR": behaviour,
+                "AUTOSWARM_CONTRACT_NAP": f"{self.nap_s:g}",
+                "AUTOSWARM_CONTRACT_STARTED": str(tmp_path / f"started{exp_id}"),
                 "PATH": "/usr/bin:/bin",
             },
             timeout_s=self.timeout_s,
@@ -375,10 +375,10 @@ class ProposerContract:
 
 PROCESS_SCRIPT = """\
 import json, os, subprocess, sys, time
-b = os.environ["CONTRACT_BEHAVIOUR"]
+b = os.environ["AUTOSWARM_CONTRACT_BEHAVIOUR"]
 # A child in the same process group: whatever ends this process must end it too.
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-pids = os.environ["CONTRACT_PIDS"]
+pids = os.environ["AUTOSWARM_CONTRACT_PIDS"]
 with open(pids + ".tmp", "w") as f:
     f.write(f"{os.getpid()} {child.pid}\\n")
 os.replace(pids + ".tmp", pids)
@@ -390,7 +390,7 @@ if os.path.exists("train.py"):  # an agent's scratch copy: edit it, as an agent 
 if b == "hang":
     time.sleep(3600)
 if b == "flood":
-    sys.stdout.write(("x" * 99 + "\\n") * int(os.environ["CONTRACT_FLOOD_LINES"]))
+    sys.stdout.write(("x" * 99 + "\\n") * int(os.environ["AUTOSWARM_CONTRACT_FLOOD_LINES"]))
 if b == "fail":
     print("Traceback (most recent call last):\\nValueError: broken on purpose", flush=True)
     sys.exit(3)
@@ -402,6 +402,9 @@ _SECRETS = {
     "OPENAI_API_KEY": "sk-contract-secret",
     "HF_TOKEN": "hf_contract_secret",
     "MY_SERVICE_PASSWORD": "contract-secret",
+    # Names no denylist knows: only an allowlist keeps them out.
+    "DATABASE_URL": "postgres://user:contract-secret@db/prod",
+    "SLACK_WEBHOOK_URL": "https://hooks.example/contract-secret",
 }
 
 
@@ -547,9 +550,9 @@ class ProcessContract:
             cwd=workdir,
             env={
                 "PATH": "/usr/bin:/bin",
-                "CONTRACT_BEHAVIOUR": behaviour,
-                "CONTRACT_PIDS": str(tmp_path / "pids"),
-                "CONTRACT_FLOOD_LINES": str(4 * self.log_max_bytes // 100),
+                "AUTOSWARM_CONTRACT_BEHAVIOUR": behaviour,
+                "AUTOSWARM_CONTRACT_PIDS": str(tmp_path / "pids"),
+                "AUTOSWARM_CONTRACT_FLOOD_LINES": str(4 * self.log_max_bytes // 100),
                 **(env or {}),
             },
             log_path=tmp_path / "logs" / "process.log",
@@ -616,11 +619,13 @@ class ProcessContract:
         assert out.log.endswith("---\nval_bpb: 1.234500\n")  # the tail is kept
 
     def test_the_environment_has_no_credentials(self, tmp_path: Path) -> None:
-        out = self._run(self._spec(tmp_path, "ok", env={**_SECRETS, "CONTRACT_VISIBLE": "1"}))
+        out = self._run(
+            self._spec(tmp_path, "ok", env={**_SECRETS, "AUTOSWARM_CONTRACT_VISIBLE": "1"})
+        )
         assert out.exit_code == 0, out
         seen = set(json.loads(out.log.split("ENV>", 1)[1].split("<ENV", 1)[0]))
         assert not seen & set(_SECRETS), seen & set(_SECRETS)
-        assert "CONTRACT_VISIBLE" in seen and "PATH" in seen
+        assert "AUTOSWARM_CONTRACT_VISIBLE" in seen and "PATH" in seen
         assert "contract-secret" not in out.log and "contract_secret" not in out.log
 
     def test_cancel_kills_the_process_and_its_child(self, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ USE_BIAS = False  # no effect at all
 
 budget = float(os.environ.get("AUTOSWARM_BUDGET", "1"))
 seed = int(os.environ.get("AUTOSWARM_SEED", "42"))
-NOISE = float(os.environ.get("SYNTH_NOISE", "0.002"))
+NOISE = float(os.environ.get("AUTOSWARM_SYNTH_NOISE", "0.002"))
 
 def true_value(lr, width, depth, warmup):
     x = math.log2(lr / 0.04)            # best LR 0.04

@@ -32,7 +32,13 @@ FAKE_AGENT = str(Path(__file__).resolve().parents[1] / "fixtures" / "fake_agent.
 
 
 def agent_workspace(
-    root: Path, mode: str, *, extra: str = "", budget: float = 0.3, values: str = ""
+    root: Path,
+    mode: str,
+    *,
+    extra: str = "",
+    budget: float = 0.3,
+    values: str = "",
+    sandbox: str | None = "off",
 ) -> Path:
     ws = make_workspace(root / "ws", budget=budget)
     claims, report = root / "claims", root / "report.jsonl"
@@ -46,6 +52,10 @@ def agent_workspace(
             'timeout = "20s"\n'
             'pass_env = ["AGENT_API_KEY"]\n' + extra
         )
+        if sandbox is not None:
+            # The fake agents share their claims and report through files beside the
+            # workspace, which a sandboxed agent cannot reach (test_agent_sandbox.py).
+            f.write(f'\n[sandbox]\nmode = "{sandbox}"\n')
     return ws
 
 

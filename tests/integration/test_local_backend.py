@@ -213,12 +213,27 @@ def test_job_gets_only_the_job_env_not_the_parents(
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-very-secret")
     monkeypatch.setenv("SOME_PARENT_VARIABLE", "1")
-    job = make_job(tmp_path, 6, PRINT_ENV, env={"PATH": "/usr/bin:/bin", "ONLY_THIS": "x"})
+    env = {"PATH": "/usr/bin:/bin", "AUTOSWARM_ONLY_THIS": "x", "DATABASE_URL": "postgres://u:pw@h"}
+    job = make_job(tmp_path, 6, PRINT_ENV, env=env)
     backend.submit(job)
     wait_results(backend, 1)
     seen = printed_env(job.log_path)
     assert "ANTHROPIC_API_KEY" not in seen and "SOME_PARENT_VARIABLE" not in seen
-    assert seen["ONLY_THIS"] == "x"
+    assert seen["AUTOSWARM_ONLY_THIS"] == "x"
+    assert "DATABASE_URL" not in seen  # not on the allowlist: a denylist would have let it by
+
+
+def test_pass_env_lets_a_named_variable_through(tmp_path: Path) -> None:
+    backend = LocalBackend(workers=1, pass_env=("WANDB_API_KEY",))
+    try:
+        env = {"PATH": "/usr/bin:/bin", "WANDB_API_KEY": "w-1", "OPENAI_API_KEY": "sk-2"}
+        job = make_job(tmp_path, 7, PRINT_ENV, env=env)
+        backend.submit(job)
+        wait_results(backend, 1)
+        seen = printed_env(job.log_path)
+    finally:
+        backend.close()
+    assert seen["WANDB_API_KEY"] == "w-1" and "OPENAI_API_KEY" not in seen
 
 
 def test_thread_variables_and_cores_per_slot(tmp_path: Path, backend: LocalBackend) -> None:

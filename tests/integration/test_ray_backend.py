@@ -143,12 +143,12 @@ def gone_soon(pid: int, limit: float = 10.0) -> bool:
     return False
 
 
-# A train.py that records its pid in $MARK, sleeps $NAP seconds and prints a summary.
+# A train.py that records its pid in $AUTOSWARM_MARK, sleeps $AUTOSWARM_NAP seconds and prints a summary.
 NAPPER = """
 import os, time
-with open(os.environ["MARK"], "a") as f:
+with open(os.environ["AUTOSWARM_MARK"], "a") as f:
     f.write(f"{os.getpid()}\\n")
-time.sleep(float(os.environ.get("NAP", "0")))
+time.sleep(float(os.environ.get("AUTOSWARM_NAP", "0")))
 print("---")
 print("val_bpb: 0.990000")
 """
@@ -334,7 +334,15 @@ def test_killed_worker_is_retried_on_the_restarted_actor(
     mark = tmp_path / "starts"
     slot = 13  # an h200 slot
     old_pid = tiered.worker_pid(slot)
-    tiered.submit(make_job(tmp_path, 200, NAPPER, slot=slot, env={"MARK": str(mark), "NAP": "2"}))
+    tiered.submit(
+        make_job(
+            tmp_path,
+            200,
+            NAPPER,
+            slot=slot,
+            env={"AUTOSWARM_MARK": str(mark), "AUTOSWARM_NAP": "2"},
+        )
+    )
     first = int(wait_for(mark)[0])
     os.kill(old_pid, signal.SIGKILL)  # the Ray worker process of the slot's actor
     got = wait_results(tiered, {200})[200]
@@ -353,7 +361,11 @@ def test_retries_are_limited(cluster: LocalRayCluster, tmp_path: Path) -> None:
     b = RayBackend([CPU], address=cluster.address, max_retries=0)
     try:
         mark = tmp_path / "starts"
-        b.submit(make_job(tmp_path, 300, NAPPER, env={"MARK": str(mark), "NAP": "30"}))
+        b.submit(
+            make_job(
+                tmp_path, 300, NAPPER, env={"AUTOSWARM_MARK": str(mark), "AUTOSWARM_NAP": "30"}
+            )
+        )
         wait_for(mark)
         os.kill(b.worker_pid(0), signal.SIGKILL)
         r = wait_results(b, {300})[300]
@@ -381,7 +393,11 @@ def test_timeout_kills_the_process_group(tiered: RayBackend, tmp_path: Path) -> 
 
 def test_cancel_kills_the_training_process(tiered: RayBackend, tmp_path: Path) -> None:
     mark = tmp_path / "starts"
-    tiered.submit(make_job(tmp_path, 500, NAPPER, slot=5, env={"MARK": str(mark), "NAP": "300"}))
+    tiered.submit(
+        make_job(
+            tmp_path, 500, NAPPER, slot=5, env={"AUTOSWARM_MARK": str(mark), "AUTOSWARM_NAP": "300"}
+        )
+    )
     pid = int(wait_for(mark)[0])
     tiered.cancel(500)
     r = wait_results(tiered, {500})[500]
@@ -406,7 +422,7 @@ handles = {}
 for exp_id, slot, nap in ((600, 0, "3"), (601, 1, "300")):
     workdir = tmp / f"run{exp_id}"
     job = Job(experiment_id=exp_id, workdir=workdir, argv=(sys.executable, "train.py"),
-              env={"PATH": "/usr/bin:/bin", "MARK": str(tmp / f"mark{exp_id}"), "NAP": nap},
+              env={"PATH": "/usr/bin:/bin", "AUTOSWARM_MARK": str(tmp / f"mark{exp_id}"), "AUTOSWARM_NAP": nap},
               timeout_s=60.0, slot=slot, log_path=tmp / "logs" / f"{exp_id}.log", budget_s=1.0)
     handles[exp_id] = b.submit(job)
 deadline = time.time() + 60
@@ -435,7 +451,7 @@ def test_restarted_orchestrator_reattaches(cluster: LocalRayCluster, tmp_path: P
 
     b = RayBackend([CPU] * 2, address=cluster.address, name_prefix=prefix)
     try:
-        job600 = make_job(tmp_path, 600, NAPPER, env={"MARK": str(tmp_path / "mark600")})
+        job600 = make_job(tmp_path, 600, NAPPER, env={"AUTOSWARM_MARK": str(tmp_path / "mark600")})
         assert b.reattach(job600, handles[600])
         stranger = json.loads(handles[600]) | {"token": "600-unknown"}
         assert not b.reattach(make_job(tmp_path, 602, NAPPER), json.dumps(stranger))
@@ -450,3 +466,78 @@ def test_restarted_orchestrator_reattaches(cluster: LocalRayCluster, tmp_path: P
         b.close()
     with pytest.raises(ValueError):
         ray.get_actor(f"{prefix}-slot0", namespace="autoswarm")
+
+
+# A hostile train.py on a Ray worker (issue 15): it reads its parent's environment and its
+# own, tries the host's network, leaves a detached grandchild and signals its parent.
+HOSTILE = """
+import json, os, signal, socket, subprocess, sys, time
+seen = {"env": sorted(os.environ), "ppid": os.getppid()}
+try:
+    seen["ppid_environ"] = open(f"/proc/{os.getppid()}/environ", "rb").read().decode(errors="replace")
+except OSError as e:
+    seen["ppid_environ"] = f"error {e.errno}"
+seen["pids"] = sorted(int(d) for d in os.listdir("/proc") if d.isdigit())
+subprocess.Popen([sys.executable, "-c", "import os, time\\nos.setsid()\\nif os.fork() == 0:\\n    time.sleep(300)  # MARKER\\n"])
+time.sleep(0.3)
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    try:
+        os.kill(os.getppid(), sig)
+    except OSError:
+        pass
+print("SEEN>" + json.dumps(seen) + "<SEEN")
+print("---")
+print("val_bpb: 0.990000")
+"""
+
+
+def test_a_hostile_variant_on_a_ray_worker_is_contained(
+    cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    import uuid
+
+    from autoswarm.sandbox import find_bwrap, sandbox_settings
+
+    assert find_bwrap()[0] is not None, find_bwrap()[1]
+    marker = f"ray-escapee-{uuid.uuid4().hex}"
+    b = RayBackend(
+        (CPU,),
+        address=cluster.address,
+        name_prefix=f"hostile-{uuid.uuid4().hex[:6]}",
+        kill_grace_s=1.0,
+        sandbox=sandbox_settings(Config().sandbox),
+    )
+    try:
+        worker = b.worker_pid(0)
+        secrets = {"DATABASE_URL": "postgres://u:ray-secret@h/db", "OPENAI_API_KEY": "sk-ray"}
+        b.submit(make_job(tmp_path, 900, HOSTILE.replace("MARKER", marker), env=secrets))
+        (res,) = wait_results(b, {900}).values()
+        log = res.log_path.read_text()
+        assert res.exit_code == 0, log
+        assert "bubblewrap" in log.splitlines()[0], log  # the node says how it contained it
+        seen = json.loads(log.split("SEEN>", 1)[1].split("<SEEN", 1)[0])
+        assert not {"DATABASE_URL", "OPENAI_API_KEY"} & set(seen["env"]), seen["env"]
+        assert "ray-secret" not in log and "sk-ray" not in log
+        assert seen["ppid"] == 1 and seen["pids"][:2] == [1, 2]  # its own PID namespace
+        # Its parent (the sandbox's init) ignored the signals; the slot's worker lives on
+        # and runs the next experiment; the grandchild died with the experiment.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _marked(marker):
+            time.sleep(0.1)
+        assert not _marked(marker)
+        assert b.worker_pid(0) == worker
+        b.submit(make_job(tmp_path, 901, NAPPER, env={"AUTOSWARM_MARK": "/dev/null"}))
+        assert wait_results(b, {901})[901].exit_code == 0
+    finally:
+        b.close()
+
+
+def _marked(marker: str) -> bool:
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if marker in d.joinpath("cmdline").read_bytes().decode(errors="replace"):
+                    return True
+            except OSError:
+                continue
+    return False

@@ -217,3 +217,13 @@ def test_an_option_of_another_kind_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "real").exists()
     listing = CliRunner().invoke(app, ["bench", "--help"]).output
     assert all(kind in listing for kind in ("search", "systems", "real", "rule"))
+
+
+def test_bench_sandbox_times_plain_and_sandboxed_starts() -> None:
+    from autoswarm.bench import sandbox as cost
+
+    (row,) = cost.measure(runs=2, commands={"python -c pass": "pass"})
+    assert row.runs == 2 and row.plain_median_s > 0 and row.sandboxed_median_s > 0
+    assert row.overhead_s == row.sandboxed_median_s - row.plain_median_s
+    table = cost.markdown([row])
+    assert table.count("\n") == 3 and "`python -c pass` | 2 |" in table

@@ -405,7 +405,7 @@ def test_an_unknown_key_suggests_the_known_one(tmp_path: Path) -> None:
     assert line.endswith("; did you mean workers, budget?")
     write(tmp_path, "[metrics]\nname = 'loss'\n")
     assert error_lines(tmp_path) == [
-        "unknown table(s) metrics; known: workspace, metric, run, knobs, pool, llm, agent; "
+        "unknown table(s) metrics; known: workspace, metric, run, knobs, pool, llm, agent, sandbox; "
         "did you mean [metric]?"
     ]
 

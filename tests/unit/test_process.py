@@ -339,3 +339,32 @@ def test_capped_log_keeps_head_and_tail(tmp_path: Path) -> None:
     small.write(b"short\n")
     small.close()
     assert not small.truncated and (tmp_path / "b.log").read_text() == "short\n"
+
+
+def test_a_grandchild_that_escaped_with_the_pipe_does_not_hold_the_result(tmp_path: Path) -> None:
+    """Without a sandbox a setsid'ed grandchild outlives the group and keeps stdout open;
+    the result still comes a few seconds after the main process exits."""
+    import subprocess as sp
+    import uuid
+
+    marker = f"escaped-{uuid.uuid4().hex}"
+    code = (
+        "import subprocess, sys\n"
+        "subprocess.Popen([sys.executable, '-c', 'import os, time\\nos.setsid()\\n"
+        f"time.sleep(60)  # {marker}'])\n"
+        "print('bye')\n"
+    )
+    spec = ProcessSpec(
+        argv=(sys.executable, "-c", code),
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+        log_path=tmp_path / "log",
+    )
+    started = time.monotonic()
+    try:
+        with ProcessRunner() as runner:
+            res = runner.run(spec)
+        assert res.exit_code == 0 and "bye" in res.log_path.read_text()
+        assert time.monotonic() - started < 30  # not the grandchild's 60 s
+    finally:
+        sp.run(["pkill", "-f", marker], check=False)

@@ -133,3 +133,87 @@ def test_kill_group_of_a_gone_group(sleeper) -> None:
     os.killpg(sleeper.pid, signal.SIGKILL)
     sleeper.wait()
     assert kill_group(sleeper.pid) is False
+
+
+# ---------------------------------------------------------------------------
+# The allowlisted environment and the bubblewrap view (pure functions)
+
+
+def test_the_environment_is_an_allowlist_not_a_denylist() -> None:
+    from autoswarm.sandbox import allowed_env
+
+    base = {
+        "PATH": "/usr/bin",
+        "LC_ALL": "C",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "AUTOSWARM_SEED": "1",
+        "OMP_NUM_THREADS": "2",
+        "DATABASE_URL": "postgres://u:pw@h/db",
+        "SLACK_WEBHOOK_URL": "https://hooks/x",
+        "AUTOSWARM_API_KEY": "sk-1",  # allowlisted prefix, credential-like name
+        "WANDB_API_KEY": "w",
+    }
+    env = allowed_env(base)
+    assert env == {
+        "PATH": "/usr/bin",
+        "LC_ALL": "C",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "AUTOSWARM_SEED": "1",
+        "OMP_NUM_THREADS": "2",
+    }
+    assert allowed_env(base, ["WANDB_API_KEY", "NOT_SET"])["WANDB_API_KEY"] == "w"
+
+
+def test_the_view_hides_before_it_re_binds_and_binds_the_run_directory_last(tmp_path) -> None:
+    from pathlib import Path
+
+    from autoswarm.sandbox import Sandbox, bwrap_argv
+
+    ws = tmp_path / "ws"
+    run = ws / ".autoswarm" / "runs" / "00001"
+    venv = ws / ".venv"
+    for d in (run, venv):
+        d.mkdir(parents=True)
+    box = Sandbox(hidden=(ws, Path("/run")), readable=(venv, tmp_path / "missing"), writable=(run,))
+    argv = bwrap_argv("/usr/bin/bwrap", box, ["python", "train.py"], run)
+    text = " ".join(argv)
+    assert argv[:4] == ["/usr/bin/bwrap", "--ro-bind", "/", "/"]
+    assert "--unshare-net" in argv and "--unshare-pid" in argv and "--die-with-parent" in argv
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    assert text.index(f"--tmpfs {ws}") < text.index(f"--ro-bind {venv} {venv}")
+    assert text.index(f"--ro-bind {venv} {venv}") < text.index(f"--bind {run} {run}")
+    assert str(tmp_path / "missing") not in text  # a path that does not exist is left out
+    assert argv[-5:] == ["--chdir", str(run), "--", "python", "train.py"]
+    net = bwrap_argv("bwrap", Sandbox(network=True, open_files=64), ["x"], run)
+    assert "--unshare-net" not in net
+    assert net[net.index("--") + 1 :][1:] == ["--nofile=64:64", "--", "x"]  # prlimit first
+
+
+def test_without_bubblewrap_auto_says_so_and_bwrap_refuses(monkeypatch) -> None:
+    from autoswarm import sandbox
+    from autoswarm.backends.factory import sandbox_line
+    from autoswarm.config import Config
+    from autoswarm.errors import ConfigError
+
+    monkeypatch.setattr(sandbox, "find_bwrap", lambda: (None, "bubblewrap is not installed"))
+    line = sandbox.choose(sandbox.SandboxMode.AUTO).line
+    assert line.startswith("sandbox: NONE, bubblewrap is not installed"), line
+    assert "sandbox: off" in sandbox.choose(sandbox.SandboxMode.OFF).line
+    with pytest.raises(RuntimeError, match="not installed"):
+        sandbox.choose(sandbox.SandboxMode.BWRAP)
+    cfg = Config.model_validate({"sandbox": {"mode": "bwrap"}})
+    with pytest.raises(ConfigError, match='mode = "bwrap" but bubblewrap is not installed'):
+        sandbox_line(cfg)
+    sky = Config.model_validate({"pool": {"backend": "skypilot"}})
+    assert sandbox_line(sky).startswith("sandbox: NONE on skypilot nodes")
+
+
+def test_sandbox_config_is_checked() -> None:
+    from autoswarm.config import Config
+    from autoswarm.errors import ConfigError
+    from autoswarm.sandbox import SandboxMode
+
+    assert Config().sandbox.mode is SandboxMode.AUTO and not Config().sandbox.network
+    for bad in ({"mode": "docker"}, {"pass_env": ["NOT A NAME"]}, {"memory_gb": -1}):
+        with pytest.raises((ConfigError, ValueError)):
+            Config.model_validate({"sandbox": bad})

@@ -99,14 +99,14 @@ def _until(cond: Any, limit: float = 5.0) -> None:
 class TestSkyPilotContract(BackendContract):
     """The scheduler's contract, with the cloud replaced by the fake SDK.
 
-    The fake reads the contract's CONTRACT_BEHAVIOUR from the task's envs (forwarded
+    The fake reads the contract's AUTOSWARM_CONTRACT_BEHAVIOUR from the task's envs (forwarded
     with ``forward_env``); a "hang" job never ends on its own and is stopped by the
     backend's timeout watchdog, as a real SkyPilot job would be.
     """
 
     @staticmethod
     def _outcome(task: Any) -> FakeOutcome:
-        b = task.envs["CONTRACT_BEHAVIOUR"]
+        b = task.envs["AUTOSWARM_CONTRACT_BEHAVIOUR"]
         if b == "hang":
             return FakeOutcome(duration=None)
         if b == "fail":
@@ -122,7 +122,7 @@ class TestSkyPilotContract(BackendContract):
                 options={
                     "poll_interval_s": 0.05,
                     "timeout_slack_s": 0,
-                    "forward_env": ["CONTRACT_BEHAVIOUR"],
+                    "forward_env": ["AUTOSWARM_CONTRACT_BEHAVIOUR"],
                 },
                 tiers=(TierConfig(name="h100", accelerator="H100:1", slots=slots),),
             )
@@ -143,8 +143,8 @@ class TestSkyPilotReattachableClusters(ReattachableContract):
 
     @staticmethod
     def _outcome(task: Any) -> FakeOutcome:
-        b = task.envs["CONTRACT_BEHAVIOUR"]
-        nap = float(task.envs["CONTRACT_NAP"]) if b == "nap" else 0.05
+        b = task.envs["AUTOSWARM_CONTRACT_BEHAVIOUR"]
+        nap = float(task.envs["AUTOSWARM_CONTRACT_NAP"]) if b == "nap" else 0.05
         return FakeOutcome(duration=nap, log="---\nval_bpb: 1.234500\n")
 
     def make_backend(self, slots: int) -> Backend:
@@ -155,7 +155,7 @@ class TestSkyPilotReattachableClusters(ReattachableContract):
                     "mode": self.mode,
                     "poll_interval_s": 0.05,
                     "timeout_slack_s": 0,
-                    "forward_env": ["CONTRACT_BEHAVIOUR", "CONTRACT_NAP"],
+                    "forward_env": ["AUTOSWARM_CONTRACT_BEHAVIOUR", "AUTOSWARM_CONTRACT_NAP"],
                 },
                 tiers=(TierConfig(name="h100", accelerator="H100:1", slots=slots),),
             )

@@ -103,7 +103,7 @@ def test_documented_example_tasks_pass_skypilots_parser(tmp_path: Path, index: i
         seen_accels.update(res.accelerators)
         assert task.workdir == config["workdir"]
         assert task.envs["AUTOSWARM_BUDGET"] == "300"
-        assert "timeout --kill-after=30 660 python train.py" in task.run
+        assert 'timeout --kill-after=30 660 "${box[@]}" python train.py' in task.run
         assert "python prepare.py" in task.setup
         if index == 0:
             assert str(res.cloud) == "Kubernetes" and not res.use_spot

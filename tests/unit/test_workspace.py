@@ -249,3 +249,26 @@ def test_dirty_files(ws: Workspace) -> None:
 def test_git_errors_are_workspace_errors(ws: Workspace) -> None:
     with pytest.raises(WorkspaceError, match="is not a commit"):
         ws.rev_parse("no-such-ref")
+
+
+def test_git_config_planted_in_the_workspace_runs_nothing(ws: Workspace, tmp_path: Path) -> None:
+    """The orchestrator's git never runs what .git/config or hooks name (issue 15)."""
+    marker = tmp_path / "planted-ran"
+    script = tmp_path / "planted.sh"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    script.chmod(0o755)
+    with (ws.root / ".git" / "config").open("a") as f:
+        f.write(f"[core]\n\tfsmonitor = {script}\n\tpager = {script}\n")
+        f.write(f'[filter "x"]\n\tclean = {script}\n\tsmudge = {script}\n')
+    (ws.root / ".gitattributes").write_text("*.py filter=x\n")
+    hooks = ws.root / ".git" / "hooks"
+    hooks.mkdir(exist_ok=True)
+    for hook in ("pre-commit", "post-checkout", "reference-transaction"):
+        (hooks / hook).write_text(f"#!/bin/sh\ntouch {marker}\n")
+        (hooks / hook).chmod(0o755)
+    (ws.root / "train.py").write_text("LR = 2\n")
+    assert ws.dirty_files() == ["train.py"]
+    commit = ws.commit_files(ws.head(), {"train.py": "LR = 3\n"}, "variant")
+    ws.materialize(commit, tmp_path / "snap")
+    ws.ensure_branch("autoswarm/x", commit)
+    assert not marker.exists()

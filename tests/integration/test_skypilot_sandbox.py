@@ -1,0 +1,129 @@
+"""The SkyPilot task's run command contains the experiment on its node (issue 15).
+
+No cloud here: the generated ``run`` script is executed by bash on this machine, as a
+SkyPilot node would execute it (its working directory = the task's workdir under
+``$HOME``), with a hostile train.py, secrets in the node's environment and a credentials
+file in its home directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from autoswarm.backends.skytask import run_script
+from autoswarm.config import Config
+from autoswarm.sandbox import find_bwrap, sandbox_settings
+from autoswarm.types import Job
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+HOSTILE = """
+import json, os, signal, subprocess, sys, time
+seen = {"env": sorted(os.environ), "ppid": os.getppid()}
+for name, path in (("ppid_environ", f"/proc/{os.getppid()}/environ"),
+                   ("init_environ", "/proc/1/environ"),
+                   ("credentials", os.path.expanduser("~/.aws/credentials"))):
+    try:
+        seen[name] = open(path, "rb").read().decode(errors="replace")
+    except OSError as e:
+        seen[name] = f"error {e.errno}"
+subprocess.Popen([sys.executable, "-c", "import os, time\\nos.setsid()\\nif os.fork() == 0:\\n    time.sleep(300)  # MARKER\\n"])
+time.sleep(0.3)
+try:
+    os.kill(os.getppid(), signal.SIGKILL)
+except OSError:
+    pass
+print("SEEN>" + json.dumps(seen) + "<SEEN")
+print("---")
+print("val_bpb: 0.990000")
+"""
+
+SECRETS = {
+    "AWS_SECRET_ACCESS_KEY": "aws-node-secret",
+    "SKYPILOT_USER_TOKEN": "sky-node-secret",
+    "DATABASE_URL": "postgres://u:node-secret@h/db",
+}
+
+
+def run_on_node(tmp: Path, settings: dict, marker: str) -> tuple[int, str]:
+    home = tmp / "home"
+    workdir = home / "sky_workdir"
+    workdir.mkdir(parents=True)
+    (home / ".aws").mkdir()
+    (home / ".aws" / "credentials").write_text("aws_secret_access_key = file-secret\n")
+    (workdir / "train.py").write_text(HOSTILE.replace("MARKER", marker))
+    job = Job(
+        experiment_id=1,
+        workdir=workdir,
+        argv=("{python}", "train.py"),
+        env={},
+        timeout_s=60,
+        slot=0,
+        log_path=tmp / "log",
+        budget_s=1,
+    )
+    script = run_script(job, sys.executable, settings)
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "AUTOSWARM_SEED": "1", **SECRETS}
+    # Output to a file: without a sandbox, the escaped grandchild would hold a pipe open.
+    with (tmp / "out").open("w") as out:
+        done = subprocess.run(
+            ["bash", "-c", script], cwd=workdir, env=env, stdout=out, stderr=out, timeout=120
+        )
+    return done.returncode, (tmp / "out").read_text()
+
+
+def alive(marker: str) -> bool:
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if marker in d.joinpath("cmdline").read_bytes().decode(errors="replace"):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def test_the_run_command_sandboxes_a_hostile_variant_on_its_node(tmp_path: Path) -> None:
+    assert find_bwrap()[0] is not None, find_bwrap()[1]
+    marker = f"sky-escapee-{uuid.uuid4().hex}"
+    code, out = run_on_node(tmp_path, sandbox_settings(Config().sandbox), marker)
+    assert code == 0, out
+    assert out.splitlines()[0].startswith("autoswarm: sandbox: bubblewrap on "), out
+    assert "autoswarm: exit code 0" in out
+    seen = json.loads(out.split("SEEN>", 1)[1].split("<SEEN", 1)[0])
+    for value in (*SECRETS.values(), "file-secret"):
+        assert value not in out, value
+    assert not set(SECRETS) & set(seen["env"]) and "AUTOSWARM_SEED" in seen["env"]
+    assert seen["ppid"] == 1 and seen["credentials"].startswith("error")
+    assert not alive(marker)
+
+
+def test_without_bubblewrap_auto_keeps_the_allowlist_and_bwrap_refuses(tmp_path: Path) -> None:
+    # A PATH on which bash finds no bwrap: the node cannot sandbox.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("env", "timeout", "dirname", "readlink", "hostname", "bash"):
+        found = subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip()
+        (bin_dir / tool).symlink_to(found)
+    settings = sandbox_settings(Config().sandbox)
+    old = os.environ["PATH"]
+    os.environ["PATH"] = str(bin_dir)
+    try:
+        marker = f"sky-plain-{uuid.uuid4().hex}"
+        # Weaker, and it says so: the variant can kill its parent here (exit code 137).
+        _, out = run_on_node(tmp_path / "auto", settings, marker)
+        assert "autoswarm: sandbox: NONE on" in out.splitlines()[0], out
+        seen = json.loads(out.split("SEEN>", 1)[1].split("<SEEN", 1)[0])
+        assert not set(SECRETS) & set(seen["env"]), seen["env"]
+        code, out = run_on_node(tmp_path / "bwrap", {**settings, "mode": "bwrap"}, marker)
+        assert code == 126 and "mode = bwrap but bubblewrap cannot run" in out, out
+    finally:
+        os.environ["PATH"] = old
+        subprocess.run(["pkill", "-f", "sky-plain-"], check=False)
