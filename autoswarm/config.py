@@ -163,6 +163,14 @@ _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KEY_HINT = "put the key itself in that variable, never in the file"
 
 
+def _variable_names(cls: type, names: tuple[str, ...]) -> tuple[str, ...]:
+    """A ``pass_env`` validator: every entry is a variable's name, never a value."""
+    for name in names:
+        if not _VARIABLE.fullmatch(name):
+            _fail(f"pass_env must list environment variable names, got {name!r}; {_KEY_HINT}")
+    return names
+
+
 # ---------------------------------------------------------------------------
 # Sections
 
@@ -450,13 +458,7 @@ class AgentConfig(_Table):
                     )
         return command
 
-    @field_validator("pass_env")
-    @classmethod
-    def _variables(cls, names: tuple[str, ...]) -> tuple[str, ...]:
-        for name in names:
-            if not _VARIABLE.fullmatch(name):
-                _fail(f"pass_env must list environment variable names, got {name!r}; {_KEY_HINT}")
-        return names
+    _variables = field_validator("pass_env")(_variable_names)
 
 
 class TierRole(enum.Enum):
@@ -620,13 +622,7 @@ class SandboxConfig(_Table):
     open_files: int = Field(default=0, ge=0, description="must be >= 0 (0 = no limit)")
     processes: int = Field(default=0, ge=0, description="must be >= 0 (0 = no limit)")
 
-    @field_validator("pass_env")
-    @classmethod
-    def _variables(cls, names: tuple[str, ...]) -> tuple[str, ...]:
-        for name in names:
-            if not _VARIABLE.fullmatch(name):
-                _fail(f"pass_env must list environment variable names, got {name!r}; {_KEY_HINT}")
-        return names
+    _variables = field_validator("pass_env")(_variable_names)
 
 
 class Config(_Table):

@@ -77,8 +77,9 @@ class Probe:
     seen: str  # what the probe saw or did, in a few words
 
 
-def _marked(marker: str) -> list[int]:
-    """Pids whose command line holds ``marker``."""
+def marked(marker: str) -> list[int]:
+    """Pids whose command line holds ``marker`` (how an escaped process is found: inside a
+    sandbox it has a pid of its own namespace, so no pid it reports means anything here)."""
     found = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -137,10 +138,10 @@ def check(box: SandboxConfig) -> tuple[str, list[Probe]]:
             return line, [Probe("the probe ran", False, f"exit code {res.exit_code}: {log[-300:]}")]
         seen = json.loads(log.split("SEEN>", 1)[1].split("<SEEN", 1)[0])
         deadline = time.monotonic() + 5
-        while _marked(marker) and time.monotonic() < deadline:
+        while marked(marker) and time.monotonic() < deadline:
             time.sleep(0.1)
-        escaped = bool(_marked(marker))
-        for pid in _marked(marker):  # clean up after ourselves whatever the verdict
+        escaped = bool(marked(marker))
+        for pid in marked(marker):  # clean up after ourselves whatever the verdict
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         leaked = sorted(n for n in PLANTED if n in seen["env"])
@@ -200,4 +201,4 @@ def table(line: str, probes: list[Probe]) -> str:
     return "\n".join(out)
 
 
-__all__ = ["PLANTED", "Probe", "check", "table"]
+__all__ = ["PLANTED", "Probe", "check", "marked", "table"]

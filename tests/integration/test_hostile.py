@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from autoswarm.doctor import marked
 from autoswarm.sandbox import find_bwrap
 from autoswarm.testing.synthetic import TRAIN_PY, make_workspace
 
@@ -117,19 +118,6 @@ def reports(ws: Path) -> list[dict]:
     return out
 
 
-def sleepers(marker: str) -> list[str]:
-    found = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                cmd = Path(f"/proc/{d}/cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if marker in cmd:
-                found.append(f"{d}: {cmd}")
-    return found
-
-
 def test_bubblewrap_is_here() -> None:
     """CI installs bubblewrap; without it every other test here would test nothing."""
     path, why = find_bwrap()
@@ -172,7 +160,7 @@ def test_a_hostile_variant_reaches_nothing_of_the_orchestrator(tmp_path: Path) -
                           capture_output=True, text=True)  # fmt: skip
     assert head.returncode == 0, head.stderr
     # Its escaped grandchild died with the experiment; signalling its parent did nothing.
-    assert sleepers(sleeper) == []
+    assert marked(sleeper) == []
     assert all(r["kill_parent_kill"] in ("done", "error PermissionError") for r in seen)
 
     # The next command that looks at the workspace runs nothing the variant could have

@@ -496,6 +496,7 @@ def test_a_hostile_variant_on_a_ray_worker_is_contained(
 ) -> None:
     import uuid
 
+    from autoswarm.doctor import marked
     from autoswarm.sandbox import find_bwrap, sandbox_settings
 
     assert find_bwrap()[0] is not None, find_bwrap()[1]
@@ -522,22 +523,11 @@ def test_a_hostile_variant_on_a_ray_worker_is_contained(
         # Its parent (the sandbox's init) ignored the signals; the slot's worker lives on
         # and runs the next experiment; the grandchild died with the experiment.
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _marked(marker):
+        while time.monotonic() < deadline and marked(marker):
             time.sleep(0.1)
-        assert not _marked(marker)
+        assert not marked(marker)
         assert b.worker_pid(0) == worker
         b.submit(make_job(tmp_path, 901, NAPPER, env={"AUTOSWARM_MARK": "/dev/null"}))
         assert wait_results(b, {901})[901].exit_code == 0
     finally:
         b.close()
-
-
-def _marked(marker: str) -> bool:
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if marker in d.joinpath("cmdline").read_bytes().decode(errors="replace"):
-                    return True
-            except OSError:
-                continue
-    return False

@@ -15,24 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from autoswarm.doctor import marked
 from autoswarm.process import ProcessRunner, ProcessSpec
 from autoswarm.sandbox import Sandbox, experiment_view, find_bwrap
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="bubblewrap is Linux-only"
 )
-
-
-def marked(marker: str) -> list[int]:
-    found = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if marker in d.joinpath("cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(d.name))
-            except OSError:
-                continue
-    return found
 
 
 def gone(marker: str, limit: float = 10.0) -> bool:

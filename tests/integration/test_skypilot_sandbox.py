@@ -19,6 +19,7 @@ import pytest
 
 from autoswarm.backends.skytask import run_script
 from autoswarm.config import Config
+from autoswarm.doctor import marked
 from autoswarm.sandbox import find_bwrap, sandbox_settings
 from autoswarm.types import Job
 
@@ -79,17 +80,6 @@ def run_on_node(tmp: Path, settings: dict, marker: str) -> tuple[int, str]:
     return done.returncode, (tmp / "out").read_text()
 
 
-def alive(marker: str) -> bool:
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if marker in d.joinpath("cmdline").read_bytes().decode(errors="replace"):
-                    return True
-            except OSError:
-                continue
-    return False
-
-
 def test_the_run_command_sandboxes_a_hostile_variant_on_its_node(tmp_path: Path) -> None:
     assert find_bwrap()[0] is not None, find_bwrap()[1]
     marker = f"sky-escapee-{uuid.uuid4().hex}"
@@ -102,7 +92,7 @@ def test_the_run_command_sandboxes_a_hostile_variant_on_its_node(tmp_path: Path)
         assert value not in out, value
     assert not set(SECRETS) & set(seen["env"]) and "AUTOSWARM_SEED" in seen["env"]
     assert seen["ppid"] == 1 and seen["credentials"].startswith("error")
-    assert not alive(marker)
+    assert not marked(marker)
 
 
 def test_without_bubblewrap_auto_keeps_the_allowlist_and_bwrap_refuses(tmp_path: Path) -> None:
