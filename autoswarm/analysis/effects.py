@@ -320,7 +320,7 @@ def _fit_within(
     fit of a dozen columns, not of thousands: with a column per wave, each rank check was
     an SVD of every row by every column kept so far, and ``autoswarm status`` took 6 s at
     10,000 experiments (200 waves) and did not finish in two minutes at 100,000 (2,000
-    waves; docs/bench-scale.md).
+    waves; docs/benchmarks.md, "The run's state at scale").
     """
     index = {g: i for i, g in enumerate(groups)}
     gi = np.array([index[g] for g in labels])

@@ -4,7 +4,7 @@ How long do ``autoswarm status``, ``autoswarm results --since`` and the start-up
 ``autoswarm run --resume`` take, and how much memory do they use, once a run's ledger
 holds N experiments? Run it as::
 
-    python -m autoswarm.bench.scale --experiments 1000,10000,100000 --out bench-scale.md
+    python -m autoswarm.bench.scale --experiments 1000,10000,100000 --out scale.md
 
 For each N it builds a workspace (:func:`autoswarm.testing.synthetic.make_workspace`)
 and a ledger of exactly N experiments written through the product's own APIs, in the
