@@ -99,6 +99,17 @@ def open_run(
             f"`autoswarm run --resume --tag {tag}`, or choose a new --tag"
         )
     dirty = ws.dirty_files()
+    locked = [p for p in dirty if p in ws.config.workspace.locked]
+    if locked:
+        # Never advise committing these: a locked file that changed outside a commit may
+        # be a variant's tamper (issue 15), and a commit would make it the baseline.
+        names = " ".join(locked)
+        raise RunStateError(
+            f"locked file(s) {', '.join(locked)} differ from their committed version; "
+            f"look at `git -C {ws.root} diff -- {names}` and restore them with "
+            f"`git -C {ws.root} checkout -- {names}` (change a locked file only in a commit "
+            "of your own, never with a run)"
+        )
     if dirty:
         raise RunStateError(
             f"{', '.join(dirty)} has uncommitted changes; the baseline must be a commit: "

@@ -252,6 +252,15 @@ def test_run_state_errors(harness: Harness) -> None:
     sched3, _, _ = harness.scheduler(ScriptedProposer([]), slots=1)
     with pytest.raises(RunStateError, match="uncommitted changes"):
         sched3.run(tag="t2")
+    # A changed locked file: restore it, never commit it (it may be a variant's tamper).
+    with (harness.root / "prepare.py").open("a") as f:
+        f.write("print('tampered')\n")
+    sched4, _, _ = harness.scheduler(ScriptedProposer([]), slots=1)
+    with pytest.raises(
+        RunStateError, match=r"locked file\(s\) prepare.py .*checkout -- prepare.py"
+    ) as e:
+        sched4.run(tag="t3")
+    assert "commit -am" not in str(e.value)
 
 
 def test_second_orchestrator_is_refused(harness: Harness) -> None:
