@@ -125,10 +125,16 @@ def _load(workspace: Path) -> tuple[Config, Workspace]:
 
 
 def run_prepare(ws: Workspace, cfg: Config) -> None:
-    """Run the workspace's prepare command (idempotent: fast when data is cached)."""
+    """Run the workspace's prepare command (idempotent: fast when data is cached).
+
+    Not while a locked file (prepare.py) differs from its commit: it would run a tamper.
+    """
+    from autoswarm.lifecycle import check_locked_files
+
     argv = [sys.executable if a == "{python}" else a for a in cfg.workspace.prepare]
     if not argv:
         return
+    check_locked_files(ws)
     log = ws.state_dir / "prepare.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     err.print(f"[dim]preparing data: {' '.join(cfg.workspace.prepare)}[/]")

@@ -71,6 +71,28 @@ class RunLock:
 # Which run: a new one, or the one to resume
 
 
+def check_locked_files(ws: Workspace, dirty: list[str] | None = None) -> None:
+    """Refuse to go on while a locked file differs from its committed version.
+
+    Never advise committing it: a locked file that changed outside a commit may be a
+    variant's tamper (issue 15), a commit would make it the baseline, and ``prepare.py``
+    would run it with the orchestrator's rights.
+
+    Raises:
+        RunStateError: the names, how to look at the change and how to restore it.
+    """
+    dirty = ws.dirty_files() if dirty is None else dirty
+    locked = [p for p in dirty if p in ws.config.workspace.locked]
+    if locked:
+        names = " ".join(locked)
+        raise RunStateError(
+            f"locked file(s) {', '.join(locked)} differ from their committed version; "
+            f"look at `git -C {ws.root} diff -- {names}` and restore them with "
+            f"`git -C {ws.root} checkout -- {names}` (change a locked file only in a commit "
+            "of your own, never with a run)"
+        )
+
+
 def open_run(
     ws: Workspace, ledger: Ledger, cfg: Config, clock: Clock, tag: str | None, resume: bool
 ) -> RunRecord:
@@ -99,17 +121,7 @@ def open_run(
             f"`autoswarm run --resume --tag {tag}`, or choose a new --tag"
         )
     dirty = ws.dirty_files()
-    locked = [p for p in dirty if p in ws.config.workspace.locked]
-    if locked:
-        # Never advise committing these: a locked file that changed outside a commit may
-        # be a variant's tamper (issue 15), and a commit would make it the baseline.
-        names = " ".join(locked)
-        raise RunStateError(
-            f"locked file(s) {', '.join(locked)} differ from their committed version; "
-            f"look at `git -C {ws.root} diff -- {names}` and restore them with "
-            f"`git -C {ws.root} checkout -- {names}` (change a locked file only in a commit "
-            "of your own, never with a run)"
-        )
+    check_locked_files(ws, dirty)
     if dirty:
         raise RunStateError(
             f"{', '.join(dirty)} has uncommitted changes; the baseline must be a commit: "

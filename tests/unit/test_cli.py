@@ -288,3 +288,19 @@ def test_run_end_to_end_then_status_and_results(tmp_path: Path) -> None:
     # The same run tag cannot be started twice; the message says how to resume.
     again = cli("run", "--skip-prepare", "--no-live", "--tag", "t", "--budget", "0.2", cwd=ws)
     assert "--resume --tag t" in error_of(again)
+
+
+def test_a_tampered_prepare_py_is_never_run_and_never_advised_for_commit(tmp_path: Path) -> None:
+    """run (and --resume, and prepare) compare the locked files with their commit first."""
+    ws = make_workspace(tmp_path / "ws", budget=0.2, baseline_repeats=2)
+    marker = tmp_path / "tamper-ran"
+    with (ws / "prepare.py").open("a") as f:
+        f.write(f"open({str(marker)!r}, 'w').write('x')\n")
+    for args in (["run", "--no-live", "--max-experiments", "2"], ["prepare"]):
+        proc = subprocess.run(
+            [str(AUTOSWARM), *args, "--workspace", str(ws)], capture_output=True, text=True
+        )
+        assert proc.returncode != 0, proc.stdout + proc.stderr
+        assert proc.stderr.startswith("error: locked file(s) prepare.py differ"), proc.stderr
+        assert "checkout -- prepare.py" in proc.stderr and "commit -am" not in proc.stderr
+        assert not marker.exists()
