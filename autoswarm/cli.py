@@ -935,6 +935,13 @@ def bench_search(
             "candidates, time to a target still held at the end; issue 13)."
         ),
     ] = "main",
+    keep: Annotated[
+        Path | None,
+        typer.Option(
+            help="Append each finished simulation to this file; run again with the same file "
+            "to skip what it holds for this code version (a long benchmark continues)."
+        ),
+    ] = None,
 ) -> None:
     """Strategies on N slots against sequential greedy, on simulated training (a fake clock)."""
     from autoswarm.bench import search
@@ -952,7 +959,7 @@ def bench_search(
             section=section,
             table=table,
         )
-    results = search.run(plan, on_result=lambda r: err.print(search.progress(r)))
+    results = search.run(plan, on_result=lambda r: err.print(search.progress(r)), keep=keep)
     text = search.render(plan, results)
     print(text)
     if out is not None:

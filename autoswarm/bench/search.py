@@ -15,9 +15,12 @@ Usage::
 
 from __future__ import annotations
 
+import pickle
 import re
+import subprocess
+import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,12 +113,63 @@ def search_plan(
 # Running and reporting
 
 
-def run(plan: SearchPlan, on_result: Callable[[SimResult], None] | None = None) -> list[SimResult]:
-    """Every run of ``plan`` in ``plan.jobs`` processes; ``on_result`` sees each, in plan order."""
-    results = []
+def code_version() -> str:
+    """The commit of the product code simulated (``+dirty`` with uncommitted changes), or ""."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return ""
+    return head + ("+dirty" if dirty else "") if head else ""
+
+
+def _key(plan: SearchPlan, task: tuple[str, str, int, int], version: str) -> tuple[object, ...]:
+    return (*task, plan.horizon_s, plan.budget_s, version)
+
+
+def kept_results(path: Path, version: str) -> dict[tuple[object, ...], SimResult]:
+    """The simulations a ``--keep`` file holds for this code version (others are ignored)."""
+    found: dict[tuple[object, ...], SimResult] = {}
+    if not path.exists():
+        return found
+    with path.open("rb") as f:
+        while True:
+            try:
+                key, result = pickle.load(f)
+            except EOFError:
+                break
+            except (pickle.UnpicklingError, ValueError, AttributeError):
+                break  # a write cut short by a kill: what follows it is lost
+            if key[-1] == version:
+                found[key] = result
+    return found
+
+
+def run(
+    plan: SearchPlan,
+    on_result: Callable[[SimResult], None] | None = None,
+    keep: Path | None = None,
+) -> list[SimResult]:
+    """Every run of ``plan`` in ``plan.jobs`` processes; ``on_result`` sees each, in plan order.
+
+    With ``keep``, each simulation is appended to that file as it finishes, and one the file
+    already holds for the same code version (:func:`code_version`) is not run again, so a
+    long benchmark that was stopped continues where it was.
+    """
+    version = code_version() if keep is not None else ""
+    done = kept_results(keep, version) if keep is not None else {}
+    tasks = plan.tasks()
+    results: list[SimResult] = []
     with ProcessPoolExecutor(max_workers=max(1, plan.jobs)) as pool:
-        futures = [
-            pool.submit(
+        futures = {
+            i: pool.submit(
                 simulate,
                 OBJECTIVES[obj],
                 strat,
@@ -124,10 +178,24 @@ def run(plan: SearchPlan, on_result: Callable[[SimResult], None] | None = None) 
                 horizon_s=plan.horizon_s,
                 budget_s=plan.budget_s,
             )
-            for obj, strat, n, rep in plan.tasks()
-        ]
-        for fut in futures:
-            r = fut.result()
+            for i, (obj, strat, n, rep) in enumerate(tasks)
+            if _key(plan, (obj, strat, n, rep), version) not in done
+        }
+        if keep is not None:
+            lock = threading.Lock()
+
+            def kept(key: tuple[object, ...]) -> Callable[[Future[SimResult]], None]:
+                def write(fut: Future[SimResult]) -> None:
+                    if fut.exception() is None:  # as soon as it finishes, in any order
+                        with lock, keep.open("ab") as f:
+                            pickle.dump((key, fut.result()), f)
+
+                return write
+
+            for i, fut in futures.items():
+                fut.add_done_callback(kept(_key(plan, tasks[i], version)))
+        for i, task in enumerate(tasks):
+            r = futures[i].result() if i in futures else done[_key(plan, task, version)]
             results.append(r)
             if on_result is not None:
                 on_result(r)
@@ -158,4 +226,15 @@ def write(plan: SearchPlan, results: list[SimResult], text: str, out: Path) -> N
     )
 
 
-__all__ = ["REFERENCE", "TABLES", "SearchPlan", "progress", "render", "run", "search_plan", "write"]
+__all__ = [
+    "REFERENCE",
+    "TABLES",
+    "SearchPlan",
+    "code_version",
+    "kept_results",
+    "progress",
+    "render",
+    "run",
+    "search_plan",
+    "write",
+]

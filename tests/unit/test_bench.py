@@ -227,3 +227,23 @@ def test_bench_sandbox_times_plain_and_sandboxed_starts() -> None:
     assert row.overhead_s == row.sandboxed_median_s - row.plain_median_s
     table = cost.markdown([row])
     assert table.count("\n") == 3 and "`python -c pass` | 2 |" in table
+
+
+def test_bench_search_keeps_what_finished_and_does_not_run_it_again(tmp_path: Path) -> None:
+    from autoswarm.bench import search
+
+    plan = search.search_plan(
+        objectives="bowl", strategies="random", slots="4", extra="", reps=1, hours=0.25,
+        budget=300.0, jobs=1, section="search", table="main",
+    )  # fmt: skip
+    keep = tmp_path / "kept.pkl"
+    first = search.run(plan, keep=keep)
+    version = search.code_version()
+    assert len(search.kept_results(keep, version)) == len(plan.tasks()) == 2
+    seen: list[str] = []
+    again = search.run(plan, on_result=lambda r: seen.append(r.strategy), keep=keep)
+    assert again == first and seen == ["greedy", "random"]  # from the file, in plan order
+    assert search.kept_results(keep, "another-version") == {}  # never mixed across versions
+    with keep.open("ab") as f:
+        f.write(b"\x80cut")  # a write cut short by a kill
+    assert len(search.kept_results(keep, version)) == 2
