@@ -344,8 +344,10 @@ def test_capped_log_keeps_head_and_tail(tmp_path: Path) -> None:
 def test_a_grandchild_that_escaped_with_the_pipe_does_not_hold_the_result(tmp_path: Path) -> None:
     """Without a sandbox a setsid'ed grandchild outlives the group and keeps stdout open;
     the result still comes a few seconds after the main process exits."""
-    import subprocess as sp
+    import contextlib
     import uuid
+
+    from autoswarm.doctor import marked
 
     marker = f"escaped-{uuid.uuid4().hex}"
     code = (
@@ -367,4 +369,6 @@ def test_a_grandchild_that_escaped_with_the_pipe_does_not_hold_the_result(tmp_pa
         assert res.exit_code == 0 and "bye" in res.log_path.read_text()
         assert time.monotonic() - started < 30  # not the grandchild's 60 s
     finally:
-        sp.run(["pkill", "-f", marker], check=False)
+        for pid in marked(marker):  # only the grandchild this test started, by its id
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
