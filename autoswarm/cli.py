@@ -127,14 +127,16 @@ def _load(workspace: Path) -> tuple[Config, Workspace]:
 def run_prepare(ws: Workspace, cfg: Config) -> None:
     """Run the workspace's prepare command (idempotent: fast when data is cached).
 
-    Not while a locked file (prepare.py) differs from its commit: it would run a tamper.
+    A locked file (prepare.py) that differs from its commit is restored first: it would
+    run a tamper.
     """
-    from autoswarm.lifecycle import check_locked_files
+    from autoswarm.lifecycle import restore_locked_files, tampered_dir
 
     argv = [sys.executable if a == "{python}" else a for a in cfg.workspace.prepare]
     if not argv:
         return
-    check_locked_files(ws)
+    for line in restore_locked_files(ws, tampered_dir(ws)):
+        err.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
     log = ws.state_dir / "prepare.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     err.print(f"[dim]preparing data: {' '.join(cfg.workspace.prepare)}[/]")

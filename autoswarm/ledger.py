@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -32,7 +33,7 @@ from typing import Any
 from autoswarm.errors import LedgerError
 from autoswarm.types import Evidence, Experiment, Kind, Purpose, Status
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # The scheduler's own facts about an experiment, once keys of the proposer's meta
 # (schema 3) and columns since schema 4: meta key -> column. Re-runs also carried flags
@@ -152,6 +153,9 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
         + ", ".join(f"'$.{k}'" for k in (*_MOVED_FACTS, *_MOVED_FLAGS))
         + ") WHERE json_valid(meta)",
     ),
+    # 5: how many orchestrators died while the experiment ran (a variant that ends the run
+    # is recorded as a crash the second time, not re-queued forever; issue 15).
+    5: ("""ALTER TABLE experiments ADD COLUMN orphaned INTEGER NOT NULL DEFAULT 0""",),
 }
 
 
@@ -219,6 +223,46 @@ def _retry_locked(op: Callable[[], object], patience_s: float = 30.0) -> None:
             time.sleep(0.02)
 
 
+class _FileIds:
+    """The (device, inode) of the ledger file and of its WAL, as this connection opened them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ids: dict[str, tuple[int, int]] = {}
+
+    @staticmethod
+    def _id(path: Path) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def note(self, conn: sqlite3.Connection) -> None:
+        """Remember the files once a read has made SQLite open (or create) the WAL."""
+        conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()
+        for suffix in ("", "-wal"):
+            found = self._id(Path(f"{self.path}{suffix}"))
+            if found is not None:
+                self.ids[suffix] = found
+
+    def is_ours(self, suffix: str, path: Path) -> bool:
+        return self.ids.get(suffix) is not None and self._id(path) == self.ids[suffix]
+
+    def changed(self) -> str | None:
+        """What happened to the files since :meth:`note` (``None``: nothing)."""
+        for suffix, name in (("", "file"), ("-wal", "write-ahead log")):
+            want = self.ids.get(suffix)
+            if want is None:
+                continue
+            found = self._id(Path(f"{self.path}{suffix}"))
+            if found is None:
+                return "was deleted" if not suffix else f"lost its {name} ({self.path.name}-wal)"
+            if found != want:
+                return "was replaced by another file" if not suffix else f"had its {name} replaced"
+        return None
+
+
 class Ledger:
     """Thread-safe access to ``.autoswarm/ledger.sqlite``.
 
@@ -241,7 +285,10 @@ class Ledger:
                 "(results.tsv and the git branch keep a copy of the results)."
             ) from e
         self._lock = threading.RLock()
+        self._broken: str | None = None
+        self._files = _FileIds(path)
         self._migrate()
+        self._files.note(self._conn)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -255,14 +302,79 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def broken(self) -> str | None:
+        """Why this ledger stopped taking writes (its file was deleted or replaced), or None."""
+        return self._broken
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            self._verify()
             try:
                 with self._conn:
                     yield self._conn
             except sqlite3.DatabaseError as e:
                 raise LedgerError(f"ledger write failed ({self.path}): {e}") from e
+
+    def _verify(self) -> None:
+        """Before every commit of state: the file and its WAL are still the ones we opened.
+
+        A process that deletes ``ledger.sqlite`` (or its ``-wal``) or puts another file in
+        its place leaves this connection writing to a file no one will ever open again,
+        and the next ``autoswarm`` would start from an empty or foreign ledger. So the
+        first write after it saves what this connection still sees (a whole copy, through
+        SQLite's backup API) back at the ledger's path, keeps the file found there, and
+        stops with one line; every later write fails with the same line.
+
+        Raises:
+            LedgerError: the ledger was deleted or replaced (say what was saved where).
+        """
+        if self._broken is None:
+            what = self._files.changed()
+            if what is None:
+                return
+            self._broken = self._rescue(what)
+        raise LedgerError(self._broken)
+
+    def _rescue(self, what: str) -> str:
+        """Put this connection's ledger back at its path; the message for the error."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = self.path
+        saved = path.with_name(f"{path.name}.rescued-{stamp}")
+        try:
+            dst = sqlite3.connect(str(saved))
+            try:
+                self._conn.backup(dst)
+            finally:
+                dst.close()
+        except sqlite3.DatabaseError as e:
+            return (
+                f"the ledger {path} {what} while this run was writing it, and saving this "
+                f"run's copy failed ({e}): stopped. Run experiments inside the sandbox "
+                '([sandbox] mode = "auto"); results.tsv and the git branch hold the results'
+            )
+        self._conn.close()
+        kept = []
+        for suffix in ("", "-wal", "-shm"):
+            found = Path(f"{path}{suffix}")
+            if not found.exists():
+                continue
+            if suffix == "-shm" or self._files.is_ours(suffix, found):
+                found.unlink()  # this connection's own (stale) file; the saved copy is whole
+            else:
+                aside = path.with_name(f"{path.name}{suffix}.found-{stamp}")
+                found.rename(aside)
+                kept.append(aside.name)
+        os.replace(saved, path)
+        self._conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row  # reads go on (status, results.tsv); writes stop
+        also = f"; the file found in its place is kept as {', '.join(kept)}" if kept else ""
+        return (
+            f"the ledger {path} {what} while this run was writing it (an experiment outside "
+            f"the sandbox? see `autoswarm doctor`): stopped. What this run had recorded is "
+            f"saved back at {path.name}{also}; continue with `autoswarm run --resume`"
+        )
 
     def _migrate(self) -> None:
         """Bring the schema to SCHEMA_VERSION, safely when processes open the file at once.
@@ -532,6 +644,13 @@ class Ledger:
                        handle=NULL, reason=? WHERE id=?""",
                 (Status.QUEUED.value, reason, exp_id),
             )
+
+    def orphaned(self, exp_id: int) -> int:
+        """Count one more orchestrator that died while ``exp_id`` ran; the count so far."""
+        with self._tx() as c:
+            c.execute("UPDATE experiments SET orphaned = orphaned + 1 WHERE id=?", (exp_id,))
+            row = c.execute("SELECT orphaned FROM experiments WHERE id=?", (exp_id,)).fetchone()
+        return int(row[0]) if row else 0
 
     def get(self, exp_id: int) -> Experiment:
         with self._lock:

@@ -4,12 +4,16 @@ Three jobs the scheduler does once, before its loop and never in it:
 
 - :class:`RunLock`: one orchestrator per workspace (an ``flock`` the kernel releases
   when the process dies, so a crash never leaves a stale lock);
-- :func:`open_run`: the run's ledger row and branch, new (from ``HEAD``) or resumed;
+- :func:`open_run`: the run's ledger row and branch, new (from ``HEAD``) or resumed,
+  after :func:`restore_locked_files` (a changed ``prepare.py`` is restored, never run);
 - :func:`recover`: experiments a dead or stopped orchestrator left ``RUNNING`` or
   ``INTERRUPTED`` are re-attached (a :class:`~autoswarm.backends.base.Reattachable`
   backend whose job still runs) or killed and re-queued under the same id;
 - :func:`reconcile_branch`: the branch head holds the best's files (a keep or a
-  revocation recorded in the ledger but cut short before the branch moved is completed).
+  revocation recorded in the ledger but cut short before the branch moved is completed),
+  and :func:`repair_pins`: every experiment's pinned ref points at its commit.
+
+What a repair replaces is kept under ``.autoswarm/tampered/<date-time>/``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
@@ -27,7 +31,7 @@ from autoswarm.config import Config
 from autoswarm.errors import RunLockedError, RunStateError
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.sandbox import kill_strays
-from autoswarm.types import Experiment, Status
+from autoswarm.types import Experiment, Kind, Status
 from autoswarm.workspace import Workspace
 
 # ---------------------------------------------------------------------------
@@ -71,34 +75,80 @@ class RunLock:
 # Which run: a new one, or the one to resume
 
 
-def check_locked_files(ws: Workspace, dirty: list[str] | None = None) -> None:
-    """Refuse to go on while a locked file differs from its committed version.
+def tampered_dir(ws: Workspace, clock: Clock | None = None) -> Path:
+    """Where a repair keeps what it replaced: ``.autoswarm/tampered/<date-time>``."""
+    now = time.time() if clock is None else clock.now()
+    return ws.state_dir / "tampered" / time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
 
-    Never advise committing it: a locked file that changed outside a commit may be a
-    variant's tamper (issue 15), a commit would make it the baseline, and ``prepare.py``
-    would run it with the orchestrator's rights.
+
+def restore_locked_files(ws: Workspace, aside: Path) -> list[str]:
+    """Locked files that differ from their committed version are restored from ``HEAD``.
+
+    Done before ``prepare`` and every ``autoswarm run`` (new or resumed): a locked file
+    changed outside a commit may be a variant's tamper (issue 15), and ``prepare.py``
+    runs with the orchestrator's rights. The changed copy is kept under ``aside``, and
+    the line never advises committing it (a commit would make a tamper the baseline).
+
+    Returns:
+        One line per restored file, to show the user.
 
     Raises:
-        RunStateError: the names, how to look at the change and how to restore it.
+        RunStateError: a locked file is still dirty after the restore (a staged change).
     """
-    dirty = ws.dirty_files() if dirty is None else dirty
-    locked = [p for p in dirty if p in ws.config.workspace.locked]
-    if locked:
-        names = " ".join(locked)
-        raise RunStateError(
-            f"locked file(s) {', '.join(locked)} differ from their committed version; "
-            f"look at `git -C {ws.root} diff -- {names}` and restore them with "
-            f"`git -C {ws.root} checkout -- {names}` (change a locked file only in a commit "
-            "of your own, never with a run)"
+    locked = [p for p in ws.dirty_files() if p in ws.config.workspace.locked]
+    lines = []
+    for path in locked:
+        kept = ws.restore_file(path, aside)
+        where = f", the changed copy kept at {ws.relative(kept)}" if kept else ""
+        lines.append(
+            f"{path} differed from its commit (a variant outside the sandbox, or an edit "
+            f"not committed): restored from HEAD{where}"
         )
+    still = [p for p in ws.dirty_files() if p in locked]
+    if still:
+        names = " ".join(still)
+        raise RunStateError(
+            f"locked file(s) {', '.join(still)} differ from their committed version in the "
+            f"index; look at `git -C {ws.root} diff --cached -- {names}` and restore them with "
+            f"`git -C {ws.root} restore --staged --worktree -- {names}`"
+        )
+    return lines
+
+
+def repair_pins(
+    ws: Workspace, run: RunRecord, rows: Iterable[Experiment], aside: Path
+) -> list[str]:
+    """Each candidate's pin ``refs/autoswarm/<tag>/<id>`` points at its commit (ledger).
+
+    A pin keeps a variant's commit from ``git gc``; one that is missing (a crash between
+    the ledger's row and the pin), corrupt or moved is set again from the ledger.
+    """
+    lines = []
+    for e in rows:
+        if e.kind is Kind.CANDIDATE and e.commit:  # re-runs and baselines share others' commits
+            fixed = ws.set_ref(f"refs/autoswarm/{run.tag}/{e.id}", e.commit, aside)
+            if fixed is not None:
+                lines.append(fixed)
+    if len(lines) > 3:
+        lines[3:] = [f"... and {len(lines) - 3} more pins repaired the same way"]
+    return lines
 
 
 def open_run(
-    ws: Workspace, ledger: Ledger, cfg: Config, clock: Clock, tag: str | None, resume: bool
+    ws: Workspace,
+    ledger: Ledger,
+    cfg: Config,
+    clock: Clock,
+    tag: str | None,
+    resume: bool,
+    say: Callable[[str], None],
 ) -> RunRecord:
-    """The run's record: found (``resume``; its branch recreated if it is missing, a changed
-    config recorded) or created (a clean workspace, ``HEAD`` as the base, a new branch)."""
+    """The run's record: found (``resume``; its branch repaired or recreated if it is
+    corrupt or missing, a changed config recorded) or created (a clean workspace, ``HEAD``
+    as the base, a new branch). Locked files are restored first; ``say`` gets the lines."""
     tag = tag or cfg.run.tag or None
+    for line in restore_locked_files(ws, tampered_dir(ws, clock)):
+        say(line)
     if resume:
         run = ledger.get_run(tag)
         if run is None:
@@ -106,8 +156,10 @@ def open_run(
             raise RunStateError(
                 f"there is no run {what} to resume in {ws.root}: start one with `autoswarm run`"
             )
-        if not ws.ref_exists(f"refs/heads/{run.branch}"):
-            ws.ensure_branch(run.branch, run.base_commit)
+        if not ws.ref_exists(f"refs/heads/{run.branch}"):  # reconcile_branch moves it on
+            fixed = ws.set_ref(f"refs/heads/{run.branch}", run.base_commit, tampered_dir(ws, clock))
+            if fixed is not None:
+                say(f"the run's branch {fixed}")
         config = cfg.to_record()
         if config != dict(run.config):  # flags of the resuming command (a longer limit, ...)
             ledger.update_run_config(run.id, config)
@@ -121,7 +173,6 @@ def open_run(
             f"`autoswarm run --resume --tag {tag}`, or choose a new --tag"
         )
     dirty = ws.dirty_files()
-    check_locked_files(ws, dirty)
     if dirty:
         raise RunStateError(
             f"{', '.join(dirty)} has uncommitted changes; the baseline must be a commit: "
@@ -154,15 +205,24 @@ def fresh_tag(ws: Workspace, ledger: Ledger, clock: Clock) -> str:
 # What a crash or a stop left
 
 
+# An experiment that was running when this many orchestrators died is taken for one that
+# ends the run (it signals its parent, exhausts the machine, ...): recorded as a crash.
+ENDS_THE_RUN = 2
+
+
 def recover(
     ledger: Ledger,
     backend: Backend,
     run: RunRecord,
     reattach: Callable[[Experiment, str], bool],
     run_dir: Callable[[int], Path],
+    now: float,
 ) -> None:
     """Orphans (RUNNING from a dead orchestrator) are re-attached if ``reattach`` adopts
-    them; the others are killed and, with interrupted ones, re-queued (same id).
+    them; the others are killed and, with interrupted ones, re-queued (same id), except
+    an orphan of the :data:`ENDS_THE_RUN`-th dead orchestrator: recorded as a crash
+    (outside the sandbox a variant can kill its orchestrator, and every resume would
+    run it again).
 
     ``Ledger.mark_running`` (status RUNNING, no handle) is the intent to submit, written
     before ``Backend.submit``; ``set_handle`` follows once the backend answers. A RUNNING
@@ -179,6 +239,18 @@ def recover(
             if not handle:
                 kill_strays(run_dir(exp.id), exp.id)
             backend.cancel(exp.id, handle)
+            deaths = ledger.orphaned(exp.id)
+            if deaths >= ENDS_THE_RUN:
+                ledger.finish(
+                    exp.id,
+                    status=Status.CRASH,
+                    metrics={},
+                    metric=None,
+                    finished_at=now,
+                    reason=f"it was running each of the {deaths} times the orchestrator died: "
+                    "taken for a variant that ends the run; not re-queued (read its log)",
+                )
+                continue
             why = "orphaned by an orchestrator that died; re-queued"
         else:
             why = "interrupted; re-queued"
@@ -193,4 +265,14 @@ def reconcile_branch(ws: Workspace, run: RunRecord, best_commit: str | None) -> 
         ws.advance_branch(run.branch, target, f"autoswarm: restore best ({target[:10]})")
 
 
-__all__ = ["RunLock", "fresh_tag", "open_run", "reconcile_branch", "recover"]
+__all__ = [
+    "ENDS_THE_RUN",
+    "RunLock",
+    "fresh_tag",
+    "open_run",
+    "reconcile_branch",
+    "recover",
+    "repair_pins",
+    "restore_locked_files",
+    "tampered_dir",
+]

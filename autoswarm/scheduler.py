@@ -240,7 +240,14 @@ class Scheduler:
             run = self._start(tag, resume or reproduce is not None)
             try:
                 self._reattached = {}
-                lifecycle.recover(self.ledger, self.backend, run, self._reattach, self.ws.run_dir)
+                lifecycle.recover(
+                    self.ledger,
+                    self.backend,
+                    run,
+                    self._reattach,
+                    self.ws.run_dir,
+                    self.clock.now(),
+                )
                 self._load()
                 if reproduce is not None:
                     self.keeper.start_reproduce(reproduce)
@@ -295,7 +302,9 @@ class Scheduler:
 
     def _start(self, tag: str | None, resume: bool) -> RunRecord:
         """Open the run (lifecycle.open_run) and start this session."""
-        run = lifecycle.open_run(self.ws, self.ledger, self.cfg, self.clock, tag, resume)
+        run = lifecycle.open_run(
+            self.ws, self.ledger, self.cfg, self.clock, tag, resume, say=self._event
+        )
         self.run_rec = run
         self.keeper = Keeper(
             run=run,
@@ -361,6 +370,9 @@ class Scheduler:
             lifecycle.reconcile_branch(
                 self.ws, self.run_rec, self.best.commit if self.best else None
             )
+            aside = lifecycle.tampered_dir(self.ws, self.clock)
+            for line in lifecycle.repair_pins(self.ws, self.run_rec, self.state.rows(), aside):
+                self._event(line)
         finally:
             gc.freeze()
             if collecting:
@@ -667,6 +679,8 @@ class Scheduler:
         try:
             for exp_id in list(self.state.running):
                 self.backend.cancel(exp_id)
+            if self.ledger.broken:  # nothing more is written; a resume re-queues the orphans
+                return
             deadline = time.monotonic() + 15.0
             while self.state.running and time.monotonic() < deadline:
                 for r in self.backend.poll(timeout=0.5):
@@ -692,9 +706,9 @@ class Scheduler:
             self.backend.close()
             self.proposer.close()
             self._cleanup.shutdown(wait=True)
-            if self._session:
+            if self._session and not self.ledger.broken:
                 self.ledger.end_session(self._session, now=self.clock.now(), reason=reason)
-            if self.run_rec is not None:
+            if self.run_rec is not None and not self.ledger.broken:
                 self.results.flush(force=True)
             self._changed()
 

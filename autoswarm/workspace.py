@@ -228,6 +228,62 @@ class Workspace:
         """Keep ``commit`` reachable under ``ref`` (refs/autoswarm/...)."""
         self.repo.references.create(ref, pygit2.Oid(hex=commit), force=True)
 
+    def set_ref(self, ref: str, commit: str, aside: Path) -> str | None:
+        """Point ``ref`` at ``commit``, whatever state it is in; what was wrong, or None.
+
+        A loose ref file with garbage in it (a variant outside the sandbox can write one)
+        makes every libgit2 call on that name fail, so it is moved to ``aside`` first.
+
+        Raises:
+            WorkspaceError: ``commit`` is not in the repository (nothing to point at).
+        """
+        try:
+            found = self.repo.references.get(ref)
+        except pygit2.GitError:
+            loose = Path(self.repo.path) / ref
+            dest = aside / ref
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(loose, dest)
+            why = f"was corrupt (its file is kept at {self.relative(dest)})"
+        else:
+            target = None if found is None else str(found.resolve().target)
+            if target == commit:
+                return None
+            why = "was missing" if target is None else f"pointed at {target[:10]}"
+        try:
+            self.repo.references.create(ref, pygit2.Oid(hex=commit), force=True)
+        except (pygit2.GitError, ValueError) as e:
+            raise WorkspaceError(
+                f"{ref} {why} and cannot be set to {commit[:10]} from the ledger ({e}); "
+                f"check the repository with `git -C {self.root} fsck`"
+            ) from None
+        return f"{ref} {why}; set to {commit[:10]} from the ledger"
+
+    def relative(self, path: Path) -> str:
+        """``path`` as the user would type it from the workspace (absolute if outside)."""
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    def restore_file(self, path: str, aside: Path) -> Path | None:
+        """Put ``path``'s committed (``HEAD``) version back; the changed copy is moved to
+        ``aside/path`` (returned; None if ``path`` was absent, only restored)."""
+        try:
+            entry = self._commit("HEAD").tree[path]
+        except KeyError:
+            raise WorkspaceError(f"{path} is not in the commit HEAD; nothing to restore") from None
+        blob = self.repo[entry.id].peel(pygit2.Blob)
+        target = self.root / path
+        dest: Path | None = None
+        if target.exists() or target.is_symlink():
+            dest = aside / path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(target, dest)
+        target.write_bytes(blob.data)
+        target.chmod(0o755 if entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE else 0o644)
+        return dest
+
     # -- branch --------------------------------------------------------------
 
     def ensure_branch(self, branch: str, commit: str) -> None:
@@ -241,7 +297,13 @@ class Workspace:
         head gets a new commit with ``source``'s tree on top of the current head: the
         branch stays linear and its head is always the best accepted files.
         """
-        ref = self.repo.references[f"refs/heads/{branch}"]
+        try:
+            ref = self.repo.references[f"refs/heads/{branch}"]
+        except (KeyError, pygit2.GitError) as e:
+            raise WorkspaceError(
+                f"the branch {branch} is missing or corrupt ({e}; an experiment outside the "
+                "sandbox?): stopped. `autoswarm run --resume` repairs it from the ledger"
+            ) from None
         head = self._commit(f"refs/heads/{branch}")
         tree = self._commit(source).tree_id
         if tree == head.tree_id:

@@ -291,16 +291,20 @@ def test_run_end_to_end_then_status_and_results(tmp_path: Path) -> None:
 
 
 def test_a_tampered_prepare_py_is_never_run_and_never_advised_for_commit(tmp_path: Path) -> None:
-    """run (and --resume, and prepare) compare the locked files with their commit first."""
+    """prepare (and run, and --resume) restore the locked files from their commit first."""
     ws = make_workspace(tmp_path / "ws", budget=0.2, baseline_repeats=2)
     marker = tmp_path / "tamper-ran"
-    with (ws / "prepare.py").open("a") as f:
-        f.write(f"open({str(marker)!r}, 'w').write('x')\n")
-    for args in (["run", "--no-live", "--max-experiments", "2"], ["prepare"]):
+    committed = (ws / "prepare.py").read_text()
+    tamper = f"open({str(marker)!r}, 'w').write('x')\n"
+    for args in (["prepare"], ["run", "--no-live", "--max-experiments", "2", "--tag", "t"]):
+        (ws / "prepare.py").write_text(committed + tamper)
         proc = subprocess.run(
             [str(AUTOSWARM), *args, "--workspace", str(ws)], capture_output=True, text=True
         )
-        assert proc.returncode != 0, proc.stdout + proc.stderr
-        assert proc.stderr.startswith("error: locked file(s) prepare.py differ"), proc.stderr
-        assert "checkout -- prepare.py" in proc.stderr and "commit -am" not in proc.stderr
-        assert not marker.exists()
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "prepare.py differed from its commit" in proc.stderr, proc.stderr
+        assert "restored from HEAD" in proc.stderr and "commit -am" not in proc.stderr
+        assert not marker.exists(), "the tampered prepare.py ran"
+        assert (ws / "prepare.py").read_text() == committed
+        kept = sorted((ws / ".autoswarm" / "tampered").glob("*/prepare.py"))
+        assert kept and kept[-1].read_text() == committed + tamper  # nothing is lost

@@ -328,3 +328,60 @@ def test_summary_rows_are_the_rows_without_their_diff(ledger: Ledger) -> None:
     [row] = ledger.experiments(run.id, since_id=odd.id - 1, summary=True)
     assert row.meta.get("a b") == 1 and row.meta['q"uote'] == 2 and "x y" not in row.meta
     assert repr(row.meta) == repr({"a b": 1, 'q"uote': 2})
+
+
+# ---------------------------------------------------------------------------
+# The ledger checks its own files before every write (issue 15)
+
+
+@pytest.mark.parametrize("victim", ["ledger.sqlite", "ledger.sqlite-wal"])
+def test_a_deleted_ledger_is_saved_back_and_the_run_stops(tmp_path: Path, victim: str) -> None:
+    path = tmp_path / "ledger.sqlite"
+    led = Ledger(path)
+    try:
+        run = new_run(led)
+        kept = add(led, run.id)
+        (tmp_path / victim).unlink()
+        with pytest.raises(LedgerError, match=r"(was deleted|lost its write-ahead log).*--resume"):
+            add(led, run.id, description="written after the delete")
+        # Every later write says the same and writes nothing; reads go on.
+        with pytest.raises(LedgerError, match="stopped"):
+            led.heartbeat(1, T0)
+        assert led.broken is not None and "--resume" in led.broken
+        assert [e.id for e in led.experiments(run.id)] == [kept.id]
+    finally:
+        led.close()
+    with Ledger(path) as again:  # what was recorded before is all there, at the same path
+        assert [e.description for e in again.experiments(run.id)] == [kept.description]
+    assert not list(tmp_path.glob("*.rescued-*"))
+
+
+def test_a_replaced_ledger_is_kept_aside_never_written(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    led = Ledger(path)
+    try:
+        run = new_run(led)
+        add(led, run.id)
+        path.unlink()
+        path.write_bytes(b"garbage the variant wrote")
+        with pytest.raises(LedgerError, match=r"replaced by another file.*found-"):
+            led.requeue(1, reason="x")
+    finally:
+        led.close()
+    found = list(tmp_path.glob("ledger.sqlite.found-*"))
+    assert len(found) == 1 and found[0].read_bytes() == b"garbage the variant wrote"
+    with Ledger(path) as again:
+        assert len(again.experiments(run.id)) == 1
+        assert again.schema_version == SCHEMA_VERSION
+
+
+def test_other_connections_opening_and_closing_do_not_alarm_the_writer(tmp_path: Path) -> None:
+    """Readers (`autoswarm status`) come and go while the run writes: no false alarm."""
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as led:
+        run = new_run(led)
+        for _ in range(3):
+            with Ledger(path) as reader:
+                reader.experiments(run.id)
+            add(led, run.id)
+        assert led.broken is None and len(led.experiments(run.id)) == 3

@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
-from autoswarm.ledger import _MIGRATIONS, Ledger
+from autoswarm.ledger import _MIGRATIONS, SCHEMA_VERSION, Ledger
 from autoswarm.outputs import experiment_record, recorded_meta
 from autoswarm.testing.proposers import ScriptedProposer, replace_in
 from autoswarm.types import Evidence, Experiment, Kind, Purpose, Status
@@ -101,7 +101,7 @@ def test_a_schema_3_ledger_moves_its_facts_to_columns_and_resumes(harness: Harne
         json.loads(meta)
     )
     with Ledger(sched.ws.ledger_path) as migrated:
-        assert migrated.schema_version == 4
+        assert migrated.schema_version == SCHEMA_VERSION
         _same_rows(before, migrated.experiments(out.run.id))
 
     sched2, backend2, ledger2 = harness.scheduler(

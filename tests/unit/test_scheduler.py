@@ -252,15 +252,25 @@ def test_run_state_errors(harness: Harness) -> None:
     sched3, _, _ = harness.scheduler(ScriptedProposer([]), slots=1)
     with pytest.raises(RunStateError, match="uncommitted changes"):
         sched3.run(tag="t2")
-    # A changed locked file: restore it, never commit it (it may be a variant's tamper).
-    with (harness.root / "prepare.py").open("a") as f:
-        f.write("print('tampered')\n")
+    # A changed locked file is restored, never committed (it may be a variant's tamper);
+    # a change staged in the index is refused with how to undo it.
+    committed = (harness.root / "prepare.py").read_text()
+    subprocess.run(["git", "-C", str(harness.root), "checkout", "--", "train.py"], check=True)
+    (harness.root / "prepare.py").write_text(committed + "print('tampered')\n")
+    subprocess.run(["git", "-C", str(harness.root), "add", "prepare.py"], check=True)
     sched4, _, _ = harness.scheduler(ScriptedProposer([]), slots=1)
-    with pytest.raises(
-        RunStateError, match=r"locked file\(s\) prepare.py .*checkout -- prepare.py"
-    ) as e:
+    with pytest.raises(RunStateError, match=r"locked file\(s\) prepare.py .*restore --staged") as e:
         sched4.run(tag="t3")
     assert "commit -am" not in str(e.value)
+    subprocess.run(["git", "-C", str(harness.root), "reset", "-q", "prepare.py"], check=True)
+    (harness.root / "prepare.py").write_text(committed + "print('tampered')\n")
+    sched5, _, _ = harness.scheduler(ScriptedProposer([]), slots=1)
+    sched5.run(tag="t3")
+    assert (harness.root / "prepare.py").read_text() == committed
+    said = [text for _, text in sched5.snapshot().events]
+    assert any(
+        "prepare.py differed from its commit" in t and "restored from HEAD" in t for t in said
+    ), said
 
 
 def test_second_orchestrator_is_refused(harness: Harness) -> None:
@@ -296,6 +306,42 @@ def test_resume_requeues_orphans_and_never_reruns_finished(harness: Harness) -> 
     assert not rerun & finished_before
     after = ledger2.experiments(out.run.id)
     assert len(after) == 8 and all(e.status.is_finished() for e in after)
+
+
+def test_an_experiment_running_at_two_deaths_is_a_crash_and_refs_are_repaired(
+    harness: Harness,
+) -> None:
+    """Outside the sandbox a variant can kill its orchestrator: the second time it is a
+    crash, not re-queued; pins and the branch broken meanwhile are set from the ledger."""
+    sched, _backend, ledger = harness.scheduler(KnobProposer(seed=3), slots=2, max_experiments=6)
+    out = sched.run(tag="t")
+    killer = next(e for e in ledger.experiments(out.run.id) if e.kind is Kind.CANDIDATE)
+    innocent = [e for e in ledger.experiments(out.run.id) if e.kind is Kind.CANDIDATE][1]
+    git = harness.root / ".git"
+    for death in (1, 2):
+        for v in (killer, innocent) if death == 1 else (killer,):
+            ledger.requeue(v.id, reason="test")
+            ledger.mark_running(v.id, slot=0, started_at=harness.clock.now(), log_path="x")
+        (git / "refs" / "autoswarm" / "t" / str(innocent.id)).unlink()  # a pin lost
+        (git / "refs" / "heads" / "autoswarm" / "t").write_text("garbage\n")  # the branch
+        sched2, backend2, ledger2 = harness.scheduler(
+            KnobProposer(seed=3), slots=2, max_experiments=6
+        )
+        sched2.run(tag="t", resume=True)
+        said = " | ".join(text for _, text in sched2.snapshot().events)
+        assert f"refs/autoswarm/t/{innocent.id} was missing" in said, said
+        assert "the run's branch refs/heads/autoswarm/t was corrupt" in said, said
+        assert sched2.ws.rev_parse(f"refs/autoswarm/t/{innocent.id}") == innocent.commit
+        reran = {j.experiment_id for j in backend2.submitted}
+        got = ledger2.get(killer.id)
+        if death == 1:
+            assert reran == {killer.id, innocent.id} and got.status.is_finished()
+            assert got.status is not Status.CRASH
+        else:
+            assert killer.id not in reran
+            assert got.status is Status.CRASH and "each of the 2 times" in got.reason
+            assert ledger2.get(innocent.id).status is not Status.CRASH  # orphaned once only
+    assert list((harness.root / ".autoswarm" / "tampered").glob("*/refs/heads/autoswarm/t"))
 
 
 def test_stop_marks_running_interrupted_and_resume_runs_them(harness: Harness) -> None:

@@ -108,6 +108,37 @@ def test_pin_and_ref_exists(ws: Workspace) -> None:
     assert ws.rev_parse("refs/autoswarm/t/1") == commit
 
 
+def test_set_ref_repairs_a_missing_moved_or_corrupt_ref(ws: Workspace, tmp_path: Path) -> None:
+    head = ws.head()
+    commit = ws.commit_files(head, lr(ws, head, "0.03"), "x")
+    aside = tmp_path / "aside"
+    ref = "refs/autoswarm/t/1"
+    assert "was missing" in (ws.set_ref(ref, commit, aside) or "")
+    assert ws.set_ref(ref, commit, aside) is None  # already right: nothing said
+    ws.pin(ref, head)
+    assert f"pointed at {head[:10]}" in (ws.set_ref(ref, commit, aside) or "")
+    loose = ws.root / ".git" / ref
+    loose.write_text("garbage a variant wrote\n")
+    assert not ws.ref_exists(ref)
+    said = ws.set_ref(ref, commit, aside) or ""
+    assert "was corrupt" in said and ws.rev_parse(ref) == commit
+    assert (aside / ref).read_text() == "garbage a variant wrote\n"  # kept, not lost
+    with pytest.raises(WorkspaceError, match="fsck"):
+        ws.set_ref(ref, "0" * 40, aside)
+
+
+def test_restore_file_puts_back_the_committed_version(ws: Workspace, tmp_path: Path) -> None:
+    committed = (ws.root / "prepare.py").read_bytes()
+    (ws.root / "prepare.py").write_text("import os  # the tamper\n")
+    kept = ws.restore_file("prepare.py", tmp_path / "aside")
+    assert (ws.root / "prepare.py").read_bytes() == committed
+    assert kept is not None and kept.read_text() == "import os  # the tamper\n"
+    assert ws.dirty_files() == []
+    (ws.root / "prepare.py").unlink()
+    assert ws.restore_file("prepare.py", tmp_path / "aside2") is None
+    assert (ws.root / "prepare.py").read_bytes() == committed
+
+
 # ---------------------------------------------------------------------------
 # check_proposal
 
@@ -272,3 +303,12 @@ def test_git_config_planted_in_the_workspace_runs_nothing(ws: Workspace, tmp_pat
     ws.materialize(commit, tmp_path / "snap")
     ws.ensure_branch("autoswarm/x", commit)
     assert not marker.exists()
+
+
+def test_advance_branch_on_a_corrupt_branch_says_resume_repairs_it(ws: Workspace) -> None:
+    head = ws.head()
+    ws.ensure_branch("autoswarm/t", head)
+    commit = ws.commit_files(head, lr(ws, head, "0.03"), "x")
+    (ws.root / ".git" / "refs" / "heads" / "autoswarm" / "t").write_text("junk\n")
+    with pytest.raises(WorkspaceError, match=r"corrupt .*--resume. repairs it"):
+        ws.advance_branch("autoswarm/t", commit, "keep")
