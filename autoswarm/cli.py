@@ -286,7 +286,7 @@ def run(
         ledger.close()
     with Ledger(ws.ledger_path) as led:
         _print_table(led, outcome.run, cfg.metric.name, limit=40)
-        st = status_record(led, outcome.run, time.time())
+        st = status_record(led, outcome.run, time.time(), effects=False)
     console.print(_summary_line(st, outcome.reason))
     if outcome.reason == "interrupted":
         console.print(
@@ -407,7 +407,7 @@ def status(
 
     ledger, run_rec = _open_run(workspace, tag)
     with ledger:
-        st = status_record(ledger, run_rec, time.time())
+        st = status_record(ledger, run_rec, time.time(), effects=as_json)  # the table has none
     try:  # how experiments of this run are contained on this machine
         st["sandbox"] = sandbox_line(Config.from_record(run_rec.config))
     except ConfigError as refused:

@@ -64,10 +64,10 @@ def prices_of(pool: PoolConfig) -> dict[str, Price]:
     return {t.name: Price(t.price_per_hour, t.gpus_per_slot) for t in pool.tiers}
 
 
-def slot_cost(price: Price, seconds: float) -> Cost:
-    """The cost of holding one slot of a tier for ``seconds``."""
+def slot_cost(price: Price, seconds: float, experiments: int = 1) -> Cost:
+    """The cost of holding slots of a tier for ``seconds`` in all (``experiments`` runs)."""
     s = max(0.0, seconds)
-    return Cost(1, s, price.usd_per_hour * s / 3600.0, price.gpus * s / 3600.0)
+    return Cost(experiments, s, price.usd_per_hour * s / 3600.0, price.gpus * s / 3600.0)
 
 
 def experiment_cost(

@@ -155,8 +155,26 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
     ),
     # 5: how many orchestrators died while the experiment ran (a variant that ends the run
     # is recorded as a crash the second time, not re-queued forever; issue 15).
-    5: ("""ALTER TABLE experiments ADD COLUMN orphaned INTEGER NOT NULL DEFAULT 0""",),
+    # An index that holds everything `status` reads of every row, so its counts, slot
+    # time and noise model are read from the index alone (about a tenth of the table).
+    5: (
+        """ALTER TABLE experiments ADD COLUMN orphaned INTEGER NOT NULL DEFAULT 0""",
+        """CREATE INDEX experiments_view ON experiments(run_id, kind, status, tier,
+            pinned_tier, started_at, finished_at, commit_sha, metric)""",
+    ),
 }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tally:
+    """How many of a run's experiments have one status on one tier, and their slot time."""
+
+    status: Status
+    tier: str
+    pinned_tier: str | None
+    count: int
+    ran: int  # of them, with a start and an end (or still running): they cost slot time
+    seconds: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -666,10 +684,11 @@ class Ledger:
         run_id: int,
         *,
         statuses: Sequence[Status] | None = None,
+        kinds: Sequence[Kind] | None = None,
         since_id: int = 0,
         summary: bool = False,
     ) -> list[Experiment]:
-        """Experiments of a run in id order, optionally filtered by status.
+        """Experiments of a run in id order, optionally filtered by status and kind.
 
         ``summary``: for a view over the whole run that reads a few facts of each row
         (``autoswarm status``): the rows come without their diff, and each one's meta is
@@ -682,15 +701,94 @@ class Ledger:
         # at 100,000); walking the ids from since_id needs no sort and reads only the tail.
         sql = f"SELECT {columns} FROM experiments WHERE +run_id=? AND id>?"
         args: list[Any] = [run_id, since_id]
-        if statuses:
+        if statuses or kinds:  # a few rows of the run: found through an index
             sql = f"SELECT {columns} FROM experiments WHERE run_id=? AND id>?"
+        if statuses:
             sql += f" AND status IN ({','.join('?' * len(statuses))})"
             args += [s.value for s in statuses]
+        if kinds:
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args += [k.value for k in kinds]
         with self._lock, _no_gc():
             cur = self._conn.cursor()
             cur.row_factory = None  # plain tuples (read by position): a run has many rows
             rows = cur.execute(sql + " ORDER BY id", args).fetchall()
             return [_experiment(r, summary=summary) for r in rows]
+
+    # -- aggregates (views over a whole run without building its rows) ----------
+
+    def tally(self, run_id: int, now: float) -> list[Tally]:
+        """Counts and slot time of a run's experiments by status and tier, in one pass.
+
+        An experiment's slot time is from its start to its end (to ``now`` while it runs,
+        never negative), as :func:`autoswarm.costs.experiment_cost` counts it.
+        """
+        sql = """SELECT status, tier, pinned_tier, COUNT(*),
+                   TOTAL(started_at IS NOT NULL
+                         AND (finished_at IS NOT NULL OR status = 'running')),
+                   TOTAL(CASE WHEN started_at IS NULL THEN 0.0
+                              WHEN finished_at IS NOT NULL THEN MAX(0.0, finished_at - started_at)
+                              WHEN status = 'running' THEN MAX(0.0, ? - started_at)
+                              ELSE 0.0 END)
+                 FROM experiments INDEXED BY experiments_view
+                 WHERE run_id=? GROUP BY status, tier, pinned_tier"""
+        with self._lock:
+            rows = self._conn.execute(sql, (now, run_id)).fetchall()
+        return [
+            Tally(
+                status=_STATUSES.get(st) or Status(st),
+                tier=tier,
+                pinned_tier=pinned,
+                count=int(n),
+                ran=int(ran),
+                seconds=float(sec),
+            )
+            for st, tier, pinned, n, ran, sec in rows
+        ]
+
+    def median_duration(self, run_id: int, statuses: Sequence[Status]) -> float | None:
+        """The median run time (end - start) of the run's experiments in ``statuses``
+        that have both, sorted by SQLite (None when there are none)."""
+        where = f"""FROM experiments INDEXED BY experiments_view
+                    WHERE run_id=? AND status IN ({",".join("?" * len(statuses))})
+                    AND started_at IS NOT NULL AND finished_at IS NOT NULL"""
+        args = (run_id, *(s.value for s in statuses))
+        with self._lock:
+            (n,) = self._conn.execute(f"SELECT COUNT(*) {where}", args).fetchone()
+            if not n:
+                return None
+            mid = self._conn.execute(
+                f"SELECT finished_at - started_at AS d {where} ORDER BY d LIMIT ? OFFSET ?",
+                (*args, 2 - n % 2, (n - 1) // 2),
+            ).fetchall()
+        return sum(float(d) for (d,) in mid) / len(mid)
+
+    def measurements(
+        self, run_id: int, *, repeated: bool = False
+    ) -> list[tuple[int, str, str, str | None, float]]:
+        """(id, commit, tier, pinned tier, value) of every measurement of a commit, read
+        from an index without building the rows: the noise model's input at any size.
+
+        The same choice :func:`autoswarm.analysis.noise.measured` makes on rows (a test
+        holds the two together): a finite value of the run's metric, a commit, a status
+        in ``MEASURED``, and a baseline repeat only if it was kept.
+        """
+        from autoswarm.analysis.noise import MEASURED
+
+        statuses = ",".join(f"'{s.value}'" for s in MEASURED)
+        where = f"""FROM experiments INDEXED BY experiments_view
+                  WHERE run_id=? AND status IN ({statuses}) AND commit_sha != ''
+                  AND metric IS NOT NULL AND metric > -9e999 AND metric < 9e999
+                  AND (kind != '{Kind.BASELINE.value}' OR status = '{Status.KEEP.value}')"""
+        # ``repeated``: only commits measured more than once (the others cannot show noise).
+        sql = f"SELECT id, commit_sha, tier, pinned_tier, metric {where}"
+        if repeated:
+            sql += f" AND commit_sha IN (SELECT commit_sha {where} GROUP BY commit_sha"
+            sql += " HAVING COUNT(*) > 1)"
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.row_factory = None
+            return cur.execute(sql + " ORDER BY id", (run_id,) * (1 + repeated)).fetchall()
 
     def attempts(self, exp_id: int) -> int:
         with self._lock:
@@ -955,4 +1053,11 @@ def _experiment(row: Sequence[Any], *, summary: bool = False) -> Experiment:
     )
 
 
-__all__ = ["SCHEMA_VERSION", "Ledger", "RunRecord", "SessionRecord", "SubmissionRecord"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Ledger",
+    "RunRecord",
+    "SessionRecord",
+    "SubmissionRecord",
+    "Tally",
+]

@@ -19,13 +19,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from autoswarm.analysis.noise import Baseline, baseline_of, groups_of
+from autoswarm.analysis.noise import Baseline, baseline_of, group_values
 from autoswarm.config import Config, PoolConfig
-from autoswarm.costs import cost_by_tier, experiment_cost, prices_of, total_cost
+from autoswarm.costs import Cost, Price, experiment_cost, prices_of, slot_cost, total_cost
 from autoswarm.judge import Noise, Rule, noise_model, standard_error
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.policy import best_of
-from autoswarm.tiers import deciding_tier, tier_key
+from autoswarm.tiers import IMPLICIT, deciding_tier, tier_key
 from autoswarm.types import Experiment, Kind, Purpose, Status
 
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
@@ -213,28 +213,55 @@ def effects_record(
     }
 
 
-def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
-    """Everything ``autoswarm status --json`` prints, derived from the ledger alone."""
+def status_record(
+    ledger: Ledger, run: RunRecord, now: float, *, effects: bool = True
+) -> dict[str, Any]:
+    """Everything ``autoswarm status --json`` prints, derived from the ledger alone.
+
+    A run's rows are not built: counts, slot time and costs are SQL aggregates, the
+    noise model reads each measurement's value, and only the baselines, the keeps and
+    the best come as rows, so a glance at a run of 100,000 experiments stays cheap.
+    ``effects``: also fit the factorial waves' effect table (reads every wave's rows).
+    """
     cfg = Config.from_record(run.config)
     metric, repeats, pool = cfg.metric.name, cfg.run.baseline_repeats, cfg.pool
-    exps = ledger.experiments(run.id, summary=True)  # meta parsed only where it is read
     sessions = ledger.sessions(run.id)
+    tallies = ledger.tally(run.id, now)
     counts = {s.value: 0 for s in Status}
-    for e in exps:
-        counts[e.status.value] += 1
+    prices = prices_of(pool)
+    by_tier: dict[str, Cost] = {k: Cost() for k in prices}
+    for t in tallies:
+        counts[t.status.value] += t.count
+        if t.ran:
+            key = tier_key(pool, t.tier, t.pinned_tier) if pool.tiers else IMPLICIT
+            by_tier[key] = by_tier.get(key, Cost()) + slot_cost(
+                prices.get(key, Price()), t.seconds, t.ran
+            )
+    spent = total_cost(by_tier)
+    used = sum(t.seconds for t in tallies)
     # With tiers, each tier has its own baseline: report the one whose results advance the branch.
     deciding = deciding_tier(pool)
-    on_deciding = (
-        [e for e in exps if tier_key(pool, e.tier, e.pinned_tier) == deciding]
-        if pool.tiers
-        else exps  # without tiers every experiment is on the implicit tier
+
+    def on_deciding(tier: str, pinned: str | None) -> bool:
+        return not pool.tiers or tier_key(pool, tier, pinned) == deciding
+
+    few = ledger.experiments(run.id, kinds=[Kind.BASELINE], summary=True)
+    few += ledger.experiments(run.id, statuses=[Status.KEEP], kinds=[Kind.CANDIDATE], summary=True)
+    baselines = [e for e in few if e.kind is Kind.BASELINE and on_deciding(e.tier, e.pinned_tier)]
+    baseline = baseline_of(baselines, metric, repeats)
+    best = best_of(few, metric, baseline)
+    model = noise_model(
+        group_values(
+            (
+                (i, commit, value)
+                # groups of one value are left out by the noise model anyway
+                for i, commit, tier, pinned, value in ledger.measurements(run.id, repeated=True)
+                if on_deciding(tier, pinned)
+            ),
+            run.base_commit,
+        )
     )
-    baseline = baseline_of(on_deciding, metric, repeats)
-    by_tier = cost_by_tier(exps, pool, now)
-    spent = total_cost(by_tier)
-    best = best_of(exps, metric, baseline)
-    model = noise_model(groups_of(on_deciding, metric, run.base_commit))
-    noise = _noise_record(model, on_deciding, baseline)
+    noise = _noise_record(model, baselines, baseline)
     active = [s for s in sessions if s.ended_at is None and now - s.heartbeat_at < 30]
     elapsed = sum(s.seconds for s in sessions)
     for s in active:  # a live session: count up to now, not to its last heartbeat
@@ -242,27 +269,25 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
     slot_seconds = sum(s.seconds * s.workers for s in sessions) + sum(
         max(0.0, now - s.heartbeat_at) * s.workers for s in active
     )
-    used = 0.0
-    for e in exps:
-        if e.started_at is None:
-            continue
-        end = (
-            e.finished_at
-            if e.finished_at is not None
-            else (now if e.status is Status.RUNNING else None)
-        )
-        if end is not None:
-            used += max(0.0, end - e.started_at)
-    done = [e for e in exps if e.status in (Status.KEEP, Status.DISCARD, Status.CRASH)]
-    durations = [d for e in done if (d := e.duration_s) is not None]
-    best_row = next((e for e in exps if best and e.id == best.experiment_id), None)
+    finished = (Status.KEEP, Status.DISCARD, Status.CRASH)
+    done = sum(counts[s.value] for s in finished)
+    best_row = None
+    if best is not None:
+        best_row = next((e for e in few if e.id == best.experiment_id), None)
+        best_row = best_row or ledger.find(best.experiment_id)
+    if effects:
+        rows = ledger.experiments(run.id, summary=True)
+        sigma = baseline.sigma if baseline and len(baseline.values) > 1 else None
+        table: dict[str, Any] | None = effects_record(rows, metric, sigma)
+    else:
+        table = None
     return {
         "tag": run.tag,
         "branch": run.branch,
         "metric": metric,
         "active": bool(active),
         "experiments": {
-            "total": len(exps),
+            "total": sum(counts.values()),
             "keep": counts["keep"],
             "discard": counts["discard"],
             "crash": counts["crash"],
@@ -295,12 +320,10 @@ def status_record(ledger: Ledger, run: RunRecord, now: float) -> dict[str, Any]:
         "noise_sigma": noise["sigma"],
         "noise": noise,
         "elapsed_s": elapsed,
-        "experiments_per_hour": (len(done) / (elapsed / 3600.0)) if elapsed > 0 else 0.0,
+        "experiments_per_hour": (done / (elapsed / 3600.0)) if elapsed > 0 else 0.0,
         "busy_fraction": min(1.0, used / slot_seconds) if slot_seconds > 0 else 0.0,
-        "median_duration_s": statistics.median(durations) if durations else None,
-        "effects": effects_record(
-            exps, metric, baseline.sigma if baseline and len(baseline.values) > 1 else None
-        ),
+        "median_duration_s": ledger.median_duration(run.id, finished),
+        **({"effects": table} if table is not None else {}),
         "sessions": len(sessions),
         "workers": sessions[-1].workers if sessions else 0,
         "cost_usd": spent.usd,

@@ -173,7 +173,17 @@ class Keeper:
         )
         if len(rows) >= self.cfg.run.baseline_repeats:
             steps = [e.metrics.get("num_steps") for e in rows]
-            for i in judge.slowed(steps):
+            # Each repeat left out is replaced, at most baseline_repeats in all (see
+            # ensure_baseline); past that, a slowed repeat counts as it is, or on a machine
+            # that stays loaded the baseline would never be complete and the run would wait
+            # for it forever.
+            left_out = sum(
+                1
+                for e in self.state.all.values()
+                if e.kind is Kind.BASELINE and self._tier(e) == tier and e.status is Status.DISCARD
+            )
+            replaceable = max(0, self.cfg.run.baseline_repeats - left_out)
+            for i in judge.slowed(steps)[:replaceable]:
                 e = rows[i]
                 others = statistics.median(
                     s for j, s in enumerate(steps) if j != i and s is not None

@@ -8,7 +8,7 @@ standard deviation of its metric is the seed-to-seed noise σ that the keep rule
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from autoswarm.types import Experiment, Kind, Status
@@ -51,6 +51,12 @@ def baseline_of(experiments: Sequence[Experiment], metric: str, expected: int) -
 MEASURED = (Status.KEEP, Status.DISCARD, Status.PENDING, Status.REVOKED)
 
 
+def measured(kind: Kind, status: Status) -> bool:
+    """Whether a finished row with a value is a measurement of its commit (noise input):
+    any run in :data:`MEASURED`, except a baseline repeat left out as slowed by load."""
+    return status in MEASURED and (kind is not Kind.BASELINE or status is Status.KEEP)
+
+
 def groups_of(
     experiments: Sequence[Experiment], metric: str, base_commit: str
 ) -> list[list[float]]:
@@ -60,15 +66,22 @@ def groups_of(
     slowed by other load (DISCARD) does not count; a candidate's screen, confirmations
     and re-measurements do (all are measurements of the same files).
     """
+    return group_values(
+        (
+            (e.id, e.commit, v)
+            for e in experiments
+            if e.commit and measured(e.kind, e.status) and (v := e.value(metric)) is not None
+        ),
+        base_commit,
+    )
+
+
+def group_values(values: Iterable[tuple[int, str, float]], base_commit: str) -> list[list[float]]:
+    """(id, commit, value) triples grouped by commit in id order, the baseline's first."""
     groups: dict[str, list[float]] = {base_commit: []}
-    for e in sorted(experiments, key=lambda e: e.id):
-        v = e.value(metric)
-        if v is None or not e.commit or e.status not in MEASURED:
-            continue
-        if e.kind is Kind.BASELINE and e.status is not Status.KEEP:
-            continue
-        groups.setdefault(e.commit, []).append(v)
+    for _, commit, v in sorted(values):
+        groups.setdefault(commit, []).append(v)
     return [groups.pop(base_commit), *groups.values()]
 
 
-__all__ = ["MEASURED", "Baseline", "baseline_of", "groups_of"]
+__all__ = ["MEASURED", "Baseline", "baseline_of", "group_values", "groups_of", "measured"]

@@ -115,3 +115,45 @@ def test_status_results_and_resume_succeed_on_it(built: scale.Built, tmp_path: P
         check=True,
     ).stdout
     assert [r["id"] for r in json.loads(text)] == list(range(since + 1, built.last_id + 1))
+
+
+def test_status_aggregates_agree_with_the_rows_they_summarise(built: scale.Built) -> None:
+    """`status` reads SQL aggregates and the noise model's values from an index; on the
+    benchmark's ledger (crashes, slowed repeats, re-runs, orphans) they must be what the
+    functions over the rows give."""
+    from autoswarm.analysis.noise import group_values, groups_of
+    from autoswarm.costs import cost_by_tier, total_cost
+
+    ws = Workspace(built.root, load_config(built.root))
+    now = 2e9
+    with Ledger(ws.ledger_path) as led:
+        run = led.get_run(scale.TAG)
+        assert run is not None
+        exps = led.experiments(run.id)
+        cfg = load_config(built.root)
+        metric = cfg.metric.name
+        from_rows = groups_of(exps, metric, run.base_commit)
+        from_index = group_values(
+            ((i, c, v) for i, c, _, _, v in led.measurements(run.id)), run.base_commit
+        )
+        led_measurements_repeated = led.measurements(run.id, repeated=True)
+        st = status_record(led, run, now, effects=False)
+    assert from_index == from_rows and len(from_rows) > 10
+    repeated = group_values(
+        ((i, c, v) for i, c, _, _, v in led_measurements_repeated), run.base_commit
+    )
+    assert [g for g in repeated if len(g) > 1] == [g for g in from_rows if len(g) > 1]
+    spent = total_cost(cost_by_tier(exps, cfg.pool, now))
+    assert st["cost_usd"] == pytest.approx(spent.usd, rel=1e-12)
+    assert st["gpu_hours"] == pytest.approx(spent.gpu_hours, rel=1e-12)
+    assert st["experiments"]["total"] == len(exps)
+    for s in Status:
+        assert st["experiments"].get(s.value, 0) == sum(e.status is s for e in exps) or (
+            s.value not in st["experiments"]
+        )
+    done = [e for e in exps if e.status in (Status.KEEP, Status.DISCARD, Status.CRASH)]
+    durations = sorted(e.duration_s for e in done if e.duration_s is not None)
+    assert st["median_duration_s"] == pytest.approx(
+        (durations[(len(durations) - 1) // 2] + durations[len(durations) // 2]) / 2
+    )
+    assert "effects" not in st

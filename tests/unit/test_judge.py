@@ -270,3 +270,34 @@ def test_a_repeat_that_made_far_fewer_steps_is_slowed() -> None:
     assert slowed([953, 950, 920]) == []  # ordinary jitter
     assert slowed([953, None, 610]) == []  # too few repeats with steps to tell
     assert slowed([None, None, None]) == []
+
+
+def test_the_rule_s_distribution_functions_are_scipy_stats_own() -> None:
+    """judge takes its p-values from scipy.special (a fifth of scipy.stats' import time),
+    the very functions scipy.stats calls for these distributions: equal everywhere."""
+    from scipy import special, stats
+
+    for df in (1.0, 2.0, 3.5, 17.0, 400.0, 1e6):
+        for t in (-40.0, -3.0, -0.5, 0.0, 0.25, 1.7, 6.0, 40.0):
+            assert special.stdtr(df, -t) == stats.t.sf(t, df)
+        for q in (0.5, 0.975, 0.999):
+            assert special.stdtrit(df, q) == stats.t.ppf(q, df)
+        for df2 in (1.0, 4.0, 250.0):
+            for ratio in (0.0, 0.3, 1.0, 2.5, 80.0):
+                assert special.fdtrc(df, df2, ratio) == stats.f.sf(ratio, df, df2)
+        for x in (0.0, 0.5, 10.0, 1e3):
+            assert special.chdtrc(df, x) == stats.chi2.sf(x, df)
+    for t in (-8.0, 0.0, 1.0, 8.0):
+        assert special.ndtr(-t) == stats.norm.sf(t)
+
+
+def test_the_fast_variance_agrees_with_the_exact_one() -> None:
+    from autoswarm.judge import _variance
+
+    rng = random.Random(5)
+    for n in (2, 3, 5, 40):
+        for scale in (1e-9, 1e-3, 1.0, 1e6):
+            xs = tuple(1.0 + scale * rng.gauss(0, 1) for _ in range(n))
+            exact = statistics.variance(xs)
+            assert _variance(xs) == pytest.approx(exact, rel=1e-9, abs=0.0)
+    assert _variance((0.9, 0.9, 0.9)) == 0.0 and _variance((1.0,)) == 0.0

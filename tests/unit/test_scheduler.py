@@ -624,6 +624,27 @@ def test_a_baseline_repeat_slowed_by_other_load_is_left_out_and_re_run(harness: 
     assert any("slowed by other load" in text for _, text in sched.snapshot().events)
 
 
+def test_a_machine_that_stays_loaded_never_leaves_the_baseline_waiting(harness: Harness) -> None:
+    """Slowed repeats are replaced at most baseline_repeats times in all; after that they
+    count, so the baseline completes and the waiting candidate is decided (it once waited
+    forever: nothing running, nothing queued, the proposer waiting on the verdict)."""
+    from autoswarm.backends.fake import Outcome
+
+    def outcome(job):  # type: ignore[no-untyped-def]
+        seed = int(job.env["AUTOSWARM_SEED"])
+        steps = 950 if seed < 44 else 600  # from the third repeat on, slowed for ever
+        return Outcome(duration=60.0, metrics={"val_bpb": 1.0 + seed * 1e-4, "num_steps": steps})
+
+    proposer = ScriptedProposer([("LR 0.02", replace_in("train.py", "LR = 0.01", "LR = 0.02"))])
+    sched, _, ledger = harness.scheduler(proposer, slots=1, outcome=outcome, baseline_repeats=3)
+    out = sched.run(tag="t")
+    assert out.reason == "proposer exhausted"
+    base = [e for e in ledger.experiments(out.run.id) if e.kind is Kind.BASELINE]
+    left_out = [e for e in base if e.status is Status.DISCARD]
+    assert len(left_out) == 3 and sum(e.status is Status.KEEP for e in base) == 3
+    assert all(e.status.is_finished() for e in ledger.experiments(out.run.id))
+
+
 def test_a_run_that_ends_leaves_no_verdict_open(harness: Harness) -> None:
     # Two slots, one held by a long WIDTH run. LR's first look (p ≈ 0.004, at 290 s) asks
     # for two more runs; one starts, the other cannot before the time limit. The run
