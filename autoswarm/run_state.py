@@ -20,13 +20,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from autoswarm import judge
+from autoswarm.analysis.noise import measured
 from autoswarm.config import Config
 from autoswarm.costs import Cost, cost_by_tier
 from autoswarm.judge import Noise
 from autoswarm.types import Experiment, Kind, Status
-
-# Statuses whose value is a measurement of its commit (the noise model's input).
-_MEASURED = (Status.KEEP, Status.DISCARD, Status.PENDING, Status.REVOKED)
 
 
 class Observer(Protocol):
@@ -175,10 +173,8 @@ class NoiseGroups:
     def measure(self, e: Experiment) -> None:
         """Add ``e``'s value to its commit's group (the noise model's input)."""
         v = e.value(self.metric)
-        if v is None or not e.commit or e.status not in _MEASURED:
-            return
-        if e.kind is Kind.BASELINE and e.status is not Status.KEEP:
-            return  # a repeat left out (slowed by other load)
+        if v is None or not e.commit or not measured(e.kind, e.status):
+            return  # no value, or not a measurement (a repeat slowed by other load)
         group = self._groups[self.tier_of(e)].setdefault(e.commit, [])
         group.append(v)
         if len(group) > 1:

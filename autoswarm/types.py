@@ -250,34 +250,35 @@ class Evidence:
 
     @classmethod
     def from_meta(cls, d: Mapping[str, Any]) -> Evidence:
-        """The record back from :meth:`as_meta` (missing numbers read as NaN)."""
+        """The record back from :meth:`as_meta` (missing numbers read as NaN).
 
-        def num(key: str) -> float:
-            v = d.get(key)
-            return float(v) if isinstance(v, int | float) else math.nan
-
-        def runs(key: str) -> tuple[float, ...]:
-            return tuple(float(v) for v in d.get(key) or ())
-
-        decided = d.get("decided_runs")
+        Written for speed (a resume reads one per judged row: 70,000 at 100,000 rows).
+        """
+        get = d.get
+        decided = get("decided_runs")
         return cls(
-            values=runs("values"),
-            selected=runs("selected"),
-            fresh=runs("fresh"),
-            bar=runs("bar"),
-            bar_id=int(d.get("bar_id") or 0),
-            sigma=num("sigma"),
-            sigma_df=num("sigma_df"),
-            own_sigma=num("own_sigma"),
-            gain=num("gain"),
-            se=num("se"),
-            t=num("z"),
-            df=num("df"),
-            p=num("p"),
-            alpha=num("alpha"),
-            unstable=bool(d.get("unstable")),
+            values=tuple(map(float, get("values") or ())),
+            selected=tuple(map(float, get("selected") or ())),
+            fresh=tuple(map(float, get("fresh") or ())),
+            bar=tuple(map(float, get("bar") or ())),
+            bar_id=int(get("bar_id") or 0),
+            sigma=_num(get("sigma")),
+            sigma_df=_num(get("sigma_df")),
+            own_sigma=_num(get("own_sigma")),
+            gain=_num(get("gain")),
+            se=_num(get("se")),
+            t=_num(get("z")),
+            df=_num(get("df")),
+            p=_num(get("p")),
+            alpha=_num(get("alpha")),
+            unstable=bool(get("unstable")),
             decided_runs=int(decided) if isinstance(decided, int) else None,
         )
+
+
+def _num(v: object) -> float:
+    """A recorded number back as a float; missing (None, a string) reads as NaN."""
+    return float(v) if isinstance(v, int | float) else math.nan
 
 
 @dataclass(frozen=True, kw_only=True)
