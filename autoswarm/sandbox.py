@@ -34,6 +34,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,7 +221,7 @@ def _nested(path: Path, parents: Sequence[Path]) -> bool:
 
 
 def bwrap_argv(bwrap: str, box: Sandbox, argv: Sequence[str], cwd: Path) -> list[str]:
-    """The command line that runs ``argv`` in ``cwd`` inside ``box`` (a pure function).
+    """The command line that runs ``argv`` in ``cwd`` inside ``box``.
 
     Mounts are applied in order, so the later ones win: the machine read-only, then the
     hidden directories as empty tmpfs, then the readable ones back read-only, then the
@@ -238,17 +239,7 @@ def bwrap_argv(bwrap: str, box: Sandbox, argv: Sequence[str], cwd: Path) -> list
     ]  # fmt: skip
     if not box.network:
         out.append("--unshare-net")
-    for d in sorted(set(box.hidden), key=lambda p: len(p.parts)):
-        if d.is_dir():
-            out += ["--tmpfs", str(d)]
-    for d in sorted(set(box.readable), key=lambda p: len(p.parts)):
-        if d.exists():
-            if _nested(d, box.hidden):
-                out += ["--dir", str(d)] if d.is_dir() else []
-            out += ["--ro-bind", str(d), str(d)]
-    for dev in box.devices:
-        if dev.exists():
-            out += ["--dev-bind", str(dev), str(dev)]
+    out += _fixed_mounts(box.hidden, box.readable, box.devices, int(time.monotonic() // 10))
     for d in sorted(set(box.writable), key=lambda p: len(p.parts)):
         if d.is_dir():
             out += ["--dir", str(d), "--bind", str(d), str(d)]
@@ -266,6 +257,31 @@ def bwrap_argv(bwrap: str, box: Sandbox, argv: Sequence[str], cwd: Path) -> list
         prlimit = shutil.which("prlimit") or "prlimit"
         out += [prlimit, *limits, "--"]
     return out + list(argv)
+
+
+@functools.lru_cache(maxsize=16)
+def _fixed_mounts(
+    hidden: tuple[Path, ...], readable: tuple[Path, ...], devices: tuple[Path, ...], _epoch: int
+) -> tuple[str, ...]:
+    """The mounts of a view that are the same for every experiment of a run.
+
+    Which of the paths exist is looked at again every ten seconds (``_epoch``), not for
+    every start: on some machines each look costs a tenth of a millisecond, and a view
+    names dozens of paths.
+    """
+    out: list[str] = []
+    for d in sorted(set(hidden), key=lambda p: len(p.parts)):
+        if d.is_dir():
+            out += ["--tmpfs", str(d)]
+    for d in sorted(set(readable), key=lambda p: len(p.parts)):
+        if d.exists():
+            if _nested(d, hidden):
+                out += ["--dir", str(d)] if d.is_dir() else []
+            out += ["--ro-bind", str(d), str(d)]
+    for dev in devices:
+        if dev.exists():
+            out += ["--dev-bind", str(dev), str(dev)]
+    return tuple(out)
 
 
 def interpreter_dirs(argv0: str, env: Mapping[str, str]) -> tuple[Path, ...]:

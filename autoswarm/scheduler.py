@@ -235,6 +235,7 @@ class Scheduler:
         lock = RunLock(self.ws.state_dir)
         lock.acquire()
         self._cleanup = concurrent.futures.ThreadPoolExecutor(1, "autoswarm-cleanup")
+        self.ws.drop_spares()  # a dead run's
         reason = "error"
         try:
             run = self._start(tag, resume or reproduce is not None)
@@ -548,6 +549,7 @@ class Scheduler:
     def _dispatch(self, exp_id: int, slot: int) -> None:
         exp = self.state.all[exp_id]
         workdir = self.ws.materialize(exp.commit, self.ws.run_dir(exp_id))
+        self._cleanup.submit(self.ws.make_spares, min(4, self.backend.capacity()))
         job = self._job(exp, slot, workdir)
         started = self.clock.now()
         # The intent first: a crash after this line leaves a RUNNING row without a handle,
@@ -706,6 +708,7 @@ class Scheduler:
             self.backend.close()
             self.proposer.close()
             self._cleanup.shutdown(wait=True)
+            self.ws.drop_spares()
             if self._session and not self.ledger.broken:
                 self.ledger.end_session(self._session, now=self.clock.now(), reason=reason)
             if self.run_rec is not None and not self.ledger.broken:

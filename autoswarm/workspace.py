@@ -10,6 +10,7 @@ commit, so concurrent variants never share files. A keep advances the branch
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -50,6 +51,9 @@ class Workspace:
         self.config = config
         self._repo: pygit2.Repository | None = None
         self._file_cache: dict[tuple[str, str], str] = {}
+        self._spares: collections.deque[Path] = collections.deque()
+        self._spare_names: tuple[str, ...] = ()
+        self._spare_count = 0
         if not (self.root / ".git").exists():
             raise WorkspaceError(
                 f"{self.root} is not a git repository, so it is not an autoswarm workspace: "
@@ -317,12 +321,55 @@ class Workspace:
     # -- snapshots -----------------------------------------------------------
 
     def materialize(self, commit: str, dest: Path) -> Path:
-        """Export ``commit``'s files into a fresh directory ``dest`` (replacing it)."""
+        """Export ``commit``'s files into a fresh directory ``dest`` (replacing it).
+
+        A spare directory made ahead (:meth:`make_spares`) becomes ``dest`` when there is
+        one: on some disks making a file (a new inode) costs ten times writing into one
+        that exists (1.1 ms against 0.1 ms here), and a run directory is six of them,
+        made while a slot waits for its next experiment.
+        """
         if dest.exists():
             shutil.rmtree(dest)
-        dest.mkdir(parents=True)
-        self._export(self._commit(commit).tree, dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tree = self._commit(commit).tree
+        self._spare_names = tuple(str(e.name) for e in tree if e.type_str == "blob")
+        spare = self._take_spare()
+        if spare is None:
+            dest.mkdir()
+        else:
+            os.rename(spare, dest)
+            for leftover in set(os.listdir(dest)) - set(self._spare_names):
+                (dest / leftover).unlink()  # an empty file of our own making
+        self._export(tree, dest)
         return dest
+
+    def make_spares(self, count: int) -> None:
+        """Keep ``count`` empty run directories ready for :meth:`materialize`, each with
+        an empty file for every file of the last snapshot; meant for a thread off the
+        loop's path. They are ours alone until they become a run directory."""
+        names = self._spare_names
+        if not names:
+            return
+        where = self.state_dir / "spare"
+        where.mkdir(parents=True, exist_ok=True)
+        while len(self._spares) < count:
+            self._spare_count += 1
+            d = where / f"{os.getpid()}-{self._spare_count}"
+            d.mkdir()
+            for name in names:
+                (d / name).touch()
+            self._spares.append(d)
+
+    def drop_spares(self) -> None:
+        """Remove the spare directories (a run's end; stale ones of a dead run too)."""
+        self._spares.clear()
+        shutil.rmtree(self.state_dir / "spare", ignore_errors=True)
+
+    def _take_spare(self) -> Path | None:
+        try:
+            return self._spares.popleft()
+        except IndexError:
+            return None
 
     def _export(self, tree: pygit2.Tree, dest: Path) -> None:
         for entry in tree:
@@ -332,8 +379,9 @@ class Workspace:
                 self._export(self.repo[entry.id].peel(pygit2.Tree), target)
             elif entry.type_str == "blob":
                 target.write_bytes(self.repo[entry.id].peel(pygit2.Blob).data)
-                if entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE:
-                    target.chmod(0o755)
+                target.chmod(
+                    0o755 if entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE else 0o644
+                )
             # submodules and symlinks are not part of a workspace snapshot
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -259,6 +260,28 @@ def test_materialize_exports_exactly_the_commit(ws: Workspace, tmp_path: Path) -
     for name in tracked:
         assert (dest / name).read_text() == ws.read_file(commit, name)
     assert "LR = 0.05" in (dest / "train.py").read_text()
+
+
+def test_materialize_into_spare_directories_exports_the_same(ws: Workspace, tmp_path: Path) -> None:
+    """Spare directories (made ahead, off the loop's path) hold the same files after a
+    materialize as fresh ones: extra names removed, missing ones made, contents exact."""
+    head = ws.head()
+    first = ws.materialize(head, tmp_path / "runs" / "00001")  # learns the file names
+    ws.make_spares(2)
+    spares = sorted((ws.state_dir / "spare").iterdir())
+    assert len(spares) == 2 and all(
+        sorted(os.listdir(d)) == sorted(os.listdir(first)) for d in spares
+    )
+    (spares[0] / "junk.py").touch()  # a name the next commit does not have
+    files = {**lr(ws, head, "0.07"), "extra.py": "X = 1\n"}
+    commit = ws.commit_files(head, files, "x")
+    dest = ws.materialize(commit, tmp_path / "runs" / "00002")
+    tracked = sorted(git(ws.root, "ls-tree", "-r", "--name-only", commit).split())
+    assert sorted(os.listdir(dest)) == tracked and not spares[0].exists()
+    for name in tracked:
+        assert (dest / name).read_text() == ws.read_file(commit, name)
+    ws.drop_spares()
+    assert not (ws.state_dir / "spare").exists()
 
 
 def test_materialize_unknown_commit(ws: Workspace, tmp_path: Path) -> None:
