@@ -196,7 +196,7 @@ def test_the_documented_bench_command_lines_still_parse() -> None:
     from autoswarm.cli import app
 
     commands = _documented_bench_commands()
-    assert {argv[1] for argv in commands} == {"search", "systems", "real", "rule"}
+    assert {argv[1] for argv in commands} == {"search", "systems", "real", "rule", "sandbox"}
     root = typer.main.get_command(app)
     for argv in commands:
         ctx = root.make_context("autoswarm", list(argv))
