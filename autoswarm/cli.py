@@ -976,6 +976,10 @@ def bench_systems(
     backend: Annotated[
         str, typer.Option(help="Backends, comma-separated: local, ray (a local Ray cluster).")
     ] = "local",
+    final_runs: Annotated[
+        int | None,
+        typer.Option(help="[run] final_runs (0: no end-of-run validation of the best)."),
+    ] = None,
     out: OutOpt = None,
 ) -> None:
     """Busy fraction and dispatch overhead of N slots of real processes (a sleeping train.py)."""
@@ -985,13 +989,23 @@ def bench_systems(
         counts = options.counts("--slots", slots)
         options.positive(("--budget", budget), ("--duration", duration))
         backends = systems.backends_of(backend)
+        if final_runs is not None and final_runs < 0:
+            raise ValueError(f"--final-runs must be 0 or more, got {final_runs}")
     res = systems.run_all(
-        counts, budget, duration, backends, on_result=lambda r: err.print(systems.progress(r))
+        counts,
+        budget,
+        duration,
+        backends,
+        on_result=lambda r: err.print(systems.progress(r)),
+        final_runs=final_runs,
     )
     text = systems.markdown(res)
     print(text)
     if out is not None:
-        options.write_section(out, systems.section(backends, options.csv(slots), budget), text)
+        section = systems.section(backends, options.csv(slots), budget)
+        if final_runs is not None:
+            section += f"-final{final_runs}"
+        options.write_section(out, section, text)
 
 
 @bench_app.command("sandbox")

@@ -74,11 +74,15 @@ def run_local(
     workdir: Path | None = None,
     *,
     backend: str = "local",
+    final_runs: int | None = None,
 ) -> SystemsResult:
     """``slots`` slots of a sleeping train.py for ``duration_s`` seconds.
 
     ``backend`` is ``local`` (subprocesses) or ``ray`` (one slot actor per slot on a
     throw-away local Ray cluster with ``slots`` logical CPUs, started and stopped here).
+    ``final_runs``: ``[run] final_runs`` (None: its default; 0 leaves out the end-of-run
+    validation of the best, a phase on a few slots that a short run feels and a long
+    one does not).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -93,6 +97,7 @@ def run_local(
             time_limit=duration_s,
             strategy="random",
             workers=slots,
+            final_runs=final_runs,
         )
         ws = Workspace(root, cfg)
         ledger = Ledger(ws.ledger_path)
@@ -159,12 +164,13 @@ def run_all(
     duration_s: float,
     backends: Sequence[str] = ("local",),
     on_result: Callable[[SystemsResult], None] | None = None,
+    final_runs: int | None = None,
 ) -> list[SystemsResult]:
     """:func:`run_local` for every slot count on every backend, one after the other."""
     results = []
     for count in slots:
         for which in backends:
-            sr = run_local(count, budget_s, duration_s, backend=which)
+            sr = run_local(count, budget_s, duration_s, backend=which, final_runs=final_runs)
             if on_result is not None:
                 on_result(sr)
             results.append(sr)
