@@ -70,9 +70,11 @@ def write_results_tsv(
 class ResultsTsvWriter:
     """An observer of the run's state: rewrites results.tsv when a row changes.
 
-    At most once a second (a write is O(experiments)): a change inside that second is
-    written by the next :meth:`flush` (the scheduler's loop calls it each turn), and
-    ``flush(force=True)`` writes whatever is pending when the run ends.
+    At most once a second, and never sooner after a write than ten times what that write
+    took (a write is O(experiments): at 100,000 rows it takes a second or two on a slow
+    machine, and a run would otherwise spend its loop rewriting the file). A change
+    inside that time is written by the next :meth:`flush` (the scheduler's loop calls it
+    each turn), and ``flush(force=True)`` writes whatever is pending when the run ends.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class ResultsTsvWriter:
         self.interval_s = interval_s
         self.dirty = False
         self._written = 0.0
+        self._wait_s = interval_s  # before the next write: grows with what a write costs
 
     def changed(self) -> None:
         self.dirty = True
@@ -99,11 +102,12 @@ class ResultsTsvWriter:
     def flush(self, *, force: bool = False) -> None:
         if not (self.dirty or force):
             return
-        now = time.monotonic()
-        if not force and now - self._written < self.interval_s:
+        start = time.monotonic()
+        if not force and start - self._written < self._wait_s:
             return
         write_results_tsv(self.path, self.rows(), self.metric)
-        self._written = now
+        self._written = time.monotonic()
+        self._wait_s = max(self.interval_s, 10.0 * (self._written - start))
         self.dirty = False
         if self.on_write is not None:
             self.on_write()

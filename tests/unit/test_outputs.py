@@ -394,3 +394,26 @@ def test_status_record_sums_sessions(ledger: Ledger) -> None:
     assert st["elapsed_s"] == 150.0 and st["sessions"] == 2 and st["workers"] == 4
     assert st["busy_fraction"] == pytest.approx(100 / (200 + 200))
     assert st["noise_sigma"] is None  # one baseline run: no spread yet
+
+
+def test_results_tsv_waits_ten_times_what_a_write_took(tmp_path: Path) -> None:
+    """A write that takes long (a huge run, a slow disk) is not repeated at once: the loop
+    must not spend its time rewriting results.tsv."""
+    import time
+
+    from autoswarm.outputs import ResultsTsvWriter
+
+    calls = []
+
+    def slow_rows() -> list:
+        calls.append(1)
+        time.sleep(0.2)  # the next write may come no sooner than 2 s after this one
+        return []
+
+    w = ResultsTsvWriter(tmp_path / "results.tsv", slow_rows, "val_bpb", interval_s=0.0)
+    w.changed()
+    assert len(calls) == 1
+    w.changed()  # at once: held back, still pending
+    assert len(calls) == 1 and w.dirty
+    w.flush(force=True)  # the run's end writes what is pending whatever the wait
+    assert len(calls) == 2 and not w.dirty
