@@ -87,8 +87,12 @@ def experiment_cost(
 
 
 def _tier_of(e: Experiment, pool: PoolConfig) -> str:
-    # Without tiers, the implicit one (and no need to look into the meta of every row).
-    return tier_key(pool, e.tier, e.pinned_tier) if pool.tiers else IMPLICIT
+    return tier_of(pool, e.tier, e.pinned_tier)
+
+
+def tier_of(pool: PoolConfig, tier: str, pinned_tier: str | None) -> str:
+    """The tier key costs are counted under (without tiers, the implicit one)."""
+    return tier_key(pool, tier, pinned_tier) if pool.tiers else IMPLICIT
 
 
 def cost_by_tier(
@@ -119,5 +123,6 @@ __all__ = [
     "experiment_cost",
     "prices_of",
     "slot_cost",
+    "tier_of",
     "total_cost",
 ]

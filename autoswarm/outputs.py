@@ -21,11 +21,19 @@ from typing import Any
 
 from autoswarm.analysis.noise import Baseline, baseline_of, group_values
 from autoswarm.config import Config, PoolConfig
-from autoswarm.costs import Cost, Price, experiment_cost, prices_of, slot_cost, total_cost
+from autoswarm.costs import (
+    Cost,
+    Price,
+    experiment_cost,
+    prices_of,
+    slot_cost,
+    tier_of,
+    total_cost,
+)
 from autoswarm.judge import Noise, Rule, noise_model, standard_error
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.policy import best_of
-from autoswarm.tiers import IMPLICIT, deciding_tier, tier_key
+from autoswarm.tiers import deciding_tier, tier_key
 from autoswarm.types import Experiment, Kind, Purpose, Status
 
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
@@ -237,7 +245,7 @@ def status_record(
     for t in tallies:
         counts[t.status.value] += t.count
         if t.ran:
-            key = tier_key(pool, t.tier, t.pinned_tier) if pool.tiers else IMPLICIT
+            key = tier_of(pool, t.tier, t.pinned_tier)
             by_tier[key] = by_tier.get(key, Cost()) + slot_cost(
                 prices.get(key, Price()), t.seconds, t.ran
             )
