@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -48,6 +48,7 @@ from autoswarm.config import (
     with_recorded_run,
 )
 from autoswarm.errors import AutoswarmError, ConfigError, RunStateError, WorkspaceError
+from autoswarm.heldout import HIDDEN, test_values
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.outputs import (
     TSV_HEADER,
@@ -77,6 +78,13 @@ WorkspaceOpt = Annotated[
     ),
 ]
 TagOpt = Annotated[str | None, typer.Option("--tag", help="Run tag (default: the latest run).")]
+ShowTestOpt = Annotated[
+    bool,
+    typer.Option(
+        "--show-test",
+        help="Show the held-out test values while the run is active (an agent must not see them).",
+    ),
+]
 
 
 class Template(StrEnum):
@@ -401,13 +409,16 @@ def status(
     workspace: WorkspaceOpt = Path("."),
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     tag: TagOpt = None,
+    show_test: ShowTestOpt = False,
 ) -> None:
     """Counts, baseline, best, noise, throughput and slot use of a run."""
     from autoswarm.backends.factory import sandbox_line
 
     ledger, run_rec = _open_run(workspace, tag)
     with ledger:
-        st = status_record(ledger, run_rec, time.time(), effects=as_json)  # the table has none
+        shown = show_test or not _active(ledger, run_rec)
+        # The table has no effects (they are fitted for --json only).
+        st = status_record(ledger, run_rec, time.time(), effects=as_json, show_test=shown)
     try:  # how experiments of this run are contained on this machine
         st["sandbox"] = sandbox_line(Config.from_record(run_rec.config))
     except ConfigError as refused:
@@ -469,9 +480,51 @@ def status(
             f"  tier {name}",
             f"{c['experiments']} runs, ${c['cost_usd']:.2f}, {c['gpu_hours']:.2f} GPU-hours",
         )
+    t.add_row("metric", st["metric_source"])
+    _test_rows(t, st["test"], m)
     t.add_row("branch", st["branch"])
     t.add_row("sandbox", st["sandbox"].removeprefix("sandbox: "))
     console.print(t)
+    if st["test"] and st["test"].get("warning"):
+        err.print(f"[yellow]warning:[/] {st['test']['warning']}")
+
+
+def _test_rows(t: Any, test: dict[str, Any] | None, metric: str) -> None:
+    """The test split's rows of the status table (autoswarm.heldout)."""
+    if not test:
+        return
+    if "hidden" in test:
+        t.add_row("test split", test["hidden"])
+        return
+    name = test["metric"]
+    for label, e in (("baseline", test["baseline"]), ("best", test["best"])):
+        if e is not None:
+            t.add_row(
+                f"test: {label}",
+                f"{name} {e['test']:.6f} beside {metric} {e['val']:.6f} "
+                f"(gap {e['gap']:+.6f} over {e['runs']} run(s); held out, never decided on)",
+            )
+    if test.get("gap_growth") is not None:
+        se = test.get("gap_growth_se")
+        t.add_row(
+            "  gap growth",
+            f"{test['gap_growth']:+.6f}"
+            + (f" ± {se:.6f}" if se is not None else "")
+            + " since the baseline (warned above 2 standard errors)",
+        )
+    for k in test.get("keeps", []):
+        t.add_row(
+            f"  keep #{k['id']}",
+            f"{metric} {k['val']:.6f}, {name} {k['test']:.6f}, gap {k['gap']:+.6f}",
+        )
+
+
+def _active(ledger: Ledger, run_rec: RunRecord) -> bool:
+    """True while an orchestrator runs this run (a session with a recent heartbeat)."""
+    now = time.time()
+    return any(
+        s.ended_at is None and now - s.heartbeat_at < 30 for s in ledger.sessions(run_rec.id)
+    )
 
 
 @app.command()
@@ -634,23 +687,46 @@ def results(
     ] = Format.table,
     tag: TagOpt = None,
     since: Annotated[int, typer.Option(help="Only experiments with an id above this.")] = 0,
+    show_test: ShowTestOpt = False,
 ) -> None:
-    """The experiments of a run."""
+    """The experiments of a run (test values once the run has ended, or with --show-test)."""
     ledger, run_rec = _open_run(workspace, tag)
     recorded = Config.from_record(run_rec.config)
     metric = recorded.metric.name
     with ledger:
         exps = ledger.experiments(run_rec.id, since_id=since)
+        tests = _tests(ledger, run_rec, show_test)
         if fmt is Format.json:
-            print(json.dumps([experiment_record(e, recorded.pool) for e in exps], indent=2))
-        elif fmt is Format.tsv:
+            records = []
+            for e in exps:
+                rec = experiment_record(e, recorded.pool)
+                if e.id in tests:
+                    rec["test"] = dict(tests[e.id])
+                records.append(rec)
+            print(json.dumps(records, indent=2))
+        elif fmt is Format.tsv:  # autoresearch's columns only; agents read this file
             print("\n".join([TSV_HEADER, *tsv_rows(exps, metric)]))
         else:
-            _print_table(ledger, run_rec, metric, since=since)
+            _print_table(ledger, run_rec, metric, since=since, tests=tests)
+            if not tests and recorded.metric.evaluate and _active(ledger, run_rec):
+                err.print(f"test values: {HIDDEN}")
+
+
+def _tests(ledger: Ledger, run_rec: RunRecord, show: bool) -> dict[int, Mapping[str, float]]:
+    """id -> test values, when they may be shown: the run has ended, or --show-test."""
+    if not show and _active(ledger, run_rec):
+        return {}
+    return test_values(ledger.sealed_metrics(run_rec.id))
 
 
 def _print_table(
-    ledger: Ledger, run_rec: RunRecord, metric: str, *, since: int = 0, limit: int = 0
+    ledger: Ledger,
+    run_rec: RunRecord,
+    metric: str,
+    *,
+    since: int = 0,
+    limit: int = 0,
+    tests: Mapping[int, Mapping[str, float]] | None = None,
 ) -> None:
     from rich.table import Table
 
@@ -662,12 +738,17 @@ def _print_table(
         title=f"run {run_rec.tag}: {len(exps)} experiments"
         + (f" (last {len(shown)})" if len(shown) < len(exps) else "")
     )
-    for col in ("id", "commit", metric, "Δ vs best", "status", "time", "description"):
+    test_key = Config.from_record(run_rec.config).metric.test
+    columns = ["id", "commit", metric, "Δ vs best", "status", "time", "description"]
+    if tests:
+        columns.insert(3, f"{test_key} (held out)")
+    for col in columns:
         t.add_column(col, overflow="fold")
     style = {
         Status.KEEP: "green",
         Status.DISCARD: "default",
         Status.CRASH: "red",
+        Status.FORGED: "bold red",
         Status.REJECTED: "red",
     }
     for e in shown:
@@ -677,7 +758,8 @@ def _print_table(
         delta = f"{v - before:+.4f}" if v is not None and isinstance(before, int | float) else ""
         desc = e.description + (
             f" — {e.reason}"
-            if e.reason and e.status in (Status.CRASH, Status.REJECTED, Status.REVOKED)
+            if e.reason
+            and e.status in (Status.CRASH, Status.FORGED, Status.REJECTED, Status.REVOKED)
             else ""
         )
         if (
@@ -686,10 +768,12 @@ def _print_table(
             and ev.get("selected_mean") is not None
         ):
             desc += f" — selected {ev['selected_mean']:.6f}, replicated {ev['replicated_mean']:.6f}"
+        cells = [str(e.id), (e.commit or "")[:7], "-" if v is None else f"{v:.6f}"]
+        if tests:
+            tv = tests.get(e.id, {}).get(test_key)
+            cells.append("-" if tv is None else f"{tv:.6f}")
         t.add_row(
-            str(e.id),
-            (e.commit or "")[:7],
-            "-" if v is None else f"{v:.6f}",
+            *cells,
             delta,
             Text(e.status.value, style=style.get(e.status, "yellow")),
             "" if e.duration_s is None else f"{e.duration_s:.0f}s",
@@ -822,7 +906,7 @@ def wait(
         raise typer.Exit(1)
 
 
-_FINAL_WORDS = ("keep", "discard", "crash", "rejected")
+_FINAL_WORDS = ("keep", "discard", "crash", "rejected", "forged", "revoked")
 
 
 @app.command()

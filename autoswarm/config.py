@@ -211,8 +211,34 @@ class WorkspaceConfig(_Table):
 
 
 class MetricConfig(_Table):
+    """``[metric]``: the number experiments are judged by, and who measures it.
+
+    Without ``evaluate`` the metric is what train.py prints (self-reported). With it, a
+    locked evaluation command measures it from the model train.py saved
+    (:mod:`autoswarm.evaluation`), and a printed value that disagrees is ``forged``.
+    """
+
     name: str = "val_bpb"
     direction: Annotated[Direction, _named(Direction)] = Direction.MINIMIZE
+    # The locked evaluation command ("{python}" = autoswarm's interpreter), run in a
+    # directory holding only the locked files; () = the metric is self-reported.
+    evaluate: Strings = ()
+    # The evaluation's held-out metric: recorded and shown to the human, never used for a
+    # decision nor shown to a proposer (so is every "test_*" key it prints).
+    test: str = "test_bpb"
+    # Data only the evaluation sees (hidden from training in a sandbox); a relative path
+    # is inside the data cache ($AUTOSWARM_CACHE, else ~/.cache/autoswarm).
+    sealed: Annotated[tuple[str, ...], _list_of("paths")] = ()
+    tolerance: float = Field(default=1e-4, gt=0, lt=1, description="must be between 0 and 1")
+    evaluate_timeout: Duration = Field(default=600.0, gt=0, description="must be > 0 seconds")
+    model: str = "model.pt2"  # where train.py saves its model, in its run directory
+
+    @field_validator("model")
+    @classmethod
+    def _model_inside(cls, path: str) -> str:
+        if not path or path.startswith("/") or ".." in Path(path).parts:
+            _fail(f"model: {path!r} must be a file name inside the run directory")
+        return path
 
 
 class RunConfig(_Table):
@@ -638,6 +664,19 @@ class Config(_Table):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
     @model_validator(mode="after")
+    def _evaluation_is_locked(self) -> Self:
+        """The evaluation runs from the locked files only: every script it names is one."""
+        scripts = [a for a in self.metric.evaluate if a.endswith(".py") and not a.startswith("/")]
+        loose = [s for s in scripts if s not in self.workspace.locked]
+        if loose:
+            _fail(
+                f"[metric] evaluate runs {', '.join(loose)}, which [workspace] locked does not "
+                f"list: a variant could change how it is measured. Add it to locked "
+                f'(e.g. locked = ["prepare.py", "{loose[0]}"])'
+            )
+        return self
+
+    @model_validator(mode="after")
     def _strategy_needs(self) -> Self:
         strategy, llm = self.run.strategy, self.llm
         code = "llm" if strategy == "llm" else llm.hybrid_code if strategy == "hybrid" else ""
@@ -913,8 +952,23 @@ def render_default_config(
     timeout: float = 0.0,
     workers: int = 0,
     exclude: tuple[str, ...] = ("TIME_BUDGET",),
+    sealed: tuple[str, ...] = (),
 ) -> str:
-    """The autoswarm.toml written by ``autoswarm init`` (documented, every key shown)."""
+    """The autoswarm.toml written by ``autoswarm init`` (documented, every key shown).
+
+    ``sealed``: the template's sealed data; with it, the metric is measured by the
+    locked ``prepare.py evaluate`` (otherwise train.py's printed value is the metric).
+    """
+    evaluate = (
+        f"""\
+evaluate = ["{{python}}", "prepare.py", "evaluate"] # the locked evaluation of the saved model
+test = "test_bpb"                  # held out: shown to you, never used or shown to a proposer
+sealed = [{", ".join(f'"{s}"' for s in sealed)}]      # only the evaluation sees these (in the data cache)
+tolerance = 1e-4                   # a printed val_bpb further than this (relative) is forged
+"""
+        if sealed
+        else ""
+    )
     return f"""\
 # autoswarm workspace configuration. Flags of `autoswarm run` override [run] keys.
 
@@ -927,7 +981,7 @@ prepare = ["{{python}}", "prepare.py"] # run once before the first experiment
 [metric]
 name = "val_bpb"                   # a key of the summary block train.py prints
 direction = "minimize"
-
+{evaluate}
 [run]
 budget = {budget:g}                       # training seconds per experiment (AUTOSWARM_BUDGET)
 timeout = {timeout:g}                       # hard kill; 0 = 2 × budget + grace

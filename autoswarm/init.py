@@ -61,7 +61,9 @@ def init_workspace(directory: Path, *, template: str = "cpu", source: str | None
         "prepare.py": prepare,
         "train.py": _template_text(f"{template}/train.py"),
         "program.md": _template_text("program.md"),
-        CONFIG_NAME: render_default_config(budget=_BUDGET[template], exclude=_EXCLUDE),
+        CONFIG_NAME: render_default_config(
+            budget=_BUDGET[template], exclude=_EXCLUDE, sealed=(f"{source}/sealed",)
+        ),
         ".gitignore": GITIGNORE,
     }
     for name, text in files.items():

@@ -33,7 +33,7 @@ from typing import Any
 from autoswarm.errors import LedgerError
 from autoswarm.types import Evidence, Experiment, Kind, Purpose, Status
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # The scheduler's own facts about an experiment, once keys of the proposer's meta
 # (schema 3) and columns since schema 4: meta key -> column. Re-runs also carried flags
@@ -162,6 +162,10 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
         """CREATE INDEX experiments_view ON experiments(run_id, kind, status, tier,
             pinned_tier, started_at, finished_at, commit_sha, metric)""",
     ),
+    # 6: what the locked evaluation measured on the sealed test split (issue 16). A column
+    # of its own, never read into an Experiment: proposers are handed Experiments, and no
+    # proposer may see a test value.
+    6: ("""ALTER TABLE experiments ADD COLUMN sealed TEXT""",),
 }
 
 
@@ -175,6 +179,18 @@ class Tally:
     count: int
     ran: int  # of them, with a start and an end (or still running): they cost slot time
     seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeldOut:
+    """One experiment's test values (the sealed split) beside its metric: the human's view."""
+
+    id: int
+    kind: Kind
+    status: Status
+    commit: str
+    value: float | None  # the metric the decisions used
+    sealed: Mapping[str, float]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -624,16 +640,21 @@ class Ledger:
         started_at: float | None = None,
         meta: Mapping[str, Any] | None = None,
         facts: Mapping[str, Any] | None = None,
+        sealed: Mapping[str, float] | None = None,
     ) -> Experiment:
         """Record the end of an experiment (any state but QUEUED/RUNNING).
 
         ``meta`` replaces the proposer's meta when given. ``facts``: scheduler facts to set
         with it (``evidence``, ``kept_at``, ...), by :class:`~autoswarm.types.Experiment`
-        field name; the others stay as they are.
+        field name; the others stay as they are. ``sealed``: the evaluation's test values
+        (read back only by :meth:`sealed_metrics`, never into the Experiment).
         """
         if status in (Status.QUEUED, Status.RUNNING):
             raise ValueError(f"finish() needs an end state, got {status}")
         columns, values = _fact_columns(facts or {})
+        if sealed:
+            columns.append("sealed")
+            values.append(json.dumps({k: _jsonable(v) for k, v in sealed.items()}, sort_keys=True))
         with self._tx() as c:
             c.execute(
                 f"""UPDATE experiments SET status=?, metrics=?, metric=?, finished_at=?, reason=?,
@@ -653,6 +674,30 @@ class Ledger:
                 ),
             )
         return self.get(exp_id)
+
+    def sealed_metrics(self, run_id: int) -> list[HeldOut]:
+        """The test values of a run's experiments, with what the human compares them to.
+
+        Never part of an :class:`~autoswarm.types.Experiment`, so nothing that hands
+        experiments to a proposer can pass them on.
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                """SELECT id, kind, status, commit_sha, metric, sealed FROM experiments
+                   WHERE +run_id=? AND sealed IS NOT NULL ORDER BY id""",
+                (run_id,),
+            ).fetchall()
+        return [
+            HeldOut(
+                id=i,
+                kind=Kind(kind),
+                status=Status(status),
+                commit=commit,
+                value=value,
+                sealed={k: float(v) for k, v in json.loads(text).items()},
+            )
+            for i, kind, status, commit, value, text in rows
+        ]
 
     def requeue(self, exp_id: int, *, reason: str) -> None:
         """Put an interrupted or orphaned experiment back in the queue (same id, same commit)."""
@@ -1055,6 +1100,7 @@ def _experiment(row: Sequence[Any], *, summary: bool = False) -> Experiment:
 
 __all__ = [
     "SCHEMA_VERSION",
+    "HeldOut",
     "Ledger",
     "RunRecord",
     "SessionRecord",

@@ -30,6 +30,7 @@ from autoswarm.costs import (
     tier_of,
     total_cost,
 )
+from autoswarm.heldout import HIDDEN, heldout_record
 from autoswarm.judge import Noise, Rule, noise_model, standard_error
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.policy import best_of
@@ -54,7 +55,7 @@ def tsv_rows(experiments: Sequence[Experiment], metric: str = "val_bpb") -> list
     for e in _finished_in_order(experiments):
         commit = (e.commit or e.parent)[:7]
         desc = " ".join(e.description.split()) or "-"
-        if e.status in (Status.CRASH, Status.REJECTED):
+        if e.status.failed or e.status is Status.REJECTED:
             value, mem = "0.000000", "0.0"
             if e.reason:
                 desc = f"{desc} ({e.reason})"[:300]
@@ -226,7 +227,7 @@ def effects_record(
 
 
 def status_record(
-    ledger: Ledger, run: RunRecord, now: float, *, effects: bool = True
+    ledger: Ledger, run: RunRecord, now: float, *, effects: bool = True, show_test: bool = True
 ) -> dict[str, Any]:
     """Everything ``autoswarm status --json`` prints, derived from the ledger alone.
 
@@ -234,6 +235,8 @@ def status_record(
     noise model reads each measurement's value, and only the baselines, the keeps and
     the best come as rows, so a glance at a run of 100,000 experiments stays cheap.
     ``effects``: also fit the factorial waves' effect table (reads every wave's rows).
+    ``show_test``: include the test split's values (:mod:`autoswarm.heldout`); without
+    it they are left out, and ``test`` says why.
     """
     cfg = Config.from_record(run.config)
     metric, repeats, pool = cfg.metric.name, cfg.run.baseline_repeats, cfg.pool
@@ -281,12 +284,28 @@ def status_record(
     slot_seconds = sum(s.seconds * s.workers for s in sessions) + sum(
         max(0.0, now - s.heartbeat_at) * s.workers for s in active
     )
-    finished = (Status.KEEP, Status.DISCARD, Status.CRASH)
+    finished = (Status.KEEP, Status.DISCARD, Status.CRASH, Status.FORGED)
     done = sum(counts[s.value] for s in finished)
     best_row = None
     if best is not None:
         best_row = next((e for e in few if e.id == best.experiment_id), None)
         best_row = best_row or ledger.find(best.experiment_id)
+    heldout: dict[str, Any] | None = None
+    if not show_test:
+        heldout = {"hidden": HIDDEN}
+    elif cfg.metric.evaluate:
+        heldout = heldout_record(
+            ledger.sealed_metrics(run.id),
+            test=cfg.metric.test,
+            direction=cfg.metric.direction,
+            base_commit=run.base_commit,
+            best_commit=best.commit if best else None,
+            keeps=[
+                (e.id, e.commit, e.description)
+                for e in few
+                if e.kind is Kind.CANDIDATE and e.status is Status.KEEP
+            ],
+        )
     if effects:
         rows = ledger.experiments(run.id, summary=True)
         sigma = baseline.sigma if baseline and len(baseline.values) > 1 else None
@@ -303,6 +322,7 @@ def status_record(
             "keep": counts["keep"],
             "discard": counts["discard"],
             "crash": counts["crash"],
+            "forged": counts["forged"],
             "rejected": counts["rejected"],
             "running": counts["running"],
             "queued": counts["queued"],
@@ -329,6 +349,13 @@ def status_record(
             if best and baseline and baseline.values and baseline.mean
             else None
         ),
+        "metric_source": (
+            "locked evaluation ([metric] evaluate)"
+            if cfg.metric.evaluate
+            else "self-reported: train.py prints it and nothing checks it ([metric] evaluate is "
+            "not set)"
+        ),
+        "test": heldout,
         "noise_sigma": noise["sigma"],
         "noise": noise,
         "elapsed_s": elapsed,

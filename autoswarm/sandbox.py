@@ -224,8 +224,9 @@ def bwrap_argv(bwrap: str, box: Sandbox, argv: Sequence[str], cwd: Path) -> list
     """The command line that runs ``argv`` in ``cwd`` inside ``box``.
 
     Mounts are applied in order, so the later ones win: the machine read-only, then the
-    hidden directories as empty tmpfs, then the readable ones back read-only, then the
-    writable ones. A readable or writable path that does not exist is left out.
+    hidden directories as empty tmpfs, then the readable ones back read-only, then the hidden
+    ones inside a readable one hidden again, then the writable ones. A readable or writable
+    path that does not exist is left out.
     """
     out = [
         bwrap,
@@ -278,6 +279,11 @@ def _fixed_mounts(
             if _nested(d, hidden):
                 out += ["--dir", str(d)] if d.is_dir() else []
             out += ["--ro-bind", str(d), str(d)]
+    # A hidden directory inside a readable one (the sealed data inside the data cache) is
+    # hidden again over it: later mounts win.
+    for d in sorted(set(hidden), key=lambda p: len(p.parts)):
+        if d.is_dir() and any(r in d.parents for r in readable):
+            out += ["--tmpfs", str(d)]
     for dev in devices:
         if dev.exists():
             out += ["--dev-bind", str(dev), str(dev)]

@@ -68,7 +68,8 @@ from autoswarm.bars import Bars
 from autoswarm.clock import Clock, SystemClock
 from autoswarm.config import Config
 from autoswarm.costs import Cost, cost_by_tier, prices_of
-from autoswarm.errors import BaselineError
+from autoswarm.errors import BaselineError, WorkspaceError
+from autoswarm.evaluation import Judged, judge
 from autoswarm.judge import Rule
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.lifecycle import RunLock
@@ -80,7 +81,16 @@ from autoswarm.proposers.base import Context, IdlePolling, Proposer
 from autoswarm.run_state import RunState
 from autoswarm.sandbox import scrubbed_env
 from autoswarm.tiers import TierPlan, plan_tiers, tier_key
-from autoswarm.types import Experiment, Job, Kind, Proposal, Purpose, RunResult, Status
+from autoswarm.types import (
+    Evaluation,
+    Experiment,
+    Job,
+    Kind,
+    Proposal,
+    Purpose,
+    RunResult,
+    Status,
+)
 from autoswarm.verdicts import Keeper, Reproduce
 from autoswarm.workspace import Workspace
 
@@ -199,6 +209,8 @@ class Scheduler:
         self.bars = Bars(config, self.tiers, self._tier, self.state.rows)
         # Applies the keep rule's verdicts (autoswarm.verdicts); made once the run is open.
         self.keeper: Keeper
+        # Every job's locked evaluation ([metric] evaluate); made once the run is open.
+        self._evaluation: Evaluation | None = None
 
     @property
     def _lock(self) -> threading.RLock:
@@ -307,6 +319,7 @@ class Scheduler:
             self.ws, self.ledger, self.cfg, self.clock, tag, resume, say=self._event
         )
         self.run_rec = run
+        self._evaluation = self._locked_evaluation(run.base_commit)
         self.keeper = Keeper(
             run=run,
             state=self.state,
@@ -332,6 +345,26 @@ class Scheduler:
         self.state.session_start = now
         self._last_beat = now
         return run
+
+    def _locked_evaluation(self, commit: str) -> Evaluation | None:
+        """``[metric] evaluate`` as every job's second phase, from the run's locked files."""
+        m = self.cfg.metric
+        if not m.evaluate:
+            return None
+        files = []
+        for path in self.cfg.workspace.locked:
+            try:
+                text = self.ws.read_file(commit, path)
+            except WorkspaceError:
+                continue  # a locked name with no file (yet): nothing to copy
+            files.append((path, text.encode("utf-8")))
+        return Evaluation(
+            argv=tuple(self.python if a == "{python}" else a for a in m.evaluate),
+            files=tuple(files),
+            sealed=m.sealed,
+            timeout_s=m.evaluate_timeout,
+            model=m.model,
+        )
 
     def _reattach(self, exp: Experiment, handle: str) -> bool:
         """Offer a still-running orphan to a :class:`Reattachable` backend; True if adopted."""
@@ -532,6 +565,11 @@ class Scheduler:
                 "AUTOSWARM_BUDGET": f"{self.cfg.run.budget:g}",
                 "AUTOSWARM_SEED": str(exp.seed),
                 "AUTOSWARM_EXPERIMENT": str(exp.id),
+                **(
+                    {"AUTOSWARM_MODEL": str(workdir / self._evaluation.model)}
+                    if self._evaluation is not None
+                    else {}
+                ),
             },
         )
         return Job(
@@ -544,6 +582,7 @@ class Scheduler:
             log_path=self.ws.log_path(exp.id),
             budget_s=self.cfg.run.budget,
             tier=self.tiers.slot_tiers[slot] if slot < len(self.tiers.slot_tiers) else "",
+            evaluation=self._evaluation,
         )
 
     def _dispatch(self, exp_id: int, slot: int) -> None:
@@ -567,16 +606,31 @@ class Scheduler:
         exp = self.state.stop(r.experiment_id)
         if exp is None:
             return  # a result for something we no longer track (already handled)
-        status, reason = self._classify(exp, r)
-        if status not in (Status.INTERRUPTED, Status.CRASH):
+        judged = self._judged(r)
+        status, reason = self._classify(exp, r, judged)
+        if status is not Status.INTERRUPTED and not status.failed:
             self.state.took(r.duration_s)
-        done = self._finish(exp, status, r, reason)
+        done = self._finish(exp, status, r, reason, judged)
         self._apply(done, r)
 
-    def _classify(self, exp: Experiment, r: RunResult) -> tuple[Status, str]:
+    def _judged(self, r: RunResult) -> Judged:
+        """The result's numbers once the locked evaluation is taken into account."""
+        m = self.cfg.metric
+        return judge(
+            r.metrics,
+            r.evaluation,
+            metric=self.metric,
+            test=m.test,
+            tolerance=m.tolerance,
+            required=self._evaluation is not None,
+        )
+
+    def _classify(self, exp: Experiment, r: RunResult, judged: Judged) -> tuple[Status, str]:
         """The status a finished job's row gets, and why.
 
-        A cancelled job is INTERRUPTED; no usable metric is a CRASH (metrics.crash_reason);
+        A cancelled job is INTERRUPTED; a training run that failed, or a failed locked
+        evaluation, is a CRASH (metrics.crash_reason); a printed metric the evaluation does
+        not confirm is FORGED; no usable metric is a CRASH;
         a baseline repeat is KEEP (its repeats make the noise model); a re-measurement of a
         keep is KEEP (REVOKED if the keep was revoked while it ran); a first run or a
         confirmation waits for its verdict (PENDING), unless its candidate was decided
@@ -584,11 +638,14 @@ class Scheduler:
         """
         if r.cancelled:
             return Status.INTERRUPTED, "interrupted; `autoswarm run --resume` runs it again"
+        trained = not r.error and not r.timed_out and r.exit_code == 0
+        if trained and judged.failure is not None:
+            return judged.failure, judged.reason
         reason = crash_reason(
             exit_code=r.exit_code,
             timed_out=r.timed_out,
             timeout_s=self.cfg.run.effective_timeout,
-            metrics=dict(r.metrics),
+            metrics=dict(judged.metrics),
             metric=self.metric,
             log_tail=read_tail(r.log_path),
             error=r.error,
@@ -613,7 +670,7 @@ class Scheduler:
         status = done.status
         if status is Status.INTERRUPTED:
             return
-        if status is Status.CRASH:
+        if status.failed:
             if done.kind is Kind.BASELINE:
                 raise BaselineError(
                     f"the baseline (the unmodified {', '.join(self.cfg.workspace.editable)}) "
@@ -642,19 +699,22 @@ class Scheduler:
         else:  # a re-measurement of a revoked keep, a confirmation of a decided candidate
             self.proposer.observe(done)
 
-    def _finish(self, exp: Experiment, status: Status, r: RunResult, reason: str) -> Experiment:
+    def _finish(
+        self, exp: Experiment, status: Status, r: RunResult, reason: str, judged: Judged
+    ) -> Experiment:
         """Record a job's end: the ledger row, the state, the noise groups; its run directory
         is removed off the loop's path (the log stays)."""
-        metrics = dict(r.metrics)
+        metrics = dict(judged.metrics)
         value = metrics.get(self.metric)
         done = self.ledger.finish(
             exp.id,
             status=status,
             metrics=metrics,
-            metric=value if value is not None and value == value else None,
+            metric=value if value is not None and value == value and not status.failed else None,
             finished_at=r.finished_at,
             started_at=r.started_at,
             reason=reason,
+            sealed=judged.sealed,
         )
         self.state.record(done)
         self.state.noise.measure(done)
@@ -693,6 +753,7 @@ class Scheduler:
                             Status.INTERRUPTED,
                             r,
                             f"interrupted ({reason}); re-queued by --resume",
+                            self._judged(r),
                         )
             for exp_id in list(self.state.running):
                 self.ledger.finish(

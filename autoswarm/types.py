@@ -37,6 +37,12 @@ class Status(enum.Enum):
     REJECTED = "rejected"  # never ran: edits a locked file, does not apply, duplicate
     INTERRUPTED = "interrupted"  # killed by Ctrl-C; re-queued by `autoswarm run --resume`
     REVOKED = "revoked"  # was kept, but its re-measured evidence no longer supports the keep
+    FORGED = "forged"  # printed a metric the locked evaluation of its model does not confirm
+
+    @property
+    def failed(self) -> bool:
+        """True for runs without a value to decide on: a crash, a forged metric."""
+        return self in (Status.CRASH, Status.FORGED)
 
     def is_finished(self) -> bool:
         """True for states a resumed run must never run again."""
@@ -53,7 +59,9 @@ class Status(enum.Enum):
 
 
 # Asked of every row, often (results.tsv, the live view, a resume): a set, made once.
-_FINISHED = frozenset((Status.KEEP, Status.DISCARD, Status.CRASH, Status.REJECTED, Status.REVOKED))
+_FINISHED = frozenset(
+    (Status.KEEP, Status.DISCARD, Status.CRASH, Status.REJECTED, Status.REVOKED, Status.FORGED)
+)
 
 
 class Kind(enum.Enum):
@@ -137,8 +145,26 @@ class Proposal:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Evaluation:
+    """The locked evaluation of a job's trained model ([metric] evaluate), run after it.
+
+    The backend starts ``argv`` once training has exited 0, in a fresh directory that
+    holds only ``files`` (the run's locked files, written after training ended), with
+    ``AUTOSWARM_RUN_DIR`` and ``AUTOSWARM_MODEL`` in its environment. In a sandbox it
+    sees ``sealed`` (data the training process never sees) and the run directory
+    read-only; its summary block is the metric (:mod:`autoswarm.evaluation`).
+    """
+
+    argv: tuple[str, ...]
+    files: tuple[tuple[str, bytes], ...]  # (path relative to the workspace, contents)
+    sealed: tuple[str, ...] = ()  # relative = inside the data cache ($AUTOSWARM_CACHE)
+    timeout_s: float = 600.0
+    model: str = "model.pt2"  # where train.py saves its model, relative to its run directory
+
+
+@dataclass(frozen=True, kw_only=True)
 class Job:
-    """One run of train.py in its own snapshot directory."""
+    """One run of train.py in its own snapshot directory (and its locked evaluation)."""
 
     experiment_id: int
     workdir: Path
@@ -150,6 +176,25 @@ class Job:
     budget_s: float
     # Name of the slot's hardware tier ([[pool.tiers]]); "" = the implicit local tier.
     tier: str = ""
+    evaluation: Evaluation | None = None  # None: the metric is what train.py prints
+
+    @property
+    def eval_log_path(self) -> Path:
+        """Where the evaluation's output goes: beside the training log."""
+        return self.log_path.with_name(self.log_path.stem + ".eval.log")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalOutcome:
+    """What the backend observed of a job's locked evaluation (failures are fields)."""
+
+    exit_code: int | None  # None: it never started
+    timed_out: bool
+    seconds: float
+    metrics: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
+    error: str = ""
+    log_tail: str = ""
+    cancelled: bool = False  # killed on purpose (Ctrl-C, shutdown)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,6 +210,9 @@ class RunResult:
     metrics: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
     error: str = ""  # backend-side failure (could not start, lost worker, ...)
     cancelled: bool = False  # killed on purpose (Ctrl-C, shutdown)
+    # The locked evaluation, when the job had one and training exited 0 (finished_at is
+    # its end: the slot was busy until then).
+    evaluation: EvalOutcome | None = None
 
     @property
     def duration_s(self) -> float:
@@ -345,6 +393,8 @@ class Experiment:
 
 __all__ = [
     "Direction",
+    "EvalOutcome",
+    "Evaluation",
     "Evidence",
     "Experiment",
     "Job",

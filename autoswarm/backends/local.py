@@ -25,14 +25,25 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from autoswarm.backends.base import drain
 from autoswarm.errors import BackendError
+from autoswarm.evaluation import (
+    eval_dir,
+    evaluation_env,
+    evaluation_view,
+    outcome,
+    remove_evaluator,
+    should_evaluate,
+    training_env,
+    training_view,
+    write_evaluator,
+)
 from autoswarm.metrics import parse_summary, read_tail
 from autoswarm.process import ProcessResult, ProcessRunner, ProcessSpec, RunningProcess
 from autoswarm.sandbox import Sandbox, kill_orphan
-from autoswarm.types import Job, RunResult
+from autoswarm.types import EvalOutcome, Job, RunResult
 
 # ---------------------------------------------------------------------------
 # Hardware discovery
@@ -141,7 +152,8 @@ class LocalBackend:
         self.log_max_bytes = log_max_bytes
         self.kill_grace_s = kill_grace_s
         self._results: queue.Queue[RunResult] = queue.Queue()
-        self._running: dict[int, RunningProcess] = {}
+        self._running: dict[int, RunningProcess] = {}  # training, then its evaluation
+        self._cancels: set[int] = set()  # cancelled while running
         self._lock = threading.Lock()
         self._closed = False
         self._runner = ProcessRunner()
@@ -164,6 +176,7 @@ class LocalBackend:
         env.update(
             OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t, AUTOSWARM_THREADS=t
         )
+        env.update(training_env(job))
         spec = ProcessSpec(
             argv=tuple(job.argv),
             cwd=job.workdir,
@@ -174,9 +187,9 @@ class LocalBackend:
             nice=self.nice,
             cpus=plan.cores if plan.gpu is None else (),
             pass_env=self.pass_env,
-            sandbox=self.sandbox.with_writable(job.workdir) if self.sandbox else None,
+            sandbox=training_view(self.sandbox, job) if self.sandbox else None,
         )
-        proc = self._runner.start(spec, on_exit=lambda res: self._finished(job, res))
+        proc = self._runner.start(spec, on_exit=lambda res: self._trained(job, spec, res))
         with self._lock:
             # Only while it runs: done() turns true before on_exit, so a job that has
             # finished already is not added here, and one added is popped by _finished.
@@ -192,6 +205,8 @@ class LocalBackend:
     def cancel(self, experiment_id: int, handle: str | None = None) -> None:
         with self._lock:
             proc = self._running.get(experiment_id)
+            if proc is not None:
+                self._cancels.add(experiment_id)  # also stops its evaluation from starting
         if proc is not None:
             proc.cancel(grace_s=self.kill_grace_s)
             return
@@ -208,20 +223,67 @@ class LocalBackend:
 
     # -- internals -----------------------------------------------------------
 
-    def _finished(self, job: Job, res: ProcessResult) -> None:
+    def _trained(self, job: Job, spec: ProcessSpec, res: ProcessResult) -> None:
+        """Training ended: start the locked evaluation, or report the result now."""
+        if self._closed or not should_evaluate(job, res):
+            self._finished(job, res)
+            return
+        assert job.evaluation is not None
+        directory = eval_dir(job)
+        try:
+            write_evaluator(job.evaluation, directory)
+        except OSError as e:
+            failed = EvalOutcome(
+                exit_code=None, timed_out=False, seconds=0.0, error=f"cannot write its files: {e}"
+            )
+            self._finished(job, res, failed)
+            return
+        ev_spec = replace(
+            spec,
+            argv=job.evaluation.argv,
+            cwd=directory,
+            env=evaluation_env(job, spec.env),
+            log_path=job.eval_log_path,
+            timeout_s=job.evaluation.timeout_s,
+            sandbox=evaluation_view(self.sandbox, job) if self.sandbox else None,
+        )
+
+        def evaluated(ev: ProcessResult) -> None:
+            remove_evaluator(directory)
+            self._finished(job, res, outcome(ev, job.eval_log_path), ev.finished_at)
+
+        with self._lock:  # a cancel() either came first (nothing starts) or finds it
+            cancelled = job.experiment_id in self._cancels
+            if not cancelled:
+                proc = self._runner.start(ev_spec, on_exit=evaluated)
+                if not proc.done():
+                    self._running[job.experiment_id] = proc
+        if cancelled:
+            remove_evaluator(directory)
+            self._finished(job, replace(res, cancelled=True))
+
+    def _finished(
+        self,
+        job: Job,
+        res: ProcessResult,
+        evaluation: EvalOutcome | None = None,
+        finished_at: float | None = None,
+    ) -> None:
         with self._lock:
             self._running.pop(job.experiment_id, None)
+            self._cancels.discard(job.experiment_id)
         self._results.put(
             RunResult(
                 experiment_id=job.experiment_id,
                 exit_code=res.exit_code,
                 timed_out=res.timed_out,
                 started_at=res.started_at,
-                finished_at=res.finished_at,
+                finished_at=res.finished_at if finished_at is None else finished_at,
                 log_path=job.log_path,
                 metrics=parse_summary(read_tail(job.log_path)) if res.pid is not None else {},
                 error=res.error,
-                cancelled=res.cancelled,
+                cancelled=res.cancelled or (evaluation is not None and evaluation.cancelled),
+                evaluation=evaluation,
             )
         )
 

@@ -63,7 +63,7 @@ def _line(e: Experiment, metric: str) -> str:
     v = e.value(metric)
     value = f"{v:.6f}" if v is not None else "-"
     text = f"#{e.id} {e.status.value:8} {metric}={value} {e.description}"
-    if e.reason and e.status in (Status.CRASH, Status.REJECTED):
+    if e.reason and (e.status.failed or e.status is Status.REJECTED):
         text += f" — {' '.join(e.reason.split())[:240]}"
     return text
 

@@ -63,7 +63,7 @@ class AutoProposer:
         if e.kind is Kind.CANDIDATE and e.proposer == self.primary.name:
             if e.status is Status.KEEP:
                 self._dry_runs = 0
-            elif e.status in (Status.DISCARD, Status.CRASH):
+            elif e.status is Status.DISCARD or e.status.failed:
                 self._dry_runs += 1
 
     def propose(self, ctx: Context, n: int) -> list[Proposal]:

@@ -146,10 +146,12 @@ def history_lines(
         lines.append(f"({skipped} older experiments not shown)")
     for e in cands[-limit:]:
         desc = _one_line(e.description, 120)
-        if e.status is Status.CRASH:
+        if e.status.failed:
             reason = e.reason.strip()
             tail = reason[-ERROR_TAIL:] if reason else "no reason recorded"
-            lines.append(f"#{e.id} crash: {desc} -- error: {_one_line(tail, ERROR_TAIL + 20)}")
+            lines.append(
+                f"#{e.id} {e.status.value}: {desc} -- error: {_one_line(tail, ERROR_TAIL + 20)}"
+            )
         elif e.status is Status.REJECTED:
             lines.append(f"#{e.id} rejected: {desc} -- {_one_line(e.reason, 160)}")
         else:

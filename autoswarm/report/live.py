@@ -68,6 +68,7 @@ def render(s: Snapshot, metric: str, banner: str = "") -> RenderableType:
     colors = {
         Status.KEEP: "green",
         Status.CRASH: "red",
+        Status.FORGED: "bold red",
         Status.REJECTED: "red",
         Status.REVOKED: "yellow",
     }

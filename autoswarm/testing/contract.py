@@ -348,7 +348,7 @@ class ProposerContract:
             ctx = contract_context(self.files())
             props = p.propose(ctx, 1)
             for i, status in enumerate(
-                (Status.KEEP, Status.DISCARD, Status.CRASH, Status.REJECTED)
+                (Status.KEEP, Status.DISCARD, Status.CRASH, Status.REJECTED, Status.FORGED)
             ):
                 p.observe(
                     Experiment(

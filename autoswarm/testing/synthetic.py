@@ -76,6 +76,44 @@ def value_of_files(files: Mapping[str, str], seed: int, noise: float = 0.002) ->
     return true_value(values) + random.Random(seed * 1000003 + 17).gauss(0, noise)
 
 
+# The synthetic workspace with a locked evaluation (issue 16): train.py saves its "model"
+# (the value it would print) where AUTOSWARM_MODEL says; prepare.py evaluates it against
+# sealed data in the data cache (a test split that reads a little worse than validation).
+SAVE_MODEL = """
+if os.environ.get("AUTOSWARM_MODEL"):
+    with open(os.environ["AUTOSWARM_MODEL"], "w") as f:
+        f.write(repr(v))
+"""
+
+EVALUATED_PREPARE_PY = '''\
+"""Synthetic prepare.py: `prepare.py` writes the sealed split; `prepare.py evaluate` scores."""
+import json, os, pathlib, sys, time
+
+CACHE = pathlib.Path(os.environ.get("AUTOSWARM_CACHE") or pathlib.Path.home() / ".cache" / "autoswarm")
+SEALED = CACHE / "synthetic" / "sealed" / "synthetic-sealed-split.json"
+
+def evaluate():
+    t0 = time.time()
+    try:
+        split = json.loads(SEALED.read_text())
+        value = float(pathlib.Path(os.environ["AUTOSWARM_MODEL"]).read_text())
+    except (OSError, ValueError, KeyError) as e:
+        print(f"prepare.py: error: cannot evaluate: {e}", file=sys.stderr)
+        return 1
+    print("---")
+    print(f"val_bpb:          {value:.6f}")
+    print(f"test_bpb:         {value + split['test_shift']:.6f}")
+    print(f"eval_seconds:     {time.time() - t0:.1f}")
+    return 0
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["evaluate"]:
+        sys.exit(evaluate())
+    SEALED.parent.mkdir(parents=True, exist_ok=True)
+    SEALED.write_text(json.dumps({"test_shift": 0.01}))
+'''
+
+
 def make_workspace(
     directory: Path,
     *,
@@ -83,16 +121,26 @@ def make_workspace(
     budget: float = 1.0,
     timeout: float = 0.0,
     baseline_repeats: int | None = None,
+    evaluated: bool = False,
 ) -> Path:
     """A git workspace with the synthetic train.py and a no-op prepare.py.
 
     ``baseline_repeats``: written into its autoswarm.toml instead of the default.
+    ``evaluated``: with a locked evaluation instead ([metric] evaluate): train.py also
+    saves its model (:data:`SAVE_MODEL` is appended to ``train_py``), and prepare.py
+    writes sealed data into the cache and evaluates the model (:data:`EVALUATED_PREPARE_PY`).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "train.py").write_text(train_py)
-    (directory / "prepare.py").write_text('"""No data to prepare for the synthetic workspace."""\n')
+    (directory / "train.py").write_text(train_py + (SAVE_MODEL if evaluated else ""))
+    (directory / "prepare.py").write_text(
+        EVALUATED_PREPARE_PY
+        if evaluated
+        else '"""No data to prepare for the synthetic workspace."""\n'
+    )
     (directory / "program.md").write_text("Synthetic workspace: change the knobs in train.py.\n")
-    toml = render_default_config(budget=budget, timeout=timeout)
+    toml = render_default_config(
+        budget=budget, timeout=timeout, sealed=("synthetic/sealed",) if evaluated else ()
+    )
     if baseline_repeats is not None:
         toml = re.sub(
             r"(?m)^baseline_repeats = \d+", f"baseline_repeats = {baseline_repeats}", toml
@@ -117,4 +165,11 @@ def make_workspace(
     return directory
 
 
-__all__ = ["TRAIN_PY", "make_workspace", "true_value", "value_of_files"]
+__all__ = [
+    "EVALUATED_PREPARE_PY",
+    "SAVE_MODEL",
+    "TRAIN_PY",
+    "make_workspace",
+    "true_value",
+    "value_of_files",
+]

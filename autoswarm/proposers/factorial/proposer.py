@@ -149,7 +149,9 @@ class FactorialProposer:
 
     def observe(self, experiment: Experiment) -> None:
         e = experiment
-        if e.kind is Kind.CANDIDATE and e.status in (Status.KEEP, Status.DISCARD, Status.CRASH):
+        if e.kind is Kind.CANDIDATE and (
+            e.status.failed or e.status in (Status.KEEP, Status.DISCARD)
+        ):
             self._crash_walls.count(e)
         if e.proposer != self.name or e.kind is not Kind.CANDIDATE:
             return  # confirmation runs are read from the candidate's evidence

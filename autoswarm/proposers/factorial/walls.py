@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 
 from autoswarm.knobs import Knob, Literal
-from autoswarm.types import Experiment, Status
+from autoswarm.types import Experiment
 
 # (low, high): values at or below low, or at or above high, are past the wall.
 Wall = tuple[float, float]
@@ -36,7 +36,7 @@ class CrashWalls:
             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
                 runs = self._runs.setdefault(str(name), {}).setdefault(float(v), [0, 0])
                 runs[0] += 1
-                runs[1] += e.status is Status.CRASH
+                runs[1] += e.status.failed
         self._cache = None
 
     def walls(self, knobs: Mapping[str, Knob]) -> dict[str, Wall]:
