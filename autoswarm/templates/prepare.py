@@ -13,6 +13,14 @@ Run it once per machine, before any training run:
 It is idempotent: when the cache is complete and verifies, a second run is a fast
 no-op. It exits non-zero with a one-line message on failure.
 
+After a training run, the orchestrator scores the model train.py handed over:
+
+    python prepare.py evaluate [--model PATH]          # default $AUTOSWARM_MODEL
+
+It loads the exported program, refuses graphs that could read files or see the
+tokens they predict, and prints val_bpb and test_bpb in a summary block (see
+"The locked evaluator" below).
+
 Two sources:
 - "stdlib": the *.py files of the running interpreter's standard library
   (~11 MB, no network), tokenized as raw bytes (vocab 256 + BOS). The default,
@@ -21,29 +29,44 @@ Two sources:
   dataset) downloaded from the Hugging Face hub, with an 8192-token BPE
   trained here with rustbpe and saved as a tiktoken encoding.
 
+Three splits, disjoint: train, val and test. Only train.bin sits next to the
+manifest; val and test live in <cache>/<source>/sealed/, which the orchestrator
+hides from the training process (an empty directory in its sandbox) and shows
+to the evaluator only.
+
 train.py imports from this file (importing it has no side effects):
-    SOURCE, EVAL_TOKENS, DataNotReady, get_tokenizer, make_dataloader, evaluate_bpb
+    SOURCE, EVAL_TOKENS, DataNotReady, ExportError, get_tokenizer, make_dataloader,
+    evaluate_bpb, split_visible, export_model
 
 Environment:
-    AUTOSWARM_CACHE  cache directory for data and tokenizer (default ~/.cache/autoswarm).
-                     The data lives outside the workspace so snapshots stay small.
+    AUTOSWARM_CACHE    cache directory for data and tokenizer (default ~/.cache/autoswarm).
+                       The data lives outside the workspace so snapshots stay small.
+    AUTOSWARM_MODEL    `evaluate`: the model file (train.py writes it there).
+    AUTOSWARM_RUN_DIR  `evaluate`: when AUTOSWARM_MODEL is unset, the model is <dir>/model.pt2.
+    AUTOSWARM_THREADS  `evaluate`: torch intra-op threads on CPU (as in train.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import functools
 import hashlib
 import http.client
 import json
+import logging
 import math
+import operator
 import os
+import re
 import sys
 import sysconfig
 import time
 import urllib.error
 import urllib.request
+import warnings
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,18 +80,26 @@ import numpy as np
 
 SOURCE = "stdlib"
 
-# Evaluation size in tokens: the first EVAL_TOKENS targets of the validation split.
-# stdlib: 32 KiB of held-out source evaluates in ~1 s on one CPU thread, so that
-# even a 2 s run stays short. climbmix: autoresearch's 40 x 524288 tokens.
+# Evaluation size in tokens: the first EVAL_TOKENS targets of the val split, and
+# as many of the test split. stdlib: 32 KiB of held-out source evaluates in ~1 s
+# on one CPU thread, so that even a 2 s run stays short. climbmix: autoresearch's
+# 40 x 524288 tokens.
 EVAL_TOKENS = {"stdlib": 32_768, "climbmix": 40 * 524_288}
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: three splits, val and test under SEALED_DIR
 TOKEN_DTYPE = np.uint16  # both vocabularies (257 and 8192) fit in 16 bits
+SPLITS = ("train", "val", "test")
+SEALED_SPLITS = ("val", "test")
+# The directory (under <cache>/<source>/) that holds the sealed splits and, for
+# climbmix, the raw shards. The orchestrator mounts an empty directory over it
+# in the training process's sandbox.
+SEALED_DIR = "sealed"
 
-# stdlib: a file goes to validation when sha256(relative path) % VAL_MODULUS == 0
-# (~10%). Hashing the path (not Python's salted hash()) makes the split the same
-# in every process and on every machine with the same interpreter version.
-VAL_MODULUS = 10
+# stdlib: sha256(relative path) % SPLIT_MODULUS picks a file's split: 0 is val,
+# 1 is test (~10% each), the rest train. Hashing the path (not Python's salted
+# hash()) makes the split the same in every process and on every machine with
+# the same interpreter version.
+SPLIT_MODULUS = 10
 # Directories whose files teach little or are generated: test suites (huge,
 # repetitive), third-party packages, codec tables (encodings/cp*.py) and the
 # pydoc topic dump (a 750 KB string literal).
@@ -78,10 +109,12 @@ STDLIB_SKIP_DIRS = frozenset(
 STDLIB_MAX_FILE_BYTES = 200_000
 
 # climbmix: same hub dataset and shard naming as autoresearch; the last shard is
-# pinned as validation so that every machine evaluates on the same text.
+# pinned as val and the one before it as test, so that every machine evaluates
+# on the same text. Train shards are 0..num_shards-1 (num_shards < TEST_SHARD).
 BASE_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
 MAX_SHARD = 6542
 VAL_SHARD = MAX_SHARD
+TEST_SHARD = MAX_SHARD - 1
 DEFAULT_NUM_SHARDS = 10
 TEXT_COLUMN = "text"
 BPE_VOCAB_SIZE = 8192  # including the BOS special token

@@ -141,7 +141,9 @@ def test_forgers_are_caught_and_the_sealed_split_stays_hidden(
     # status --json, results --format json and the results table show them (run ended).
     st = json.loads(cli(ws_dir, "status", "--json").stdout)
     assert st["test"]["metric"] == "test_bpb"
-    same = [h.sealed["test_bpb"] for h in ledger.sealed_metrics(run.id) if h.commit == better.commit]
+    same = [
+        h.sealed["test_bpb"] for h in ledger.sealed_metrics(run.id) if h.commit == better.commit
+    ]
     assert len(same) >= 2  # the keep and its confirmations: the best's test value is their mean
     assert st["test"]["best"]["test"] == pytest.approx(sum(same) / len(same), abs=2e-6)
     assert st["test"]["baseline"]["gap"] == pytest.approx(0.01, abs=2e-6)
