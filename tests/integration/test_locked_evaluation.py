@@ -186,3 +186,148 @@ def test_without_a_sandbox_the_evaluation_still_decides(
     assert rows["scaled loss"].status is Status.FORGED
     assert not list(ws.state_dir.glob("runs/*.eval")), "evaluation directories are removed"
     ledger.close()
+
+
+# ---------------------------------------------------------------------------
+# No proposer sees a test value: the LLM's prompt, an agent's copy, an external agent
+
+
+def test_values(ledger: Ledger, run_id: int) -> list[str]:
+    """The test values of a run as they would be printed (six decimals)."""
+    out = [f"{h.sealed['test_bpb']:.6f}" for h in ledger.sealed_metrics(run_id)]
+    assert out, "the run recorded test values"
+    return out
+
+
+def evaluated_workspace(tmp: Path, monkeypatch: pytest.MonkeyPatch, extra: str) -> Path:
+    monkeypatch.setenv("AUTOSWARM_CACHE", str(tmp / "cache"))
+    ws_dir = make_workspace(tmp / "ws", budget=0.2, baseline_repeats=2, evaluated=True)
+    toml = ws_dir / "autoswarm.toml"
+    # The fake agent reports through a file beside the workspace: no sandbox for it.
+    toml.write_text(toml.read_text() + extra + '\n[sandbox]\nmode = "off"\n')
+    subprocess.run([sys.executable, "prepare.py"], cwd=ws_dir, check=True)
+    return ws_dir
+
+
+def test_no_llm_prompt_and_no_agent_copy_holds_a_test_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoswarm.config import with_overrides
+    from autoswarm.proposers.registry import make_proposer
+    from autoswarm.testing.llm_servers import ScriptedLLMServer, answer
+
+    # An LLM proposer against a loopback fake server that records every prompt.
+    ws_dir = evaluated_workspace(tmp_path / "llm", monkeypatch, "")
+
+    base = (ws_dir / "train.py").read_text()  # with the lines that save its model
+
+    def reply(req: object, n: int) -> object:
+        text = base.replace("LR = 0.01", f"LR = {0.01 * 1.5 ** (n + 1):.6f}")
+        return answer(f"DESCRIPTION: LR variant {n}\n```python train.py\n{text}```\n")
+
+    with ScriptedLLMServer("anthropic", fallback=reply, api_key="sk-test") as srv:
+        toml = ws_dir / "autoswarm.toml"
+        toml.write_text(
+            toml.read_text().replace('strategy = "auto"', 'strategy = "llm"')
+            + f'\n[llm]\nmodel = "m"\nbase_url = "{srv.base_url}"\n'
+            'api_key_env = "FAKE_LLM_KEY"\ntimeout = 10\nconcurrency = 2\n'
+        )
+        monkeypatch.setenv("FAKE_LLM_KEY", "sk-test")
+        cfg = with_overrides(load_config(ws_dir), workers=2, max_experiments=8, best_runs=1)
+        ws = Workspace(ws_dir, cfg)
+        ledger = Ledger(ws.ledger_path)
+        sched = Scheduler(
+            workspace=ws,
+            ledger=ledger,
+            backend=LocalBackend(2, gpus=[]),
+            proposer=make_proposer(cfg, state_dir=ws.state_dir),
+            config=cfg,
+        )
+        out = sched.run(tag="llm")
+    values = test_values(ledger, out.run.id)
+    assert len(srv.requests) >= 2
+    prompts = "\n".join(r.prompt for r in srv.requests[1:])  # later ones carry a history
+    assert "val_bpb" in prompts
+    assert "test_bpb" not in prompts and not [v for v in values if v in prompts]
+    ledger.close()
+
+    # A coding agent (tests/fixtures/fake_agent.py) reports its prompt and every file of
+    # its copy of the workspace.
+    fake = Path(__file__).resolve().parents[1] / "fixtures" / "fake_agent.py"
+    report = tmp_path / "report.jsonl"
+    command = [sys.executable, str(fake), "lr", "{prompt_file}", "--report", str(report)]
+    command += ["--claims", str(tmp_path / "claims"), "--values", "0.04,0.02,0.03,0.05"]
+    ws_dir = evaluated_workspace(
+        tmp_path / "agent",
+        monkeypatch,
+        f'\n[agent]\ncommand = {json.dumps(command)}\ntimeout = "20s"\n',
+    )
+    cfg = with_overrides(
+        load_config(ws_dir), strategy="agent", workers=2, max_experiments=8, best_runs=1
+    )
+    ws = Workspace(ws_dir, cfg)
+    ledger = Ledger(ws.ledger_path)
+    sched = Scheduler(
+        workspace=ws,
+        ledger=ledger,
+        backend=LocalBackend(2, gpus=[]),
+        proposer=make_proposer(cfg, state_dir=ws.state_dir),
+        config=cfg,
+    )
+    out = sched.run(tag="agent")
+    values = test_values(ledger, out.run.id)
+    seen = [json.loads(line) for line in report.read_text().splitlines()]
+    assert len(seen) >= 2 and any("val_bpb" in r["prompt"] for r in seen)
+    for r in seen:
+        # Its copy holds the locked prepare.py, whose evaluator prints "test_bpb:": the
+        # code may be read, no value may.
+        text = r["prompt"] + json.dumps(r["files"])
+        assert "test_bpb" not in r["prompt"] and not [v for v in values if v in text]
+    ledger.close()
+
+
+def test_an_external_agent_sees_no_test_value_during_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    ws_dir = evaluated_workspace(tmp_path, monkeypatch, "")
+    run = subprocess.Popen(
+        [
+            *AUTOSWARM,
+            *("run", "--workspace", str(ws_dir), "--strategy", "external", "--workers", "2"),
+            *("--max-experiments", "6", "--tag", "ext", "--skip-prepare", "--no-live"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        variant = tmp_path / "v1"
+        variant.mkdir()
+        train = (ws_dir / "train.py").read_text()
+        (variant / "train.py").write_text(train.replace("LR = 0.01", "LR = 0.04"))
+        sub = cli(ws_dir, "submit", str(variant), "--desc", "LR 0.01 -> 0.04", "--json")
+        exp_id = json.loads(sub.stdout)["id"]
+        waited = cli(ws_dir, "wait", str(exp_id), "--timeout", "90", "--json")
+        assert waited.returncode == 0, waited.stderr
+        assert json.loads(waited.stdout)[0]["status"] in ("keep", "discard")
+        during = cli(ws_dir, "results", "--format", "json").stdout
+        status = cli(ws_dir, "status", "--json").stdout
+        shown = cli(ws_dir, "results", "--format", "json", "--show-test").stdout
+        assert run.poll() is None, "the run was still active while the agent asked"
+        for text in (waited.stdout, during, status):
+            assert "test_bpb" not in text
+        assert "hidden while the run is active" in json.loads(status)["test"]["hidden"]
+        assert "test_bpb" in shown  # the human's flag
+        # The agent's results.tsv (autoresearch's columns) never has them.
+        deadline = time.monotonic() + 90
+        while run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.3)
+    finally:
+        if run.poll() is None:
+            run.terminate()
+        run.communicate(timeout=30)
+    assert "test_bpb" not in (ws_dir / "results.tsv").read_text()
+    after = json.loads(cli(ws_dir, "results", "--format", "json").stdout)
+    assert any("test_bpb" in r.get("test", {}) for r in after)  # the run has ended
