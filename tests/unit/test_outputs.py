@@ -310,6 +310,7 @@ def test_status_record_numbers(ledger: Ledger) -> None:
         "keep": 3,
         "discard": 1,
         "crash": 1,
+        "forged": 0,
         "rejected": 1,
         "running": 0,
         "queued": 0,
