@@ -66,26 +66,32 @@ def model_path(job: Job) -> Path:
 # The two views
 
 
-def training_view(box: Sandbox, job: Job, env: Mapping[str, str] | None = None) -> Sandbox:
-    """The training process's view: its run directory writable, the sealed data hidden."""
-    view = box.with_writable(job.workdir)
-    if job.evaluation is None or not job.evaluation.sealed:
+def training_view(
+    box: Sandbox, workdir: Path, sealed: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> Sandbox:
+    """The training process's view: its run directory writable, the sealed data hidden.
+
+    ``env``: the training process's environment (its ``AUTOSWARM_CACHE`` is where the
+    evaluation reads the sealed data from), else this process's.
+    """
+    view = box.with_writable(workdir)
+    if not sealed:
         return view
-    return replace(view, hidden=(*view.hidden, *sealed_paths(job.evaluation.sealed, env)))
+    return replace(view, hidden=(*view.hidden, *sealed_paths(sealed, env)))
 
 
-def evaluation_view(box: Sandbox, job: Job) -> Sandbox:
+def evaluation_view(box: Sandbox, workdir: Path, directory: Path) -> Sandbox:
     """The evaluation's view: nothing writable, the run and evaluation directories
     readable, and the sealed data visible (it is not hidden in ``box``)."""
-    return replace(box, readable=(*box.readable, job.workdir, eval_dir(job)))
+    return replace(box, readable=(*box.readable, workdir, directory))
 
 
-def evaluation_env(job: Job, base: Mapping[str, str]) -> dict[str, str]:
+def evaluation_env(base: Mapping[str, str], workdir: Path, model: str) -> dict[str, str]:
     """The evaluation's environment: the job's, and where the run and its model are."""
     return {
         **base,
-        "AUTOSWARM_RUN_DIR": str(job.workdir),
-        "AUTOSWARM_MODEL": str(model_path(job)),
+        "AUTOSWARM_RUN_DIR": str(workdir),
+        "AUTOSWARM_MODEL": str(workdir / model),
         "AUTOSWARM_EVALUATION": "1",
     }
 
@@ -93,6 +99,11 @@ def evaluation_env(job: Job, base: Mapping[str, str]) -> dict[str, str]:
 def training_env(job: Job) -> dict[str, str]:
     """What training gets added to its environment: where to save its model."""
     return {"AUTOSWARM_MODEL": str(model_path(job))} if job.evaluation is not None else {}
+
+
+def should_run(res: ProcessResult) -> bool:
+    """True when training ended by itself with exit code 0: its model may be evaluated."""
+    return res.pid is not None and res.exit_code == 0 and not res.timed_out and not res.cancelled
 
 
 def write_evaluator(evaluation: Evaluation, directory: Path) -> None:
@@ -122,13 +133,7 @@ def remove_evaluator(directory: Path) -> None:
 
 def should_evaluate(job: Job, res: ProcessResult) -> bool:
     """True when training ended by itself with exit code 0 and the job has an evaluation."""
-    return (
-        job.evaluation is not None
-        and res.pid is not None
-        and res.exit_code == 0
-        and not res.timed_out
-        and not res.cancelled
-    )
+    return job.evaluation is not None and should_run(res)
 
 
 def outcome(res: ProcessResult, log_path: Path) -> EvalOutcome:
@@ -265,6 +270,7 @@ __all__ = [
     "remove_evaluator",
     "sealed_paths",
     "should_evaluate",
+    "should_run",
     "training_env",
     "training_view",
     "write_evaluator",

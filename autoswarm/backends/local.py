@@ -187,7 +187,13 @@ class LocalBackend:
             nice=self.nice,
             cpus=plan.cores if plan.gpu is None else (),
             pass_env=self.pass_env,
-            sandbox=training_view(self.sandbox, job) if self.sandbox else None,
+            sandbox=(
+                training_view(
+                    self.sandbox, job.workdir, job.evaluation.sealed if job.evaluation else (), env
+                )
+                if self.sandbox
+                else None
+            ),
         )
         proc = self._runner.start(spec, on_exit=lambda res: self._trained(job, spec, res))
         with self._lock:
@@ -242,10 +248,10 @@ class LocalBackend:
             spec,
             argv=job.evaluation.argv,
             cwd=directory,
-            env=evaluation_env(job, spec.env),
+            env=evaluation_env(spec.env, job.workdir, job.evaluation.model),
             log_path=job.eval_log_path,
             timeout_s=job.evaluation.timeout_s,
-            sandbox=evaluation_view(self.sandbox, job) if self.sandbox else None,
+            sandbox=evaluation_view(self.sandbox, job.workdir, directory) if self.sandbox else None,
         )
 
         def evaluated(ev: ProcessResult) -> None:

@@ -64,16 +64,24 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from autoswarm.config import Config, TierConfig
 from autoswarm.errors import AutoswarmError, BackendCallError, BackendError, ConfigError
+from autoswarm.evaluation import (
+    evaluation_env,
+    evaluation_view,
+    remove_evaluator,
+    should_run,
+    training_view,
+    write_evaluator,
+)
 from autoswarm.metrics import parse_summary, read_tail
 from autoswarm.process import ProcessRunner, ProcessSpec, RunningProcess
 from autoswarm.sandbox import Sandbox, SandboxMode, choose, experiment_view, sandbox_settings
-from autoswarm.types import Job, RunResult
+from autoswarm.types import EvalOutcome, Evaluation, Job, RunResult
 
 # The snapshot is a handful of source files; anything this large is a mistake (data
 # committed into the workspace) that would clog Ray's object store.
@@ -240,12 +248,15 @@ class SlotWorker:
         log_max_bytes: int,
         threads: int,
         sandbox: Mapping[str, Any] | None = None,
+        evaluation: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Run one experiment to its end and return what happened (see :meth:`_execute`).
 
         ``sandbox`` is the run's ``[sandbox]`` table (:func:`sandbox_settings`): this node
         decides what it can honour (bubblewrap, or the allowlisted environment only), and
-        the result's ``sandbox`` says which.
+        the result's ``sandbox`` says which. ``evaluation``: the job's locked evaluation
+        (:func:`evaluation_settings`), run here after training as the local backend does;
+        the result's ``evaluation`` holds what it did and its log.
 
         Calling it again with the same token (a retry after a transient error) waits for
         the same run instead of starting a second one.
@@ -270,6 +281,7 @@ class SlotWorker:
                     log_max_bytes,
                     threads,
                     sandbox if sandbox is not None else {"mode": "off"},
+                    evaluation,
                 ),
                 daemon=True,
                 name=f"autoswarm-{token}",
@@ -380,11 +392,14 @@ class SlotWorker:
         log_max_bytes: int,
         threads: int,
         sandbox: Mapping[str, Any],
+        evaluation: Mapping[str, Any] | None = None,
     ) -> None:
         started = time.time()
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in r.token)
         workdir = self.root / safe
         log_path = self.root / f"{safe}.log"
+        ev = _evaluation_of(evaluation)
+        ev_dir, ev_log = self.root / f"{safe}.eval", self.root / f"{safe}.eval.log"
         result: dict[str, Any] = {
             "exit_code": None,
             "timed_out": False,
@@ -408,7 +423,10 @@ class SlotWorker:
                 OPENBLAS_NUM_THREADS=t,
                 AUTOSWARM_THREADS=t,
             )
+            if ev is not None:
+                full_env["AUTOSWARM_MODEL"] = str(workdir / ev.model)
             view, result["sandbox"] = self._view(sandbox)
+            sealed = ev.sealed if ev is not None else ()
             spec = ProcessSpec(
                 argv=self._command(argv),
                 cwd=workdir,
@@ -420,7 +438,9 @@ class SlotWorker:
                 # with it instead of running on as an orphan.
                 die_with_parent=True,
                 pass_env=tuple(sandbox.get("pass_env", ())),
-                sandbox=view.with_writable(workdir) if view is not None else None,
+                sandbox=(
+                    training_view(view, workdir, sealed, full_env) if view is not None else None
+                ),
             )
             # Under the lock: a cancel() either comes first (nothing starts) or finds r.proc.
             with self._lock:
@@ -436,6 +456,32 @@ class SlotWorker:
                 finished_at=res.finished_at,
                 error=f"{res.error} (on {result['host']})" if res.error else "",
             )
+            if ev is not None and should_run(res):
+                write_evaluator(ev, ev_dir)
+                ev_spec = replace(
+                    spec,
+                    argv=self._command(ev.argv),
+                    cwd=ev_dir,
+                    env=evaluation_env(full_env, workdir, ev.model),
+                    log_path=ev_log,
+                    timeout_s=ev.timeout_s,
+                    sandbox=evaluation_view(view, workdir, ev_dir) if view is not None else None,
+                )
+                with self._lock:
+                    if r.cancelled:
+                        raise _Cancelled
+                    r.proc = self._runner.start(ev_spec)
+                eres = r.proc.wait()
+                assert eres is not None
+                result["finished_at"] = eres.finished_at
+                result["evaluation"] = {
+                    "exit_code": eres.exit_code,
+                    "timed_out": eres.timed_out,
+                    "seconds": eres.duration_s,
+                    "error": eres.error,
+                    "cancelled": eres.cancelled,
+                    "log": ev_log.read_bytes() if ev_log.exists() else b"",
+                }
         except _Cancelled:
             result["finished_at"] = time.time()
         except Exception as e:
@@ -450,8 +496,10 @@ class SlotWorker:
             except OSError:
                 result["log"] = b""
             shutil.rmtree(workdir, ignore_errors=True)
+            remove_evaluator(ev_dir)
             with contextlib.suppress(OSError):
                 log_path.unlink()
+                ev_log.unlink()
             with self._lock:
                 result["cancelled"] = r.cancelled
                 r.result = result
@@ -463,6 +511,31 @@ class SlotWorker:
 
 class _Cancelled(Exception):
     """Internal: stop before (or instead of) starting the process."""
+
+
+def evaluation_settings(ev: Evaluation | None) -> dict[str, Any] | None:
+    """A job's locked evaluation as plain data, for a slot actor on any node."""
+    if ev is None:
+        return None
+    return {
+        "argv": list(ev.argv),
+        "files": [(path, data) for path, data in ev.files],
+        "sealed": list(ev.sealed),
+        "timeout_s": ev.timeout_s,
+        "model": ev.model,
+    }
+
+
+def _evaluation_of(settings: Mapping[str, Any] | None) -> Evaluation | None:
+    if not settings:
+        return None
+    return Evaluation(
+        argv=tuple(settings["argv"]),
+        files=tuple((str(p), bytes(d)) for p, d in settings["files"]),
+        sealed=tuple(settings.get("sealed", ())),
+        timeout_s=float(settings.get("timeout_s", 600.0)),
+        model=str(settings.get("model", "model.pt2")),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -953,6 +1026,7 @@ class RayBackend:
                 self.log_max_bytes,
                 max(1, int(self.specs[job.slot].num_cpus)),
                 self.sandbox,
+                evaluation_settings(job.evaluation),
             )
         self._by_ref[p.ref] = job.experiment_id
 
@@ -1041,6 +1115,19 @@ class RayBackend:
         job.log_path.write_bytes(header + bytes(res.get("log", b"")))
         # After a lost worker the slot was busy since the first attempt was sent.
         started = p.submitted_at if p.attempts else float(res.get("started_at", p.submitted_at))
+        evaluation = None
+        if ev := res.get("evaluation"):
+            job.eval_log_path.write_bytes(bytes(ev.get("log", b"")))
+            tail = read_tail(job.eval_log_path)
+            evaluation = EvalOutcome(
+                exit_code=ev.get("exit_code"),
+                timed_out=bool(ev.get("timed_out")),
+                seconds=float(ev.get("seconds", 0.0)),
+                metrics=parse_summary(tail) if ev.get("exit_code") is not None else {},
+                error=str(ev.get("error", "")),
+                log_tail=tail[-4000:],
+                cancelled=bool(ev.get("cancelled")),
+            )
         result = RunResult(
             experiment_id=job.experiment_id,
             exit_code=res.get("exit_code"),
@@ -1051,6 +1138,7 @@ class RayBackend:
             metrics=parse_summary(read_tail(job.log_path)),
             error=error or str(res.get("error", "")),
             cancelled=p.cancelled or bool(res.get("cancelled", False)),
+            evaluation=evaluation,
         )
         with self._lock:
             self._done.append(result)
@@ -1098,6 +1186,7 @@ __all__ = [
     "RayBackend",
     "SlotSpec",
     "SlotWorker",
+    "evaluation_settings",
     "ray_errors",
     "read_snapshot",
     "slot_spec",

@@ -359,3 +359,46 @@ def test_ray_example_in_docs_is_accepted_by_the_backend(tmp_path: Path) -> None:
     specs = [slot_spec(t) for t in cfg.pool.tiers]
     assert [s.resources for s in specs] == [{"h100": 1.0}, {"h200": 1.0}]
     assert all(s.num_gpus == 1.0 for s in specs)
+
+
+# ---------------------------------------------------------------------------
+# The locked evaluation on the slot actors (issue 16)
+
+
+def test_locked_evaluation_on_ray(
+    cluster: LocalRayCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each slot actor runs the job's evaluation after training, as the local backend does:
+    the evaluated value is the metric, a print that disagrees is forged, and the test
+    values come back for the ledger."""
+    monkeypatch.setenv("AUTOSWARM_CACHE", str(tmp_path / "cache"))
+    root = make_workspace(tmp_path / "ws", budget=0.3, baseline_repeats=2, evaluated=True)
+    with (root / "autoswarm.toml").open("a") as f:
+        f.write('\n[pool]\nbackend = "ray"\n')
+        f.write(f'options = {{ address = "{cluster.address}" }}\n')
+        f.write('\n[sandbox]\nmode = "off"\n')
+    subprocess.run([sys.executable, "prepare.py"], cwd=root, check=True)
+    cfg = with_overrides(load_config(root), workers=2)
+    ws = Workspace(root, cfg)
+    backend = make_backend(cfg, workspace_root=ws.root, state_dir=ws.state_dir)
+    assert isinstance(backend, RayBackend)
+    line = 'print(f"val_bpb:          {v:.6f}")'
+    forge = ("forged", replace_in("train.py", line, line.replace("{v:.6f}", "{v - 0.1:.6f}")))
+    ledger = Ledger(ws.ledger_path)
+    sched = Scheduler(
+        workspace=ws,
+        ledger=ledger,
+        backend=backend,
+        proposer=ScriptedProposer([forge, LR]),
+        config=cfg,
+    )
+    out = sched.run(tag="ev")
+    rows = {e.description: e for e in ledger.experiments(out.run.id)}
+    assert rows["forged"].status is Status.FORGED, rows["forged"].reason
+    lr = rows[LR[0]]
+    assert lr.status is Status.KEEP, lr.reason
+    assert lr.value("val_bpb") == pytest.approx(lr.metrics["printed_val_bpb"], abs=1e-6)
+    held = {h.id: h.sealed for h in ledger.sealed_metrics(out.run.id)}
+    assert held[lr.id]["test_bpb"] == pytest.approx(lr.value("val_bpb") + 0.01, abs=2e-6)
+    assert Path(ws.log_path(lr.id)).with_name(f"{lr.id:05d}.eval.log").read_text().startswith("---")
+    ledger.close()
