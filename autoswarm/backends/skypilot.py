@@ -68,12 +68,14 @@ from autoswarm.backends.skymodes import (
     sdk_errors,
 )
 from autoswarm.backends.skytask import (
+    TIMEOUT_EXIT,
     SkyOptions,
     SkyTier,
     cluster_name,
     job_name,
     parse_pool,
     read_exit,
+    split_evaluation,
     task_config,
 )
 from autoswarm.config import Config
@@ -81,7 +83,7 @@ from autoswarm.errors import BackendCallError, BackendError, ConfigError
 from autoswarm.metrics import parse_summary
 from autoswarm.process import CappedLog
 from autoswarm.sandbox import sandbox_settings
-from autoswarm.types import Job, RunResult
+from autoswarm.types import EvalOutcome, Job, RunResult
 
 log = logging.getLogger(__name__)
 
@@ -462,7 +464,8 @@ class SkyPilotBackend:
             return
         text = self._fetch_logs(t)
         t.move(state)
-        code, marker_timeout = read_exit(text)
+        trained, ev_text, ev_code, ev_seconds = split_evaluation(text)
+        code, marker_timeout = read_exit(trained)
         timed_out = state is SkyState.TIMED_OUT or marker_timeout
         if state is SkyState.SUCCEEDED:
             exit_code: int | None = 0 if code is None else code
@@ -479,6 +482,17 @@ class SkyPilotBackend:
             out.write(("\n" + "".join(f"autoswarm: {n}\n" for n in tail)).encode())
         out.close()
         now = time.time()
+        evaluation = None
+        if ev_text is not None and state is not SkyState.CANCELLED:
+            t.job.eval_log_path.write_text(ev_text)
+            evaluation = EvalOutcome(
+                exit_code=ev_code,
+                timed_out=ev_code == TIMEOUT_EXIT,
+                seconds=ev_seconds,
+                metrics=parse_summary(ev_text) if ev_code is not None else {},
+                error="" if ev_code is not None else "the evaluation did not finish on the node",
+                log_tail=ev_text[-4000:],
+            )
         result = RunResult(
             experiment_id=t.job.experiment_id,
             exit_code=exit_code,
@@ -488,9 +502,10 @@ class SkyPilotBackend:
             log_path=t.job.log_path,
             metrics={}
             if state in (SkyState.CANCELLED, SkyState.TIMED_OUT)
-            else parse_summary(text),
+            else parse_summary(trained),
             error=error,
             cancelled=state is SkyState.CANCELLED,
+            evaluation=evaluation,
         )
         with self._lock:
             self._tracked.pop(t.job.experiment_id, None)

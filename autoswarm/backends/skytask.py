@@ -404,8 +404,12 @@ def setup_script(opts: SkyOptions, prepare: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sandbox_prelude(settings: Mapping[str, Any], python: str) -> str:
+def sandbox_prelude(settings: Mapping[str, Any], python: str, sealed: Sequence[str] = ()) -> str:
     """Bash that sets ``box``: the command prefix that contains the experiment on the node.
+
+    Also ``evalbox``, the prefix of the locked evaluation (``[metric] evaluate``): the same
+    view with ``sealed`` visible (hidden from ``box``), the working directory read-only
+    and ``$ev`` (the evaluation's directory, set by the caller) as its own.
 
     The node's shell builds the same view as :func:`autoswarm.sandbox.experiment_view`
     builds locally: bubblewrap with its own PID, mount, IPC and UTS namespaces (and
@@ -419,7 +423,11 @@ def sandbox_prelude(settings: Mapping[str, Any], python: str) -> str:
     """
     mode = settings.get("mode", "off")
     if mode == "off":
-        return 'box=()\necho "autoswarm: sandbox: off ([sandbox] mode = off)"\n'
+        return 'box=()\nevalbox=()\necho "autoswarm: sandbox: off ([sandbox] mode = off)"\n'
+    cache = '"${AUTOSWARM_CACHE:-$HOME/.cache/autoswarm}"'
+    hidden_data = " ".join(
+        shlex.quote(s) if s.startswith("/") else f"{cache}/{shlex.quote(s)}" for s in sealed
+    )
     names = sorted({*ALLOWED_NAMES, *settings.get("pass_env", ())})
     allowed = "^(" + "|".join([*names, *(p + ".*" for p in ALLOWED_PREFIXES)]) + ")$"
     # Credential-like names are dropped even when allowlisted, unless passed on purpose.
@@ -438,8 +446,10 @@ def sandbox_prelude(settings: Mapping[str, Any], python: str) -> str:
     )
     fallback = (
         'echo "autoswarm: sandbox: NONE on $(hostname) (bubblewrap missing or cannot make '
-        'namespaces): allowlisted environment only"; box=(env -i "${keep[@]}")'
+        'namespaces): allowlisted environment only"; box=(env -i "${keep[@]}"); '
+        'evalbox=(env -i "${keep[@]}")'
     )
+    prlimit = "".join(f" {x}" for x in (["prlimit", *limits, "--"] if limits else []))
     return "\n".join(
         [
             # =~ with an unquoted variable: a quoted pattern would match literally.
@@ -467,9 +477,13 @@ def sandbox_prelude(settings: Mapping[str, Any], python: str) -> str:
             '[ -n "$d" ] && [ -e "$d" ] && box+=(--ro-bind "$d" "$d"); done',
             "  for d in /dev/nvidia* /dev/nvidia-caps /dev/dri /dev/kfd; do "
             '[ -e "$d" ] && box+=(--dev-bind "$d" "$d"); done',
-            '  box+=(--bind "$PWD" "$PWD" --chdir "$PWD" --'
-            + "".join(f" {x}" for x in (["prlimit", *limits, "--"] if limits else []))
-            + ")",
+            '  evalbox=("${box[@]}" --ro-bind "$PWD" "$PWD" '
+            f'--dir "$ev" --ro-bind "$ev" "$ev" --chdir "$ev" --{prlimit})',
+            # The sealed data inside the readable cache is hidden again over it.
+            f'  for d in {hidden_data}; do [ -d "$d" ] && box+=(--tmpfs "$d"); done'
+            if sealed
+            else "  :",
+            f'  box+=(--bind "$PWD" "$PWD" --chdir "$PWD" --{prlimit})',
             '  echo "autoswarm: sandbox: bubblewrap on $(hostname)"',
             "else",
             f"  {refuse if mode == 'bwrap' else fallback}",
@@ -481,17 +495,74 @@ def sandbox_prelude(settings: Mapping[str, Any], python: str) -> str:
 
 def run_script(job: Job, python: str, sandbox: Mapping[str, Any] | None = None) -> str:
     """Runs the training command in the node's sandbox (:func:`sandbox_prelude`) under a
-    hard timeout, and prints the exit markers."""
+    hard timeout, and prints the exit markers.
+
+    With a locked evaluation (``job.evaluation``), the locked files are copied out of the
+    working directory before training starts (into ``$ev``, under the home directory the
+    training sandbox hides), and once training has exited 0 the evaluation runs from
+    there; its output follows an ``autoswarm: evaluation`` line and ends with
+    ``autoswarm: evaluation exit code N`` (:func:`split_evaluation`).
+    """
     cmd = shlex.join(remote_argv(job.argv, python))
     t = max(1, math.ceil(job.timeout_s))
-    return (
-        "set +e\n"
-        + sandbox_prelude(sandbox or {}, python)
+    ev = job.evaluation
+    head = "set +e\n"
+    if ev is not None:
+        files = " ".join(shlex.quote(p) for p, _ in ev.files)
+        head += (
+            f'ev="$HOME/.autoswarm/eval-{job.experiment_id}-$$"\n'
+            f'export AUTOSWARM_MODEL="$PWD/{ev.model}" AUTOSWARM_RUN_DIR="$PWD"\n'
+            'rm -rf "$ev" && mkdir -p "$ev" && '
+            + (f'cp --parents -- {files} "$ev"/ 2>/dev/null; ' if files else "")
+            + 'chmod -R a-w "$ev"\n'
+        )
+    else:
+        head += 'ev="$PWD"\n'
+    script = (
+        head
+        + sandbox_prelude(sandbox or {}, python, ev.sealed if ev is not None else ())
         + f'timeout --kill-after=30 {t} "${{box[@]}}" {cmd}\n'
         "code=$?\n"
         f'if [ "$code" -eq {TIMEOUT_EXIT} ]; then echo "autoswarm: timed out after {t}s"; fi\n'
         'echo "autoswarm: exit code $code"\n'
-        'exit "$code"\n'
+    )
+    if ev is not None:
+        et = max(1, math.ceil(ev.timeout_s))
+        evcmd = shlex.join(remote_argv(ev.argv, python))
+        script += (
+            'if [ "$code" -eq 0 ]; then\n'
+            "  echo 'autoswarm: evaluation'\n"
+            "  start=$SECONDS\n"
+            f'  (cd "$ev" && AUTOSWARM_EVALUATION=1 timeout --kill-after=30 {et} '
+            f'"${{evalbox[@]}}" {evcmd})\n'
+            "  ecode=$?\n"
+            '  echo "autoswarm: evaluation took $((SECONDS - start))s"\n'
+            '  echo "autoswarm: evaluation exit code $ecode"\n'
+            "fi\n"
+            'chmod -R u+w "$ev" 2>/dev/null; rm -rf "$ev"\n'
+        )
+    return script + 'exit "$code"\n'
+
+
+_EVAL_START = "autoswarm: evaluation\n"
+_EVAL_END = re.compile(r"^autoswarm: evaluation exit code (-?\d+)\s*$", re.MULTILINE)
+_EVAL_TOOK = re.compile(r"^autoswarm: evaluation took (\d+)s\s*$", re.MULTILINE)
+
+
+def split_evaluation(log_text: str) -> tuple[str, str | None, int | None, float]:
+    """(training's part, evaluation's part or None, its exit code, its seconds) of a log
+    written by :func:`run_script`."""
+    head, sep, rest = log_text.rpartition(_EVAL_START)
+    if not sep:
+        return log_text, None, None, 0.0
+    end = _EVAL_END.search(rest)
+    took = _EVAL_TOOK.search(rest)
+    body = rest[: took.start()] if took else rest[: end.start()] if end else rest
+    return (
+        head,
+        body,
+        int(end.group(1)) if end else None,
+        float(took.group(1)) if took else 0.0,
     )
 
 
@@ -593,6 +664,7 @@ __all__ = [
     "run_script",
     "sandbox_prelude",
     "setup_script",
+    "split_evaluation",
     "task_config",
     "task_envs",
 ]

@@ -121,3 +121,74 @@ def test_without_bubblewrap_auto_keeps_the_allowlist_and_bwrap_refuses(tmp_path:
         for pid in marked(marker):  # only the grandchild this test started, by its id
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------
+# The locked evaluation in the run command (issue 16)
+
+FORGER = """
+import json, os
+found = []
+for root in (os.environ.get("AUTOSWARM_CACHE", "/nonexistent"), os.path.expanduser("~")):
+    for dirpath, dirs, files in os.walk(root):
+        found += [f for f in files if f == "synthetic-sealed-split.json"]
+print("FOUND>" + json.dumps(found) + "<FOUND")
+with open(os.environ["AUTOSWARM_MODEL"], "w") as f:
+    f.write("1.25")
+open("prepare.py", "w").write("print('tampered')\\n")  # the evaluation runs its own copy
+print("---")
+print("val_bpb: 0.500000")
+"""
+
+
+def test_the_run_command_evaluates_from_a_locked_copy_with_the_sealed_data(
+    tmp_path: Path,
+) -> None:
+    from autoswarm.backends.skytask import split_evaluation
+    from autoswarm.evaluation import judge
+    from autoswarm.metrics import parse_summary
+    from autoswarm.testing.synthetic import EVALUATED_PREPARE_PY
+    from autoswarm.types import EvalOutcome, Evaluation
+
+    assert find_bwrap()[0] is not None, find_bwrap()[1]
+    home, cache = tmp_path / "home", tmp_path / "cache"
+    workdir = home / "sky_workdir"
+    workdir.mkdir(parents=True)
+    (workdir / "train.py").write_text(FORGER)
+    (workdir / "prepare.py").write_text(EVALUATED_PREPARE_PY)
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "AUTOSWARM_CACHE": str(cache)}
+    subprocess.run([sys.executable, "prepare.py"], cwd=workdir, env=env, check=True)
+    job = Job(
+        experiment_id=3,
+        workdir=workdir,
+        argv=("{python}", "train.py"),
+        env={},
+        timeout_s=60,
+        slot=0,
+        log_path=tmp_path / "log",
+        budget_s=1,
+        evaluation=Evaluation(
+            argv=("{python}", "prepare.py", "evaluate"),
+            files=(("prepare.py", b""),),  # the script copies the file from its workdir
+            sealed=("synthetic/sealed",),
+        ),
+    )
+    script = run_script(job, sys.executable, sandbox_settings(Config().sandbox))
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=120
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    trained, ev_text, ev_code, _ = split_evaluation(out)
+    assert json.loads(trained.split("FOUND>", 1)[1].split("<FOUND", 1)[0]) == []
+    assert ev_code == 0 and ev_text is not None and "tampered" not in ev_text, out
+    measured = parse_summary(ev_text)
+    assert measured == {"val_bpb": 1.25, "test_bpb": 1.26, "eval_seconds": pytest.approx(0, abs=1)}
+    j = judge(
+        parse_summary(trained),
+        EvalOutcome(exit_code=0, timed_out=False, seconds=1, metrics=measured),
+        metric="val_bpb",
+        test="test_bpb",
+    )
+    assert j.failure is not None and j.failure.value == "forged"
+    assert not list((home / ".autoswarm").glob("eval-*")), "the evaluation's copy is removed"
