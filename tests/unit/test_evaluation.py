@@ -138,13 +138,20 @@ def test_sealed_data_is_hidden_from_training_even_inside_the_readable_cache(
     j = job(tmp_path)
     j.workdir.mkdir(parents=True)
     box = Sandbox(hidden=(tmp_path / "ws",), readable=(cache,))
-    argv = bwrap_argv("bwrap", training_view(box, j, env), ["python"], j.workdir)
+    argv = bwrap_argv(
+        "bwrap", training_view(box, j.workdir, ("src/sealed",), env), ["python"], j.workdir
+    )
     sealed = str(cache / "src" / "sealed")
     # The cache is bound read-only, and the sealed directory is hidden again after it.
     last = len(argv) - 1 - argv[::-1].index(sealed)
     assert last > argv.index(str(cache)) and argv[last - 1] == "--tmpfs"
     # The evaluation sees it (not hidden), and the run directory only read-only.
-    ev = bwrap_argv("bwrap", evaluation_view(box, j), ["python"], j.workdir)
+    ev = bwrap_argv(
+        "bwrap",
+        evaluation_view(box, j.workdir, j.workdir.with_name("00007.eval")),
+        ["python"],
+        j.workdir,
+    )
     assert sealed not in ev
     w = str(j.workdir)
     binds = [ev[i : i + 3] for i in range(len(ev) - 2)]
