@@ -209,7 +209,13 @@ def test_launch_then_exec_success_with_metrics(tmp_path: Path) -> None:
     # one provisioning (with setup), then `sky exec` on the same cluster
     assert [c["cluster_name"] for c in fake.called("launch")] == ["autoswarm-t-h100-0"]
     assert [c["cluster_name"] for c in fake.called("exec")] == ["autoswarm-t-h100-0"]
-    assert b.states[1] == [SkyState.LAUNCHING, SkyState.RUNNING, SkyState.SUCCEEDED]
+    # RUNNING is seen only if a status poll falls inside the job's 50 ms (not on a loaded
+    # machine): the states are an ordered subset of the life, from launch to success.
+    assert b.states[1][0] is SkyState.LAUNCHING and b.states[1][-1] is SkyState.SUCCEEDED
+    assert b.states[1] in (
+        [SkyState.LAUNCHING, SkyState.RUNNING, SkyState.SUCCEEDED],
+        [SkyState.LAUNCHING, SkyState.SUCCEEDED],
+    )
     assert all(c["follow"] is False for c in fake.called("tail_logs"))
 
 
