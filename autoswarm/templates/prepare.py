@@ -104,7 +104,16 @@ SPLIT_MODULUS = 10
 # repetitive), third-party packages, codec tables (encodings/cp*.py) and the
 # pydoc topic dump (a 750 KB string literal).
 STDLIB_SKIP_DIRS = frozenset(
-    {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "encodings", "pydoc_data"}
+    {
+        "test",
+        "tests",
+        "idle_test",
+        "site-packages",
+        "dist-packages",
+        "__pycache__",
+        "encodings",
+        "pydoc_data",
+    }
 )
 STDLIB_MAX_FILE_BYTES = 200_000
 
@@ -134,6 +143,14 @@ class PrepareError(RuntimeError):
     """Preparing the data failed (download, integrity, tokenizer)."""
 
 
+class ExportError(RuntimeError):
+    """torch.export could not capture the model as a static-shape program."""
+
+
+class EvaluationError(RuntimeError):
+    """The evaluator refused the model, or could not load or score it."""
+
+
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The cache directory: argument, else $AUTOSWARM_CACHE, else ~/.cache/autoswarm."""
     if cache_dir is None:
@@ -143,6 +160,26 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
 def source_dir(source: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return cache_root(cache_dir) / source
+
+
+def split_file(split: str) -> str:
+    """Where a split's token file lives, relative to the source directory."""
+    return f"{split}.bin" if split == "train" else f"{SEALED_DIR}/{split}.bin"
+
+
+def remove_unsealed_copies(out_dir: Path) -> None:
+    """Delete val/test token files next to the manifest (the version-1 layout): left
+    there, they would be visible to the training process."""
+    for split in SEALED_SPLITS:
+        (out_dir / f"{split}.bin").unlink(missing_ok=True)
+
+
+def sealed_but_hidden(out_dir: Path) -> bool:
+    """True when this process sees the sealed directory empty: a sandbox hides it
+    (the orchestrator mounts an empty directory over it), and rebuilding here
+    would be wrong."""
+    sealed = out_dir / SEALED_DIR
+    return sealed.is_dir() and not any(sealed.iterdir())
 
 
 # ---------------------------------------------------------------------------
@@ -237,7 +274,10 @@ class BPETokenizer(Tokenizer):
         self.vocab_size = len(ranks) + 1
         self._ranks = ranks
         self.encoding = tiktoken.Encoding(
-            name="autoswarm-bpe", pat_str=pattern, mergeable_ranks=ranks, special_tokens={BOS_TEXT: self.bos_id}
+            name="autoswarm-bpe",
+            pat_str=pattern,
+            mergeable_ranks=ranks,
+            special_tokens={BOS_TEXT: self.bos_id},
         )
 
     def encode(self, text: str) -> list[int]:
@@ -304,7 +344,9 @@ def write_tokens(docs: Iterable[np.ndarray], path: Path, bos_id: int) -> dict[st
     return {"documents": n_docs, "tokens": n_tokens, "sha256": digest.hexdigest()}
 
 
-def unigram_bpb(train_path: Path, val_path: Path, token_bytes: np.ndarray, eval_tokens: int) -> float:
+def unigram_bpb(
+    train_path: Path, val_path: Path, token_bytes: np.ndarray, eval_tokens: int
+) -> float:
     """Bits per byte of the eval targets under the train split's unigram distribution
     (add-one smoothed): the score of a model that ignores context. A trained model
     should be well below it."""
@@ -335,15 +377,25 @@ def stdlib_files(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def is_val_file(rel_path: str) -> bool:
+def stdlib_split(rel_path: str) -> str:
+    """The split of a library file: "val", "test" or "train", from sha256 of its path."""
     digest = hashlib.sha256(rel_path.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % VAL_MODULUS == 0
+    bucket = int.from_bytes(digest[:8], "big") % SPLIT_MODULUS
+    return "val" if bucket == 0 else "test" if bucket == 1 else "train"
+
+
+def is_val_file(rel_path: str) -> bool:
+    return stdlib_split(rel_path) == "val"
+
+
+def is_test_file(rel_path: str) -> bool:
+    return stdlib_split(rel_path) == "test"
 
 
 def read_stdlib(root: Path) -> dict[str, list[tuple[str, bytes]]]:
     """{split: [(relative path, file bytes)]}. Files that are not UTF-8 are skipped
     (a handful of test fixtures at most) so that the text is always decodable."""
-    splits: dict[str, list[tuple[str, bytes]]] = {"train": [], "val": []}
+    splits: dict[str, list[tuple[str, bytes]]] = {name: [] for name in SPLITS}
     for path in stdlib_files(root):
         rel = path.relative_to(root).as_posix()
         data = path.read_bytes()
@@ -351,7 +403,7 @@ def read_stdlib(root: Path) -> dict[str, list[tuple[str, bytes]]]:
             data.decode("utf-8")
         except UnicodeDecodeError:
             continue
-        splits["val" if is_val_file(rel) else "train"].append((rel, data))
+        splits[stdlib_split(rel)].append((rel, data))
     return splits
 
 
@@ -362,47 +414,93 @@ def stdlib_fingerprint(splits: dict[str, list[tuple[str, bytes]]]) -> dict[str, 
         digest = hashlib.sha256()
         for rel, data in docs:
             digest.update(rel.encode("utf-8") + b"\0" + data + b"\0")
-        out[name] = {"files": len(docs), "bytes": sum(len(d) for _, d in docs), "sha256": digest.hexdigest()}
+        out[name] = {
+            "files": len(docs),
+            "bytes": sum(len(d) for _, d in docs),
+            "sha256": digest.hexdigest(),
+        }
     return out
+
+
+def refuse_if_hidden(out_dir: Path) -> None:
+    """Never rebuild (or download) into a sealed directory a sandbox has emptied."""
+    if read_manifest(out_dir) is not None and sealed_but_hidden(out_dir):
+        raise PrepareError(
+            f"{out_dir / SEALED_DIR} is empty in this process (a sandbox hides the sealed splits): "
+            f"run `python prepare.py` outside the sandbox, or delete that directory to rebuild"
+        )
+
+
+def reuse_cache(out_dir: Path, existing: dict[str, Any], source: str) -> bool:
+    """Whether a matching manifest's files all verify (else say why, and rebuild)."""
+    try:
+        verify_manifest(out_dir, existing)
+    except DataNotReady as e:
+        print(f"cached {source} data is stale ({e}); rebuilding", file=sys.stderr)
+        return False
+    print(f"{source} data already prepared in {out_dir} (verified)", file=sys.stderr)
+    return True
 
 
 def prepare_stdlib(cache_dir: Path | None = None, root: Path | None = None) -> dict[str, Any]:
     root = Path(root or sysconfig.get_paths()["stdlib"])
     out_dir = source_dir("stdlib", cache_dir)
+    refuse_if_hidden(out_dir)
     splits = read_stdlib(root)
-    if not splits["train"] or not splits["val"]:
-        raise PrepareError(f"no usable *.py files for both splits under {root}")
+    if not all(splits.values()):
+        raise PrepareError(
+            f"no usable *.py files for all three splits (train, val, test) under {root}"
+        )
     fingerprint = stdlib_fingerprint(splits)
 
     existing = read_manifest(out_dir)
-    if existing is not None and existing.get("source_info", {}).get("splits") == fingerprint:
-        try:
-            verify_manifest(out_dir, existing)
-            print(f"stdlib data already prepared in {out_dir} (verified)", file=sys.stderr)
-            return existing
-        except DataNotReady as e:
-            print(f"cached stdlib data is stale ({e}); rebuilding", file=sys.stderr)
+    if (
+        existing is not None
+        and existing.get("source_info", {}).get("splits") == fingerprint
+        and reuse_cache(out_dir, existing, "stdlib")
+    ):
+        return existing
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SEALED_DIR).mkdir(parents=True, exist_ok=True)
     (out_dir / "manifest.json").unlink(missing_ok=True)  # incomplete until rewritten
+    remove_unsealed_copies(out_dir)
     tokenizer = ByteTokenizer()
-    write_json_atomic(out_dir / "tokenizer.json", {"kind": "bytes", "vocab_size": 257, "bos_id": 256})
+    write_json_atomic(
+        out_dir / "tokenizer.json", {"kind": "bytes", "vocab_size": 257, "bos_id": 256}
+    )
     split_info = {}
     for name, docs in splits.items():
         arrays = (np.frombuffer(data, dtype=np.uint8) for _, data in docs)
-        split_info[name] = write_tokens(progress(arrays, len(docs), f"tokenize {name}"), out_dir / f"{name}.bin", 256)
+        info = write_tokens(
+            progress(arrays, len(docs), f"tokenize {name}"), out_dir / split_file(name), 256
+        )
+        split_info[name] = {"path": split_file(name), **info}
     manifest = {
         "version": MANIFEST_VERSION,
         "source": "stdlib",
-        "tokenizer": {"kind": "bytes", "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id},
+        "tokenizer": {
+            "kind": "bytes",
+            "vocab_size": tokenizer.vocab_size,
+            "bos_id": tokenizer.bos_id,
+        },
         "splits": split_info,
         "source_info": {"root": str(root), "python": sys.version.split()[0], "splits": fingerprint},
-        "unigram_bpb": unigram_bpb(
-            out_dir / "train.bin", out_dir / "val.bin", tokenizer.token_bytes(), EVAL_TOKENS["stdlib"]
+        **unigram_baselines(out_dir, tokenizer.token_bytes(), EVAL_TOKENS["stdlib"]),
+    }
+    write_json_atomic(
+        out_dir / "manifest.json", manifest
+    )  # written last: its presence means complete
+    return manifest
+
+
+def unigram_baselines(out_dir: Path, token_bytes: np.ndarray, eval_tokens: int) -> dict[str, float]:
+    train = out_dir / split_file("train")
+    return {
+        "unigram_bpb": unigram_bpb(train, out_dir / split_file("val"), token_bytes, eval_tokens),
+        "unigram_test_bpb": unigram_bpb(
+            train, out_dir / split_file("test"), token_bytes, eval_tokens
         ),
     }
-    write_json_atomic(out_dir / "manifest.json", manifest)  # written last: its presence means complete
-    return manifest
 
 
 # ---------------------------------------------------------------------------
@@ -450,7 +548,10 @@ def download_shard(
         try:
             digest = hashlib.sha256()
             size = 0
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as f:
+            with (
+                urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
+                open(tmp, "wb") as f,
+            ):
                 expected = response.headers.get("Content-Length")
                 while block := response.read(1 << 20):
                     f.write(block)
@@ -469,14 +570,56 @@ def download_shard(
         except (urllib.error.URLError, http.client.HTTPException, OSError, PrepareError) as e:
             last_error = e
             tmp.unlink(missing_ok=True)
-        print(f"download {dest.name}: attempt {attempt + 1}/{retries} failed: {last_error}", file=sys.stderr)
+        print(
+            f"download {dest.name}: attempt {attempt + 1}/{retries} failed: {last_error}",
+            file=sys.stderr,
+        )
     raise PrepareError(f"could not download {url}: {last_error}")
 
 
 def shard_indices(num_shards: int) -> list[int]:
-    if not 1 <= num_shards <= MAX_SHARD:
-        raise PrepareError(f"--num-shards must be in 1..{MAX_SHARD}, got {num_shards}")
-    return [*range(num_shards), VAL_SHARD]
+    if not 1 <= num_shards < TEST_SHARD:
+        raise PrepareError(f"--num-shards must be in 1..{TEST_SHARD - 1}, got {num_shards}")
+    return [*range(num_shards), TEST_SHARD, VAL_SHARD]
+
+
+def shards_dir(out_dir: Path) -> Path:
+    """Raw shards are sealed too: the val and test shards are the sealed text itself."""
+    return out_dir / SEALED_DIR / "shards"
+
+
+def migrate_shards(out_dir: Path) -> None:
+    """Move <cache>/climbmix/shards (the version-1 layout) under the sealed directory,
+    so that neither a download is repeated nor raw val text stays visible to training."""
+    old, new = out_dir / "shards", shards_dir(out_dir)
+    if not old.is_dir():
+        return
+    if not new.exists():
+        new.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(old, new)
+        print(f"moved {old} to {new}", file=sys.stderr)
+        return
+
+    # Both exist (an interrupted migration, or an old checkout ran since): keep what
+    # the new directory has, move the rest over with its shards.json record.
+    def record(directory: Path) -> dict[str, Any]:
+        try:
+            loaded: dict[str, Any] = json.loads((directory / "shards.json").read_text())
+            return loaded
+        except (OSError, ValueError):
+            return {}
+
+    old_record, new_record = record(old), record(new)
+    for entry in sorted(old.iterdir()):
+        if entry.name == "shards.json" or (new / entry.name).exists():
+            entry.unlink()
+            continue
+        os.rename(entry, new / entry.name)
+        if entry.name in old_record:
+            new_record.setdefault(entry.name, old_record[entry.name])
+    write_json_atomic(new / "shards.json", new_record)
+    old.rmdir()
+    print(f"merged {old} into {new}", file=sys.stderr)
 
 
 def fetch_shards(
@@ -495,9 +638,16 @@ def fetch_shards(
         name = shard_name(index)
         path = shards_dir / name
         known = record.get(name)
-        if path.exists() and known and path.stat().st_size == known["bytes"] and sha256_file(path) == known["sha256"]:
+        if (
+            path.exists()
+            and known
+            and path.stat().st_size == known["bytes"]
+            and sha256_file(path) == known["sha256"]
+        ):
             continue
-        record[name] = download_shard(f"{base_url.rstrip('/')}/{name}", path, retries=retries, backoff_s=backoff_s)
+        record[name] = download_shard(
+            f"{base_url.rstrip('/')}/{name}", path, retries=retries, backoff_s=backoff_s
+        )
         write_json_atomic(record_path, record)
     return {shard_name(i): record[shard_name(i)] for i in indices}
 
@@ -509,7 +659,9 @@ def iter_texts(paths: list[Path], max_chars: int | None = None) -> Iterator[str]
     for path in paths:
         pf = pq.ParquetFile(path)
         for group in range(pf.num_row_groups):
-            for text in pf.read_row_group(group, columns=[TEXT_COLUMN]).column(TEXT_COLUMN).to_pylist():
+            for text in (
+                pf.read_row_group(group, columns=[TEXT_COLUMN]).column(TEXT_COLUMN).to_pylist()
+            ):
                 if text:
                     yield text
                     seen += len(text)
@@ -517,13 +669,17 @@ def iter_texts(paths: list[Path], max_chars: int | None = None) -> Iterator[str]
                         return
 
 
-def iter_docs(tokenizer: BPETokenizer, paths: list[Path], batch: int = 1024) -> Iterator[np.ndarray]:
+def iter_docs(
+    tokenizer: BPETokenizer, paths: list[Path], batch: int = 1024
+) -> Iterator[np.ndarray]:
     """Tokenize documents in batches (tiktoken encodes a batch on several threads)."""
     buffer: list[str] = []
     for text in iter_texts(paths):
         buffer.append(text)
         if len(buffer) == batch:
-            yield from (np.asarray(ids, dtype=TOKEN_DTYPE) for ids in tokenizer.encode_batch(buffer))
+            yield from (
+                np.asarray(ids, dtype=TOKEN_DTYPE) for ids in tokenizer.encode_batch(buffer)
+            )
             buffer = []
     if buffer:
         yield from (np.asarray(ids, dtype=TOKEN_DTYPE) for ids in tokenizer.encode_batch(buffer))
@@ -540,24 +696,32 @@ def prepare_climbmix(
 ) -> dict[str, Any]:
     out_dir = source_dir("climbmix", cache_dir)
     indices = shard_indices(num_shards)
-    shards = fetch_shards(out_dir / "shards", indices, base_url, retries=retries, backoff_s=backoff_s)
+    refuse_if_hidden(out_dir)
+    migrate_shards(out_dir)
+    raw = shards_dir(out_dir)
+    shards = fetch_shards(raw, indices, base_url, retries=retries, backoff_s=backoff_s)
 
     existing = read_manifest(out_dir)
     wanted = {"shards": shards, "bpe_vocab_size": vocab_size}
-    if existing is not None and existing.get("source_info") == wanted:
-        try:
-            verify_manifest(out_dir, existing)
-            print(f"climbmix data already prepared in {out_dir} (verified)", file=sys.stderr)
-            return existing
-        except DataNotReady as e:
-            print(f"cached climbmix data is stale ({e}); rebuilding", file=sys.stderr)
+    if (
+        existing is not None
+        and existing.get("source_info") == wanted
+        and reuse_cache(out_dir, existing, "climbmix")
+    ):
+        return existing
 
     (out_dir / "manifest.json").unlink(missing_ok=True)  # incomplete until rewritten
-    train_paths = [out_dir / "shards" / shard_name(i) for i in indices if i != VAL_SHARD]
-    val_paths = [out_dir / "shards" / shard_name(VAL_SHARD)]
-    print(f"training a {vocab_size}-token BPE on up to {BPE_TRAIN_MAX_CHARS:,} chars", file=sys.stderr)
+    remove_unsealed_copies(out_dir)
+    paths = {
+        "train": [raw / shard_name(i) for i in indices if i not in (VAL_SHARD, TEST_SHARD)],
+        "val": [raw / shard_name(VAL_SHARD)],
+        "test": [raw / shard_name(TEST_SHARD)],
+    }
+    print(
+        f"training a {vocab_size}-token BPE on up to {BPE_TRAIN_MAX_CHARS:,} chars", file=sys.stderr
+    )
     try:
-        tokenizer = BPETokenizer.train(iter_texts(train_paths, BPE_TRAIN_MAX_CHARS), vocab_size)
+        tokenizer = BPETokenizer.train(iter_texts(paths["train"], BPE_TRAIN_MAX_CHARS), vocab_size)
     except Exception as e:
         raise PrepareError(f"BPE training failed: {e}") from e
     sample = "def f(x):\n    return x ** 2  # héllo wörld ✓"
@@ -567,10 +731,11 @@ def prepare_climbmix(
     pattern = tokenizer.encoding._pat_str
 
     split_info = {}
-    for name, paths in (("val", val_paths), ("train", train_paths)):
-        rows = sum(shards[p.name]["rows"] for p in paths)
-        docs = progress(iter_docs(tokenizer, paths), rows, f"tokenize {name}")
-        split_info[name] = write_tokens(docs, out_dir / f"{name}.bin", tokenizer.bos_id)
+    for name in ("val", "test", "train"):
+        rows = sum(shards[p.name]["rows"] for p in paths[name])
+        docs = progress(iter_docs(tokenizer, paths[name]), rows, f"tokenize {name}")
+        info = write_tokens(docs, out_dir / split_file(name), tokenizer.bos_id)
+        split_info[name] = {"path": split_file(name), **info}
     manifest = {
         "version": MANIFEST_VERSION,
         "source": "climbmix",
@@ -583,19 +748,23 @@ def prepare_climbmix(
         },
         "splits": split_info,
         "source_info": wanted,
-        "unigram_bpb": unigram_bpb(
-            out_dir / "train.bin", out_dir / "val.bin", tokenizer.token_bytes(), EVAL_TOKENS["climbmix"]
-        ),
+        **unigram_baselines(out_dir, tokenizer.token_bytes(), EVAL_TOKENS["climbmix"]),
     }
     write_json_atomic(out_dir / "manifest.json", manifest)
     return manifest
 
 
 # ---------------------------------------------------------------------------
-# Loading the prepared data (used by train.py)
+# Loading the prepared data (used by train.py and the evaluator)
+#
+# Each split is verified (size and sha256) the first time a process reads it, so
+# that training verifies only what it needs: the sealed splits are not visible to
+# it, and it must still start.
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any] | None:
+    """The manifest of `out_dir`, or None when it is missing, unreadable or of an older
+    version (which makes prepare.py rebuild the cache)."""
     path = out_dir / "manifest.json"
     if not path.exists():
         return None
@@ -606,20 +775,34 @@ def read_manifest(out_dir: Path) -> dict[str, Any] | None:
     return manifest if manifest.get("version") == MANIFEST_VERSION else None
 
 
-def verify_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
-    """Check the token files (size and sha256) and the tokenizer file against the manifest."""
-    for name, info in manifest["splits"].items():
-        path = out_dir / f"{name}.bin"
-        if not path.exists():
-            raise DataNotReady(f"{path} is missing")
-        if path.stat().st_size != info["tokens"] * np.dtype(TOKEN_DTYPE).itemsize:
-            raise DataNotReady(f"{path} has the wrong size")
-        if sha256_file(path) != info["sha256"]:
-            raise DataNotReady(f"{path} does not match its sha256 in the manifest")
-    if manifest["tokenizer"]["kind"] == "bpe" and sha256_file(out_dir / "tokenizer.tiktoken") != manifest[
-        "tokenizer"
-    ].get("sha256"):
+def check_split_file(path: Path, info: dict[str, Any]) -> None:
+    """Raise DataNotReady unless `path` has the size and sha256 the manifest records."""
+    if not path.exists():
+        raise DataNotReady(f"{path} is missing")
+    if path.stat().st_size != info["tokens"] * np.dtype(TOKEN_DTYPE).itemsize:
+        raise DataNotReady(f"{path} has the wrong size")
+    if sha256_file(path) != info["sha256"]:
+        raise DataNotReady(f"{path} does not match its sha256 in the manifest")
+
+
+def verify_tokenizer(out_dir: Path, manifest: dict[str, Any]) -> None:
+    info = manifest["tokenizer"]
+    if info["kind"] == "bpe" and sha256_file(out_dir / "tokenizer.tiktoken") != info.get("sha256"):
         raise DataNotReady("tokenizer.tiktoken does not match the manifest")
+
+
+def verify_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
+    """Check every split's token file (size and sha256) and the tokenizer file against
+    the manifest (what prepare.py does before it reuses a cache)."""
+    for info in manifest["splits"].values():
+        check_split_file(out_dir / info["path"], info)
+    verify_tokenizer(out_dir, manifest)
+
+
+@functools.cache
+def _verified(path: str, tokens: int, sha256: str) -> None:
+    """check_split_file, once per process and file (a failure is not cached)."""
+    check_split_file(Path(path), {"tokens": tokens, "sha256": sha256})
 
 
 @dataclass(frozen=True)
@@ -628,31 +811,66 @@ class Prepared:
     directory: Path
     manifest: dict[str, Any]
 
+    def hint(self) -> str:
+        return (
+            f"run `python prepare.py` first (cache: {self.directory.parent}, source: {self.source})"
+        )
+
+    def split_path(self, split: str) -> Path:
+        if split not in self.manifest["splits"]:
+            raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+        return self.directory / self.manifest["splits"][split]["path"]
+
+    def visible(self, split: str) -> bool:
+        return self.split_path(split).exists()
+
     def tokens(self, split: str) -> np.ndarray:
-        return np.memmap(self.directory / f"{split}.bin", dtype=TOKEN_DTYPE, mode="r")
+        """The split's tokens (a read-only memmap), verified on first use in this process."""
+        path, info = self.split_path(split), self.manifest["splits"][split]
+        if split in SEALED_SPLITS and not path.exists():
+            raise DataNotReady(
+                f"the {split} split is sealed: {path} is not visible to the training process; "
+                f"autoswarm evaluates the model in a separate process (`python prepare.py evaluate`). "
+                f"Outside autoswarm's sandbox, run `python prepare.py`"
+            )
+        try:
+            _verified(str(path), info["tokens"], info["sha256"])
+        except DataNotReady as e:
+            raise DataNotReady(f"{e}: {self.hint()}") from e
+        return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
 
 
 @functools.cache
 def _load(source: str, cache: str) -> Prepared:
+    """The manifest and the tokenizer file, verified; token files are checked on use."""
     out_dir = Path(cache) / source
     manifest = read_manifest(out_dir)
-    hint = f"run `python prepare.py` first (cache: {cache}, source: {source})"
+    prepared = Prepared(source, out_dir, manifest or {})
     if manifest is None:
-        raise DataNotReady(f"no prepared data in {out_dir}: {hint}")
+        raise DataNotReady(f"no prepared data in {out_dir}: {prepared.hint()}")
     try:
-        verify_manifest(out_dir, manifest)
+        verify_tokenizer(out_dir, manifest)
     except DataNotReady as e:
-        raise DataNotReady(f"{e}: {hint}") from e
-    return Prepared(source, out_dir, manifest)
+        raise DataNotReady(f"{e}: {prepared.hint()}") from e
+    return prepared
 
 
 def load_prepared(source: str = SOURCE) -> Prepared:
-    """The verified prepared data for `source`; raises DataNotReady with a hint if absent."""
-    return _load(source, str(cache_root()))
+    """The prepared data for `source`, with what training needs verified (manifest,
+    tokenizer, train split); raises DataNotReady with a hint if absent."""
+    prepared = _load(source, str(cache_root()))
+    prepared.tokens("train")
+    return prepared
+
+
+def split_visible(split: str, source: str = SOURCE) -> bool:
+    """Whether this process can read `split` ("train", "val" or "test"): False for val
+    and test inside the orchestrator's training sandbox, which hides the sealed directory."""
+    return _load(source, str(cache_root())).visible(split)
 
 
 def get_tokenizer(source: str = SOURCE) -> Tokenizer:
-    prepared = load_prepared(source)
+    prepared = _load(source, str(cache_root()))
     info = prepared.manifest["tokenizer"]
     if info["kind"] == "bytes":
         return ByteTokenizer()
@@ -676,10 +894,13 @@ def make_dataloader(
     """Endless (x, y) int64 tensors of shape (batch_size, seq_len); y is x shifted by one."""
     import torch
 
-    tokens = load_prepared(source).tokens(split)
+    prepared = load_prepared(source)
+    tokens = prepared.tokens(split)
     if len(tokens) <= seq_len + 1:
-        raise DataNotReady(f"the {split} split has {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1}")
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+        raise DataNotReady(
+            f"the {split} split has {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1}"
+        )
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
     offsets = np.arange(seq_len + 1)
     pin = torch.device(device).type == "cuda"
     while True:
@@ -698,54 +919,589 @@ def make_dataloader(
 # over the summed UTF-8 byte length of those targets, in bits. Targets that are
 # special tokens (BOS) count in neither sum. Dividing by bytes, not tokens, makes
 # the number independent of the vocabulary.
+#
+# train.py (eagerly, on its own model) and the evaluator (on the exported program)
+# call the same function, and it calls the model only with inputs of one shape,
+# (batch_size, seq_len): an exported program has static shapes, and the same calls
+# on both sides give the same float.
 
 
-def bits_per_byte(model: Any, tokens: np.ndarray, token_bytes: np.ndarray, seq_len: int, batch_size: int) -> float:
-    """bpb of `model` on the targets tokens[1:], read in rows of seq_len targets.
+def model_device(model: Any) -> Any:
+    """The device of the model's first parameter (else buffer; else the CPU)."""
+    import torch
 
-    `model(x)` must return logits of shape (B, T, vocab). The caller sets eval
-    mode and any autocast context."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def bits_per_byte(
+    model: Any, tokens: np.ndarray, token_bytes: np.ndarray, seq_len: int, batch_size: int
+) -> float:
+    """bpb of `model` on the targets tokens[1:], read in consecutive windows of seq_len
+    targets (each window's input is the seq_len tokens before its targets).
+
+    `model(x)` is called with int64 tensors of shape exactly (batch_size, seq_len) and
+    must return logits of shape (batch_size, seq_len, vocab). The last window is padded
+    at its end and the last batch with dummy rows; padded targets are not scored. The
+    model gets a copy of the inputs only, never the storage that holds the targets.
+    The caller sets eval mode and any autocast context."""
     import torch
     import torch.nn.functional as F
 
-    device = next(model.parameters()).device
+    if seq_len < 1 or batch_size < 1:
+        raise ValueError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
+    device = model_device(model)
     lengths = torch.as_tensor(token_bytes, dtype=torch.int64, device=device)
-    all_tokens = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
-    n_targets = len(all_tokens) - 1
+    stream = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+    n_targets = len(stream) - 1
+    if n_targets < 1:
+        raise ValueError("no targets: the token stream has fewer than 2 tokens")
+    n_windows = -(-n_targets // seq_len)
+    n_batches = -(-n_windows // batch_size)
+    padded = torch.zeros(
+        n_batches * batch_size * seq_len + 1, dtype=torch.int64
+    )  # pads are token 0
+    padded[: len(stream)] = stream
+    windows = padded.unfold(0, seq_len + 1, seq_len)  # (n_batches * batch_size, seq_len + 1)
+    # Target j of window w is stream[w * seq_len + j + 1]: scored when that exists.
+    target_index = torch.arange(batch_size * seq_len).view(batch_size, seq_len)
     total_nats = torch.zeros((), dtype=torch.float64, device=device)
     total_bytes = torch.zeros((), dtype=torch.int64, device=device)
-
-    def score(rows: torch.Tensor) -> None:
-        nonlocal total_nats, total_bytes
-        rows = rows.to(device)
-        x, y = rows[:, :-1], rows[:, 1:]
-        logits = model(x).float()
-        nats = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
-        nbytes = lengths[y.reshape(-1)]
-        total_nats += (nats * (nbytes > 0)).sum(dtype=torch.float64)
-        total_bytes += nbytes.sum()
-
     with torch.no_grad():
-        n_full = n_targets // seq_len
-        full = all_tokens[: n_full * seq_len + 1]
-        windows = full.unfold(0, seq_len + 1, seq_len) if n_full else full[:0].reshape(0, seq_len + 1)
-        for i in range(0, n_full, batch_size):
-            score(windows[i : i + batch_size])
-        if n_targets % seq_len:
-            score(all_tokens[n_full * seq_len :].unsqueeze(0))
+        for b in range(n_batches):
+            rows = windows[b * batch_size : (b + 1) * batch_size].to(device)
+            real = (target_index + b * batch_size * seq_len < n_targets).to(device)
+            x, y = rows[:, :-1].clone(), rows[:, 1:]
+            logits = model(x)
+            if tuple(logits.shape[:2]) != (batch_size, seq_len) or logits.ndim != 3:
+                raise ValueError(
+                    f"the model returned shape {tuple(logits.shape)} for input {tuple(x.shape)}"
+                )
+            logits = logits.float()
+            nats = F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none"
+            )
+            nbytes = torch.where(real.reshape(-1), lengths[y.reshape(-1)], 0)
+            total_nats += torch.where(nbytes > 0, nats, 0.0).sum(dtype=torch.float64)
+            total_bytes += nbytes.sum()
     if total_bytes.item() == 0:
         raise ValueError("no scorable targets (all special tokens?)")
     return float(total_nats.item() / (math.log(2) * total_bytes.item()))
 
 
-def evaluate_bpb(model: Any, seq_len: int, batch_size: int, source: str = SOURCE) -> float:
-    """val_bpb: bits per byte on the first EVAL_TOKENS targets of the validation split.
+def evaluate_bpb(
+    model: Any, seq_len: int, batch_size: int, split: str = "val", source: str = SOURCE
+) -> float:
+    """Bits per byte on the first EVAL_TOKENS targets of `split` ("val" or "test").
 
     The targets are the same whatever seq_len is; seq_len only sets how much
     context the model gets (rows are consecutive, not overlapping)."""
-    prepared = load_prepared(source)
-    tokens = prepared.tokens("val")[: EVAL_TOKENS[source] + 1]
+    tokens = _load(source, str(cache_root())).tokens(split)[: EVAL_TOKENS[source] + 1]
     return bits_per_byte(model, tokens, get_tokenizer(source).token_bytes(), seq_len, batch_size)
+
+
+# ---------------------------------------------------------------------------
+# Handing the model over: train.py exports, the evaluator loads
+#
+# train.py is written by whoever runs the experiment, so it cannot be trusted to
+# compute its own score. It saves its trained model as a torch.export program (a
+# graph of ATen operators plus weights: no Python code of train.py survives), and
+# the evaluator, a separate process that sees the sealed splits, scores that
+# program with the functions above.
+
+MODEL_FORMAT = 1
+MODEL_META = "autoswarm.json"  # extra file in the archive: format, seq_len, batch_size
+
+
+def export_model(model: Any, path: str | os.PathLike[str], seq_len: int, batch_size: int) -> None:
+    """Save `model` (in eval mode) for the evaluator: a static-shape torch.export
+    program taking (batch_size, seq_len) int64 tokens, written atomically to `path`.
+
+    Call it in the autocast context the model is evaluated in: an active autocast
+    is made part of the program (casts in the graph), so the evaluator, which runs
+    the program without autocast, computes what train.py computes. In-place
+    operations are rewritten to out-of-place ones (the evaluator refuses graphs
+    that write into tensors). Raises ExportError when torch.export fails."""
+    import torch
+
+    device = model_device(model)
+    module = model
+    if torch.is_autocast_enabled(device.type):
+        module = _autocast_module(model, device.type, torch.get_autocast_dtype(device.type))
+    example = torch.zeros((batch_size, seq_len), dtype=torch.int64, device=device)
+    try:
+        # Ambient autocast is invisible to export (it would leave dtype asserts that
+        # fail without it); the wrapper re-enters it inside forward, where it is traced.
+        with torch.autocast(device.type, enabled=False), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations
+            program = torch.export.export(module, (example,), strict=False)
+            if _needs_functionalization(program):
+                program = program.run_decompositions({})
+    except Exception as e:
+        raise ExportError(
+            f"torch.export could not capture the model for input shape ({batch_size}, {seq_len}): "
+            f"{type(e).__name__}: {one_line(str(e))}"
+        ) from e
+    meta = {
+        "format": MODEL_FORMAT,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "torch": torch.__version__,
+    }
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")  # torch wants the .pt2 suffix
+    try:
+        torch.export.save(program, tmp, extra_files={MODEL_META: json.dumps(meta)})
+        os.replace(tmp, path)
+    except Exception as e:
+        raise ExportError(
+            f"could not write the model to {path}: {type(e).__name__}: {one_line(str(e))}"
+        ) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _autocast_module(model: Any, device_type: str, dtype: Any) -> Any:
+    import torch
+
+    class Autocast(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device_type, dtype=dtype):
+                return self.model(idx)
+
+    return Autocast()
+
+
+def _needs_functionalization(program: Any) -> bool:
+    """Autocast regions (a higher-order op and its submodule) and in-place ops are
+    rewritten by run_decompositions({}); a plain graph is saved as traced (cheaper)."""
+    import torch
+
+    for node in program.graph.nodes:
+        if node.op == "get_attr" or isinstance(node.target, torch._ops.HigherOrderOperator):
+            return True
+        if node.op == "call_function" and getattr(
+            getattr(node.target, "_schema", None), "is_mutable", False
+        ):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------
+# The locked evaluator: `python prepare.py evaluate`
+#
+# What it trusts: nothing in the archive. Before torch parses anything, the archive
+# is read with zipfile/json and must look exactly like what export_model writes: no
+# pickled weights or objects, no compiled (AOTInductor) libraries, no guard code or
+# symbolic expressions (torch exec()s the one and sympify()s the other), and only
+# ATen/prims operators as call targets. torch.export.load then runs with
+# TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 (its one remaining pickle, the example inputs, is
+# read by the restricted unpickler). The loaded graph is checked again, op by op,
+# with a rule read off each operator's schema (op_refusal), then for causality on
+# real val windows. Only then is it scored, on val and test.
+
+# String arguments that only select a numeric variant of an op. Any other string
+# argument (a file name, a message, a process-group name) refuses the op.
+STR_ARGS_ALLOWED = frozenset(
+    {
+        "approximate",  # gelu
+        "assert_msg",  # _assert_scalar / _assert_async: raise, nothing else
+        "driver",  # linalg svd/lstsq
+        "equation",  # einsum
+        "indexing",  # meshgrid
+        "interpolation",  # quantile
+        "mode",  # pad, interpolate, linalg_qr
+        "norm",  # fft
+        "ord",  # linalg norms
+        "pad_mode",  # stft
+        "padding",  # conv "same" / "valid"
+        "padding_side",  # pad_sequence
+        "reduce",  # scatter_reduce, index_reduce
+        "rounding_mode",  # div
+        "side",  # searchsorted
+    }
+)
+# Ops that hand out uninitialized memory: it may still hold what the evaluator
+# freed before (token windows), so a graph must not read it.
+UNINITIALIZED_OPS = frozenset(
+    {"empty", "empty_like", "empty_strided", "empty_permuted", "new_empty", "new_empty_strided"}
+)
+# Python builtins an exported graph may call: getitem on multi-output ops, and the
+# arithmetic of symbolic shapes.
+BUILTIN_TARGETS = {
+    f"_operator.{name}": getattr(operator, name)
+    for name in (
+        "getitem",
+        "add",
+        "sub",
+        "mul",
+        "floordiv",
+        "truediv",
+        "mod",
+        "neg",
+        "pow",
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+    )
+}
+OP_TARGET = re.compile(r"torch\.ops\.(aten|prims)\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*")
+# The files torch.export.save writes for one program (torch 2.13), relative to the archive's root folder.
+ARCHIVE_ENTRY = re.compile(
+    r"models/model\.json|extra/autoswarm\.json|data/sample_inputs/model\.pt"
+    r"|data/weights/(model_weights_config\.json|weight_\d+)|data/constants/(model_constants_config\.json|tensor_\d+)"
+    r"|archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+)
+CAUSAL_CUTS = 6  # cut points per check: 0 (a whole row replaced), 1, ..., seq_len - 1
+CAUSAL_ATOL = 1e-3  # nats: float noise of an honest model is orders of magnitude below
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_model_archive(path: Path) -> dict[str, Any]:
+    """Check the archive with zipfile and json only; return its autoswarm.json."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise EvaluationError(f"{path} is not a model archive written by export_model: {e}") from e
+    with archive:
+        names = archive.namelist()
+        if len(set(names)) != len(names):  # zipfile reads the last copy, torch's reader maybe not
+            raise EvaluationError("refusing the model: the archive holds an entry twice")
+        roots = {name.split("/", 1)[0] for name in names}
+        if len(roots) != 1 or any("/" not in name for name in names):
+            raise EvaluationError(
+                f"{path} is not a model archive written by export_model (no single root folder)"
+            )
+        root = roots.pop()
+        entries = {name.split("/", 1)[1] for name in names}
+        for entry in sorted(entries):
+            if not ARCHIVE_ENTRY.fullmatch(entry):
+                raise EvaluationError(
+                    f"refusing the model: unexpected entry {entry!r} in the archive"
+                )
+
+        def read_json(entry: str) -> dict[str, Any]:
+            if entry not in entries:
+                raise EvaluationError(f"refusing the model: the archive has no {entry}")
+            try:
+                loaded = json.loads(archive.read(f"{root}/{entry}"))
+            except ValueError as e:
+                raise EvaluationError(f"refusing the model: {entry} is not JSON: {e}") from e
+            if not isinstance(loaded, dict):
+                raise EvaluationError(f"refusing the model: {entry} is not a JSON object")
+            return loaded
+
+        meta = read_json("extra/autoswarm.json")
+        for kind, prefix in (("weights", "weight_"), ("constants", "tensor_")):
+            config = read_json(f"data/{kind}/model_{kind}_config.json").get("config", {})
+            for name, payload in config.items():
+                if payload.get("use_pickle") is not False or not re.fullmatch(
+                    rf"{prefix}\d+", str(payload.get("path_name"))
+                ):
+                    raise EvaluationError(
+                        f"refusing the model: {kind} entry {name!r} is not a plain tensor"
+                    )
+        program = read_json("models/model.json")
+    if program.get("guards_code"):
+        raise EvaluationError("refusing the model: the program carries guard code")
+    if program.get("range_constraints"):
+        raise EvaluationError("refusing the model: the program has symbolic (dynamic) shapes")
+    graph = program.get("graph_module", {}).get("graph", {})
+    if graph.get("custom_obj_values"):
+        raise EvaluationError("refusing the model: the program holds custom objects")
+    text = json.dumps(program)
+    for key in ("expr_str", "as_graph", "as_custom_obj", "as_operator"):
+        if f'"{key}"' in text:
+            raise EvaluationError(
+                f"refusing the model: the program uses {key} (only plain static graphs are accepted)"
+            )
+    for node in graph.get("nodes", []):
+        target = str(node.get("target"))
+        if not OP_TARGET.fullmatch(target) and target not in BUILTIN_TARGETS:
+            raise EvaluationError(
+                f"refusing the model: its graph calls {target}, which is not an ATen or prims operator"
+            )
+    if meta.get("format") != MODEL_FORMAT:
+        raise EvaluationError(f"refusing the model: {MODEL_META} is not format {MODEL_FORMAT}")
+    for key in ("seq_len", "batch_size"):
+        if not isinstance(meta.get(key), int) or not 1 <= meta[key] <= 1 << 22:
+            raise EvaluationError(f"refusing the model: {MODEL_META} has no valid {key}")
+    if meta["seq_len"] * meta["batch_size"] > 1 << 24:
+        raise EvaluationError(
+            "refusing the model: batch_size x seq_len is over 2^24 tokens per call"
+        )
+    return meta
+
+
+def op_refusal(target: Any) -> str | None:
+    """Why the evaluator refuses a graph calling `target`, or None when it may run.
+
+    Derived from the op's schema, not from a list of names: an op is refused when it
+    is not an ATen/prims operator, writes into a tensor, draws random numbers, hands
+    out uninitialized memory, or takes a string (a file name, a message: a way out of
+    the graph), a storage, a generator or a stream."""
+    import torch
+
+    if any(target is builtin for builtin in BUILTIN_TARGETS.values()):
+        return None
+    if not isinstance(target, torch._ops.OpOverload) or target.namespace not in ("aten", "prims"):
+        return "which is not an ATen or prims operator"
+    schema = target._schema
+    if schema.name.split("::")[-1] in UNINITIALIZED_OPS:
+        return "which returns uninitialized memory"
+    if schema.is_mutable:
+        return "which writes into a tensor"
+    for argument in schema.arguments:
+        kind = str(argument.type)
+        if re.search(r"\bstr\b", kind) and argument.name not in STR_ARGS_ALLOWED:
+            return f"whose argument {argument.name!r} is a string"
+        if re.search(r"\b(Storage|Generator|Stream|Any)\b", kind) or "__torch__" in kind:
+            return f"whose argument {argument.name!r} has type {kind}"
+    return None
+
+
+def node_refusal(node: Any) -> str | None:
+    """op_refusal, plus randomness: an op tagged nondeterministic_seeded runs only with
+    its randomness switched off in this call (dropout_p == 0, train == False), as
+    scaled_dot_product_attention is in every eval-mode model."""
+    import torch
+
+    refusal = op_refusal(node.target)
+    if refusal or not isinstance(node.target, torch._ops.OpOverload):
+        return refusal
+    if torch.Tag.nondeterministic_seeded not in node.target.tags:
+        return None
+    switches = {"dropout_p": 0.0, "train": False}
+    arguments = node.target._schema.arguments
+    values = {
+        a.name: node.args[i] if i < len(node.args) else node.kwargs.get(a.name, a.default_value)
+        for i, a in enumerate(arguments)
+    }
+    if any(name in values for name in switches) and all(
+        values[name] == off for name, off in switches.items() if name in values
+    ):
+        return None
+    return "which draws random numbers"
+
+
+def check_program(program: Any, meta: dict[str, Any]) -> None:
+    """Refuse (EvaluationError) a loaded program that is not a pure function of one
+    (batch_size, seq_len) int64 input built from allowed ops."""
+    import torch
+
+    signature = program.graph_signature
+    for what in (
+        "buffers_to_mutate",
+        "parameters_to_mutate",
+        "user_inputs_to_mutate",
+        "input_tokens",
+        "output_tokens",
+    ):
+        if getattr(signature, what, None):
+            raise EvaluationError(f"refusing the model: the program has side effects ({what})")
+    if len(signature.user_inputs) != 1 or len(signature.user_outputs) != 1:
+        raise EvaluationError(
+            "refusing the model: the program must take one input (tokens) and return one output"
+        )
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in signature.user_inputs:
+            value = node.meta.get("val")
+            shape = (meta["batch_size"], meta["seq_len"])
+            if value is None or tuple(value.shape) != shape or value.dtype != torch.int64:
+                raise EvaluationError(
+                    f"refusing the model: its input is not an int64 tensor of shape {shape}"
+                )
+        elif node.op == "call_function":
+            refusal = node_refusal(node)
+            if refusal:
+                raise EvaluationError(
+                    f"refusing the model: its graph calls {node.target}, {refusal}"
+                )
+        elif node.op not in ("placeholder", "output"):
+            raise EvaluationError(
+                f"refusing the model: its graph has a {node.op} node ({node.target})"
+            )
+
+
+@contextlib.contextmanager
+def _restricted_unpickling() -> Iterator[None]:
+    """torch.load with weights_only=True everywhere, even where torch asks for False."""
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+
+
+def load_model(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """The exported program at `path` as a callable module, and its autoswarm.json,
+    after every check above but the causality check; raises EvaluationError."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"no model at {path}: train.py writes it when AUTOSWARM_MODEL is set")
+    meta = read_model_archive(path)
+    try:
+        with _restricted_unpickling():
+            program = torch.export.load(path)
+    except Exception as e:
+        raise EvaluationError(
+            f"could not load {path}: {type(e).__name__}: {one_line(str(e))}"
+        ) from e
+    check_program(program, meta)
+    return program.module(), meta
+
+
+def check_causal(model: Any, tokens: np.ndarray, seq_len: int, batch_size: int) -> None:
+    """Refuse a model whose predictions depend on the tokens they predict.
+
+    Rows are real val windows. Row i is cut at c_i (cycling through 0, 1, a few
+    middle points and seq_len - 1); its tokens at positions >= c_i are replaced by
+    those of another window. The log-probabilities at positions < c_i must not move:
+    a causal model's prediction at position t depends only on tokens 0..t of its own
+    row. A cut at 0 replaces a whole row, which catches models that read other rows."""
+    import torch
+
+    if seq_len < 2:
+        return  # one input token per row: nothing ahead of it to see
+    stream = np.asarray(tokens, dtype=np.int64)
+    stream = np.resize(stream, max(len(stream), 2 * seq_len + 1))
+    span = len(stream) - seq_len
+    cuts = sorted(
+        {0, 1, *(seq_len * k // (CAUSAL_CUTS - 2) for k in range(1, CAUSAL_CUTS - 2)), seq_len - 1}
+    )
+    device = model_device(model)
+    n_rows = max(batch_size, len(cuts))  # every cut is tried, in as many calls as needed
+    for first in range(0, n_rows, batch_size):
+        rows = np.arange(first, first + batch_size)
+        starts = rows * seq_len % span
+        donors = (starts + span // 2) % span
+        x = np.stack([stream[s : s + seq_len] for s in starts])
+        other = np.stack([stream[s : s + seq_len] for s in donors])
+        row_cuts = np.array([cuts[r % len(cuts)] for r in rows])
+        mixed = np.where(np.arange(seq_len)[None, :] >= row_cuts[:, None], other, x)
+        with torch.no_grad():
+            a = torch.log_softmax(model(torch.from_numpy(x).to(device)).float(), dim=-1)
+            b = torch.log_softmax(model(torch.from_numpy(mixed).to(device)).float(), dim=-1)
+        for i, cut in enumerate(row_cuts.tolist()):
+            if cut == 0:
+                continue
+            change = (a[i, :cut] - b[i, :cut]).abs().max().item()
+            if not change <= CAUSAL_ATOL:  # also catches NaN
+                raise EvaluationError(
+                    f"refusing the model: the model sees the tokens it predicts (its log-probabilities at "
+                    f"positions < {cut} changed by {change:.3g} when only later tokens changed)"
+                )
+
+
+def evaluate_model_file(path: str | os.PathLike[str], source: str = SOURCE) -> dict[str, float]:
+    """Load, check and score the model at `path`: {"val_bpb", "test_bpb", "eval_seconds"}."""
+    started = time.time()
+    model, meta = load_model(path)
+    seq_len, batch_size = meta["seq_len"], meta["batch_size"]
+    prepared = _load(source, str(cache_root()))
+    vocab = get_tokenizer(source).vocab_size
+    val = prepared.tokens("val")[: EVAL_TOKENS[source] + 1]
+    import torch
+
+    with torch.no_grad():
+        logits = model(
+            torch.zeros((batch_size, seq_len), dtype=torch.int64, device=model_device(model))
+        )
+    if tuple(logits.shape) != (batch_size, seq_len, vocab) or not logits.dtype.is_floating_point:
+        raise EvaluationError(
+            f"refusing the model: it returns {logits.dtype} {tuple(logits.shape)}, "
+            f"expected floating-point logits of shape {(batch_size, seq_len, vocab)}"
+        )
+    check_causal(model, val, seq_len, batch_size)
+    scores = {
+        split: evaluate_bpb(model, seq_len, batch_size, split, source) for split in SEALED_SPLITS
+    }
+    for split, value in scores.items():
+        if not math.isfinite(value):
+            raise EvaluationError(f"the model's {split}_bpb is {value}")
+    return {
+        "val_bpb": scores["val"],
+        "test_bpb": scores["test"],
+        "eval_seconds": time.time() - started,
+    }
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would print usage and exit 2
+        raise EvaluationError(message)
+
+
+def evaluate_main(argv: list[str]) -> int:
+    """`python prepare.py evaluate [--model PATH]`: the summary block on stdout, exit 0;
+    on any failure one line `prepare.py: error: ...` on stderr, exit 1."""
+    # The evaluator's stderr is its verdict: keep torch's warnings and logs out of it.
+    with warnings.catch_warnings(), _logging_disabled():
+        warnings.simplefilter("ignore")
+        return _evaluate_command(argv)
+
+
+@contextlib.contextmanager
+def _logging_disabled() -> Iterator[None]:
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _evaluate_command(argv: list[str]) -> int:
+    try:
+        parser = _OneLineParser(
+            prog="prepare.py evaluate", description="Score an exported model on val and test."
+        )
+        parser.add_argument(
+            "--model",
+            default=None,
+            help="default: $AUTOSWARM_MODEL, else $AUTOSWARM_RUN_DIR/model.pt2",
+        )
+        args = parser.parse_args(argv)
+        path = args.model or os.environ.get("AUTOSWARM_MODEL")
+        if not path and os.environ.get("AUTOSWARM_RUN_DIR"):
+            path = str(Path(os.environ["AUTOSWARM_RUN_DIR"]) / "model.pt2")
+        if not path:
+            raise EvaluationError(
+                "no model given: pass --model PATH or set AUTOSWARM_MODEL (or AUTOSWARM_RUN_DIR)"
+            )
+        import torch
+
+        if os.environ.get("AUTOSWARM_THREADS"):
+            torch.set_num_threads(int(os.environ["AUTOSWARM_THREADS"]))
+        result = evaluate_model_file(path)
+    except Exception as e:
+        message = (
+            str(e) if isinstance(e, EvaluationError | DataNotReady) else f"{type(e).__name__}: {e}"
+        )
+        print(f"prepare.py: error: {one_line(message)}", file=sys.stderr)
+        return 1
+    print("---")
+    print(f"val_bpb:          {result['val_bpb']:.6f}")
+    print(f"test_bpb:         {result['test_bpb']:.6f}")
+    print(f"eval_seconds:     {result['eval_seconds']:.1f}")
+    return 0
 
 
 # ---------------------------------------------------------------------------
@@ -753,11 +1509,22 @@ def evaluate_bpb(model: Any, seq_len: int, batch_size: int, source: str = SOURCE
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Prepare data and tokenizer for autoswarm's train.py.")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["evaluate"]:
+        return evaluate_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        description="Prepare data and tokenizer for autoswarm's train.py (or: prepare.py evaluate --help)."
+    )
     parser.add_argument("--source", choices=["stdlib", "climbmix"], default=SOURCE)
-    parser.add_argument("--cache-dir", default=None, help="default: $AUTOSWARM_CACHE or ~/.cache/autoswarm")
-    parser.add_argument("--num-shards", type=int, default=DEFAULT_NUM_SHARDS, help="climbmix training shards")
-    parser.add_argument("--base-url", default=BASE_URL, help="climbmix shard server (a mirror, or a test server)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="default: $AUTOSWARM_CACHE or ~/.cache/autoswarm"
+    )
+    parser.add_argument(
+        "--num-shards", type=int, default=DEFAULT_NUM_SHARDS, help="climbmix training shards"
+    )
+    parser.add_argument(
+        "--base-url", default=BASE_URL, help="climbmix shard server (a mirror, or a test server)"
+    )
     args = parser.parse_args(argv)
 
     started = time.time()
@@ -779,8 +1546,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"prepared {manifest['source']} in {source_dir(manifest['source'], cache_root(args.cache_dir))} "
         f"({time.time() - started:.1f}s): train {splits['train']['tokens']:,} tokens, "
-        f"val {splits['val']['tokens']:,} tokens, vocab {manifest['tokenizer']['vocab_size']}, "
-        f"unigram baseline {manifest['unigram_bpb']:.4f} bpb"
+        f"val {splits['val']['tokens']:,} tokens, test {splits['test']['tokens']:,} tokens, "
+        f"vocab {manifest['tokenizer']['vocab_size']}, unigram baseline {manifest['unigram_bpb']:.4f} bpb"
     )
     return 0
 

@@ -1,7 +1,9 @@
 """Integration tests for the workspace templates: prepare.py then train.py as real processes.
 
 The slow tests prepare the stdlib source into a tmp cache and run train.py with a
-2-second budget on one thread, as the orchestrator's own tests will.
+2-second budget on one thread, as the orchestrator's own tests will: once handing its
+model to `prepare.py evaluate` (whose val_bpb must be the one train.py printed), once
+with the sealed directory emptied as the orchestrator's sandbox does.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ SUMMARY_KEYS = [
     "val_bpb",
     "training_seconds",
     "total_seconds",
+    "export_seconds",
     "peak_vram_mb",
     "mfu_percent",
     "total_tokens_M",
@@ -67,7 +70,7 @@ def make_workspace(tmp_path: Path, template: str = "cpu", **knobs: object) -> Pa
 
 
 def run_train(
-    workspace: Path, cache: Path, seed: int = 42, budget: float = 2
+    workspace: Path, cache: Path, seed: int = 42, budget: float = 2, model: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -76,6 +79,7 @@ def run_train(
         "AUTOSWARM_BUDGET": str(budget),
         "AUTOSWARM_SEED": str(seed),
         "AUTOSWARM_THREADS": "1",
+        **({"AUTOSWARM_MODEL": str(model)} if model else {}),
     }
     return subprocess.run(
         [sys.executable, "train.py"],
@@ -138,22 +142,72 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+def run_evaluate(workspace: Path, cache: Path, model: Path) -> subprocess.CompletedProcess[str]:
+    """What the orchestrator runs after training: the locked evaluator, in its own process."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", ""),
+        "AUTOSWARM_CACHE": str(cache),
+        "AUTOSWARM_MODEL": str(model),
+        "AUTOSWARM_RUN_DIR": str(model.parent),
+        "AUTOSWARM_THREADS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "prepare.py", "evaluate"],
+        cwd=workspace,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 @pytest.mark.slow
-def test_cpu_train_prints_summary(tmp_path: Path, cache: Path) -> None:
+def test_cpu_train_prints_summary_and_hands_over_its_model(tmp_path: Path, cache: Path) -> None:
     workspace = make_workspace(tmp_path)
-    result = run_train(workspace, cache, seed=42)
+    model = tmp_path / "run" / "model.pt2"
+    model.parent.mkdir()
+    result = run_train(workspace, cache, seed=42, model=model)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = parse_summary(result.stdout)
     assert list(summary) == SUMMARY_KEYS
     assert math.isfinite(summary["val_bpb"]) and 0 < summary["val_bpb"] < 8
     assert summary["num_steps"] >= 1 and summary["depth"] == 4
     assert 2 <= summary["training_seconds"] < 10
+    assert 0 < summary["export_seconds"] < 30
     assert summary["mfu_percent"] == 0.0 and summary["peak_vram_mb"] > 0
     assert result.stdout.count("\nstep ") <= 25  # progress lines are capped
+
+    # The template's own model passes the evaluator's checks, and scores what it printed.
+    assert model.is_file() and not list(model.parent.glob("*.tmp*"))
+    evaluated = run_evaluate(workspace, cache, model)
+    assert evaluated.returncode == 0, evaluated.stderr
+    scores = parse_summary(evaluated.stdout)
+    assert list(scores) == ["val_bpb", "test_bpb", "eval_seconds"]
+    assert f"val_bpb:          {summary['val_bpb']:.6f}" in evaluated.stdout.splitlines()
+    assert math.isfinite(scores["test_bpb"]) and scores["test_bpb"] != scores["val_bpb"]
 
     other = run_train(workspace, cache, seed=43)
     assert other.returncode == 0, other.stderr[-2000:]
     assert parse_summary(other.stdout)["val_bpb"] != summary["val_bpb"]
+    assert parse_summary(other.stdout)["export_seconds"] == 0.0  # no AUTOSWARM_MODEL: no export
+
+
+@pytest.mark.slow
+def test_train_with_sealed_splits_hidden(tmp_path: Path, cache: Path) -> None:
+    # The orchestrator's sandbox: the cache as it is, with an empty directory over sealed/.
+    sandboxed = tmp_path / "sandboxed-cache" / "stdlib"
+    (sandboxed / "sealed").mkdir(parents=True)
+    for name in ("manifest.json", "tokenizer.json", "train.bin"):
+        (sandboxed / name).symlink_to(cache / "stdlib" / name)
+    result = run_train(make_workspace(tmp_path), sandboxed.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    marker = lines.index("---")
+    assert "val_bpb is evaluated by the orchestrator" in lines[marker - 1]
+    assert "validation split is sealed" in lines[marker - 1]
+    assert list(parse_summary(result.stdout)) == [k for k in SUMMARY_KEYS if k != "val_bpb"]
 
 
 @pytest.mark.slow

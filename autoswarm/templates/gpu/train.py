@@ -1,10 +1,10 @@
 """
-Train a small GPT for a fixed wall-clock budget, then report val_bpb.
+Train a small GPT for a fixed wall-clock budget, then hand the model over and report val_bpb.
 
 This is the file experiments edit. The hyperparameters ("knobs") are the
 UPPER_CASE literals below, one per line, so that tools can find and edit them;
 anything else (architecture, optimizer, schedule) may change too. prepare.py
-(data, tokenizer, dataloader, evaluate_bpb) is locked.
+(data, tokenizer, dataloader, evaluate_bpb, export_model) is locked.
 
 Run (after `python prepare.py`, from the directory holding both files):
 
@@ -18,6 +18,9 @@ Environment (all optional):
     AUTOSWARM_THREADS  torch intra-op (OpenMP) threads on CPU, via torch.set_num_threads;
                        unset leaves torch's default.
     AUTOSWARM_CACHE    where prepare.py put the data (default ~/.cache/autoswarm).
+    AUTOSWARM_MODEL    set by the orchestrator: after training, the model is exported
+                       there (prepare.export_model) for `python prepare.py evaluate`,
+                       which computes the val_bpb (and test_bpb) that count.
 
 Output: a progress line every ~5% of the budget, then the summary block
 
@@ -25,6 +28,9 @@ Output: a progress line every ~5% of the budget, then the summary block
     val_bpb:          1.234567
     training_seconds: 60.0
     ...
+
+Inside the orchestrator's sandbox the val split is sealed (not visible to this
+process): the block then has no val_bpb line, and the evaluator measures it.
 
 On CPU, peak_vram_mb is the process's peak resident memory (getrusage), and
 mfu_percent is 0.00 (no meaningful peak FLOP/s to compare against). If the
@@ -42,7 +48,15 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.nn.functional as F
-from prepare import DataNotReady, evaluate_bpb, get_tokenizer, make_dataloader
+from prepare import (
+    DataNotReady,
+    ExportError,
+    evaluate_bpb,
+    export_model,
+    get_tokenizer,
+    make_dataloader,
+    split_visible,
+)
 from torch import nn
 
 T_START = time.time()  # total_seconds counts from here (after imports) to the end of evaluation
@@ -174,10 +188,14 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab: int, depth: int, dim: int, head_dim: int, hidden: int, max_seq: int) -> None:
+    def __init__(
+        self, vocab: int, depth: int, dim: int, head_dim: int, hidden: int, max_seq: int
+    ) -> None:
         super().__init__()
         if dim % head_dim or head_dim % 2:
-            raise ValueError(f"MODEL_DIM ({dim}) must be a multiple of HEAD_DIM ({head_dim}), and HEAD_DIM even")
+            raise ValueError(
+                f"MODEL_DIM ({dim}) must be a multiple of HEAD_DIM ({head_dim}), and HEAD_DIM even"
+            )
         self.embed = nn.Embedding(vocab, dim)
         self.blocks = nn.ModuleList(Block(dim, head_dim, hidden) for _ in range(depth))
         self.head = nn.Linear(dim, vocab, bias=False)
@@ -240,7 +258,9 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 
 
 class Muon(torch.optim.Optimizer):
-    def __init__(self, params: list[nn.Parameter], lr: float, momentum: float, weight_decay: float) -> None:
+    def __init__(
+        self, params: list[nn.Parameter], lr: float, momentum: float, weight_decay: float
+    ) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
     @torch.no_grad()
@@ -349,14 +369,40 @@ while training_time < budget_s:
         next_report = (math.floor(done / REPORT_EVERY) + 1) * REPORT_EVERY
 
 # ---------------------------------------------------------------------------
-# Evaluation and summary
+# Hand-over, evaluation and summary
+#
+# The orchestrator's number is computed by prepare.py's evaluator from the model
+# exported here, in the autocast context it is evaluated in (export_model makes the
+# casts part of the program). Evaluating here too keeps `python train.py` useful by
+# hand, and lets the orchestrator check the printed value against its own.
 
 model.eval()
-with autocast:
-    val_bpb = evaluate_bpb(model, SEQ_LEN, EVAL_BATCH_SIZE)
-if not math.isfinite(val_bpb):
-    print(f"FAIL: val_bpb is NaN/inf ({val_bpb}) after {step} steps", flush=True)
-    sys.exit(1)
+export_seconds = 0.0
+if os.environ.get("AUTOSWARM_MODEL"):
+    t0 = time.time()
+    try:
+        with autocast:
+            export_model(model, os.environ["AUTOSWARM_MODEL"], SEQ_LEN, EVAL_BATCH_SIZE)
+    except ExportError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    export_seconds = time.time() - t0
+
+val_bpb = None
+if split_visible("val"):
+    try:
+        with autocast:
+            val_bpb = evaluate_bpb(model, SEQ_LEN, EVAL_BATCH_SIZE)
+    except DataNotReady as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if not math.isfinite(val_bpb):
+        print(f"FAIL: val_bpb is NaN/inf ({val_bpb}) after {step} steps", flush=True)
+        sys.exit(1)
+else:
+    print(
+        "val_bpb is evaluated by the orchestrator: the validation split is sealed (not visible here)"
+    )
 
 
 def peak_memory_mb() -> float:
@@ -381,9 +427,11 @@ def mfu_percent(tokens: int, seconds: float) -> float:
 
 total_tokens = step * tokens_per_step
 print("---")
-print(f"val_bpb:          {val_bpb:.6f}")
+if val_bpb is not None:
+    print(f"val_bpb:          {val_bpb:.6f}")
 print(f"training_seconds: {training_time:.1f}")
 print(f"total_seconds:    {time.time() - T_START:.1f}")
+print(f"export_seconds:   {export_seconds:.1f}")
 print(f"peak_vram_mb:     {peak_memory_mb():.1f}")
 print(f"mfu_percent:      {mfu_percent(total_tokens, training_time):.2f}")
 print(f"total_tokens_M:   {total_tokens / 1e6:.1f}")
