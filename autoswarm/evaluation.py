@@ -194,6 +194,10 @@ def judge(
 ) -> Judged:
     """The row's numbers from what train.py printed and what the evaluation measured.
 
+    A failed evaluation is a crash, unless train.py printed the metric: a number nothing
+    confirms is forged (the three-line train.py that prints ``val_bpb: 0.5`` and trains
+    nothing).
+
     ``required``: the job had an evaluation (``evaluation`` None then means training
     itself did not finish, and the printed numbers are left as they are for the crash
     diagnosis). Without one, the printed metric is the metric (self-reported).
@@ -203,21 +207,26 @@ def judge(
         if required:
             own.pop(metric, None)  # never judged on a number no evaluation confirmed
         return Judged(metrics=own)
+    claimed = printed.get(metric)
+    failed = ""
     if evaluation.error or evaluation.timed_out or evaluation.exit_code != 0:
+        failed = _eval_failure(evaluation)
+    elif metric not in evaluation.metrics:
+        failed = f"evaluation failed: its summary block has no '{metric}:' line"
+    if failed:
+        if claimed is None:
+            return Judged(metrics=_without(own, metric), failure=Status.CRASH, reason=failed)
+        # A printed number that nothing could confirm (no model saved, a refused graph).
         return Judged(
-            metrics=_without(own, metric), failure=Status.CRASH, reason=_eval_failure(evaluation)
+            metrics={**_without(own, metric), PRINTED + metric: claimed},
+            failure=Status.FORGED,
+            reason=f"forged: train.py printed {metric} {claimed:.6f}, which the locked "
+            f"evaluation could not confirm ({failed})",
         )
     measured = evaluation.metrics
-    value = measured.get(metric)
-    if value is None:
-        return Judged(
-            metrics=_without(own, metric),
-            failure=Status.CRASH,
-            reason=f"evaluation failed: its summary block has no '{metric}:' line",
-        )
+    value = measured[metric]
     sealed = {k: v for k, v in measured.items() if is_sealed_key(k, test)}
     extra = {k: v for k, v in measured.items() if not is_sealed_key(k, test) and k != metric}
-    claimed = printed.get(metric)
     if claimed is not None and not agree(claimed, value, tolerance):
         return Judged(
             metrics={

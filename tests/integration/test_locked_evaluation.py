@@ -108,8 +108,8 @@ def test_forgers_are_caught_and_the_sealed_split_stays_hidden(
     forger, scaled, peek, better = (
         rows[d] for d in ("three-line forger", "scaled loss", "peek", "LR 0.01 -> 0.04")
     )
-    # The 3-line forger printed a number but saved no model: the evaluation fails, a crash.
-    assert forger.status is Status.CRASH and "evaluation failed" in forger.reason, forger.reason
+    # The 3-line forger printed a number but saved no model: nothing confirms it, forged.
+    assert forger.status is Status.FORGED and "could not confirm" in forger.reason, forger.reason
     assert forger.value("val_bpb") is None
     # The scaled printer disagrees with the evaluation of its own model: forged, both numbers.
     assert scaled.status is Status.FORGED, (scaled.status, scaled.reason)

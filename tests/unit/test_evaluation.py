@@ -94,9 +94,13 @@ def test_a_printed_test_value_is_never_trusted_nor_shown() -> None:
     ],
 )
 def test_a_failed_evaluation_is_a_crash_that_says_why(outcome: EvalOutcome, says: str) -> None:
-    j = judge({"val_bpb": 1.0}, outcome, metric="val_bpb")
+    j = judge({"num_steps": 3.0}, outcome, metric="val_bpb")
     assert j.failure is Status.CRASH and says in j.reason and "evaluation failed" in j.reason
     assert "val_bpb" not in j.metrics
+    # The same failure after train.py printed the metric: a claim nothing confirms.
+    j = judge({"val_bpb": 0.5}, outcome, metric="val_bpb")
+    assert j.failure is Status.FORGED and says in j.reason and "could not confirm" in j.reason
+    assert j.metrics == {"printed_val_bpb": 0.5}
 
 
 def test_without_an_evaluation_the_print_is_the_metric_unless_one_was_required() -> None:
