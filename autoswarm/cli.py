@@ -480,7 +480,7 @@ def status(
             f"  tier {name}",
             f"{c['experiments']} runs, ${c['cost_usd']:.2f}, {c['gpu_hours']:.2f} GPU-hours",
         )
-    t.add_row("metric", st["metric_source"])
+    t.add_row("metric", Text(st["metric_source"]))
     _test_rows(t, st["test"], m)
     t.add_row("branch", st["branch"])
     t.add_row("sandbox", st["sandbox"].removeprefix("sandbox: "))

@@ -209,11 +209,29 @@ def evaluated_workspace(tmp: Path, monkeypatch: pytest.MonkeyPatch, extra: str) 
     return ws_dir
 
 
+def run_proposer(ws_dir: Path, strategy: str) -> tuple[Ledger, int]:
+    """A short run of ``strategy`` on two local slots (8 experiments)."""
+    from autoswarm.config import with_overrides
+    from autoswarm.proposers.registry import make_proposer
+
+    cfg = with_overrides(
+        load_config(ws_dir), strategy=strategy, workers=2, max_experiments=8, best_runs=1
+    )
+    ws = Workspace(ws_dir, cfg)
+    ledger = Ledger(ws.ledger_path)
+    sched = Scheduler(
+        workspace=ws,
+        ledger=ledger,
+        backend=LocalBackend(2, gpus=[]),
+        proposer=make_proposer(cfg, state_dir=ws.state_dir),
+        config=cfg,
+    )
+    return ledger, sched.run(tag=strategy).run.id
+
+
 def test_no_llm_prompt_and_no_agent_copy_holds_a_test_value(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autoswarm.config import with_overrides
-    from autoswarm.proposers.registry import make_proposer
     from autoswarm.testing.llm_servers import ScriptedLLMServer, answer
 
     # An LLM proposer against a loopback fake server that records every prompt.
@@ -228,23 +246,12 @@ def test_no_llm_prompt_and_no_agent_copy_holds_a_test_value(
     with ScriptedLLMServer("anthropic", fallback=reply, api_key="sk-test") as srv:
         toml = ws_dir / "autoswarm.toml"
         toml.write_text(
-            toml.read_text().replace('strategy = "auto"', 'strategy = "llm"')
-            + f'\n[llm]\nmodel = "m"\nbase_url = "{srv.base_url}"\n'
+            toml.read_text() + f'\n[llm]\nmodel = "m"\nbase_url = "{srv.base_url}"\n'
             'api_key_env = "FAKE_LLM_KEY"\ntimeout = 10\nconcurrency = 2\n'
         )
         monkeypatch.setenv("FAKE_LLM_KEY", "sk-test")
-        cfg = with_overrides(load_config(ws_dir), workers=2, max_experiments=8, best_runs=1)
-        ws = Workspace(ws_dir, cfg)
-        ledger = Ledger(ws.ledger_path)
-        sched = Scheduler(
-            workspace=ws,
-            ledger=ledger,
-            backend=LocalBackend(2, gpus=[]),
-            proposer=make_proposer(cfg, state_dir=ws.state_dir),
-            config=cfg,
-        )
-        out = sched.run(tag="llm")
-    values = test_values(ledger, out.run.id)
+        ledger, run_id = run_proposer(ws_dir, "llm")
+    values = test_values(ledger, run_id)
     assert len(srv.requests) >= 2
     prompts = "\n".join(r.prompt for r in srv.requests[1:])  # later ones carry a history
     assert "val_bpb" in prompts
@@ -262,20 +269,8 @@ def test_no_llm_prompt_and_no_agent_copy_holds_a_test_value(
         monkeypatch,
         f'\n[agent]\ncommand = {json.dumps(command)}\ntimeout = "20s"\n',
     )
-    cfg = with_overrides(
-        load_config(ws_dir), strategy="agent", workers=2, max_experiments=8, best_runs=1
-    )
-    ws = Workspace(ws_dir, cfg)
-    ledger = Ledger(ws.ledger_path)
-    sched = Scheduler(
-        workspace=ws,
-        ledger=ledger,
-        backend=LocalBackend(2, gpus=[]),
-        proposer=make_proposer(cfg, state_dir=ws.state_dir),
-        config=cfg,
-    )
-    out = sched.run(tag="agent")
-    values = test_values(ledger, out.run.id)
+    ledger, run_id = run_proposer(ws_dir, "agent")
+    values = test_values(ledger, run_id)
     seen = [json.loads(line) for line in report.read_text().splitlines()]
     assert len(seen) >= 2 and any("val_bpb" in r["prompt"] for r in seen)
     for r in seen:
