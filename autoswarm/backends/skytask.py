@@ -33,7 +33,7 @@ from autoswarm.sandbox import (
     sandbox_settings,
     secret_name_regex,
 )
-from autoswarm.types import Job
+from autoswarm.types import Evaluation, Job
 
 MODES = ("clusters", "jobs")
 RECOVERY_STRATEGIES = ("FAILOVER", "EAGER_NEXT_REGION")
@@ -627,6 +627,19 @@ def plan_tasks(cfg: Config, workspace: Path, count: int, *, tag: str = "") -> li
     tag = tag or cfg.run.tag
     out = []
     state = workspace / ".autoswarm"
+    m = cfg.metric
+    # The run script names the locked files (it copies them on the node); no contents.
+    evaluation = (
+        Evaluation(
+            argv=m.evaluate,
+            files=tuple((p, b"") for p in cfg.workspace.locked),
+            sealed=m.sealed,
+            timeout_s=m.evaluate_timeout,
+            model=m.model,
+        )
+        if m.evaluate
+        else None
+    )
     for i in range(min(count, opts.capacity)):
         exp_id = i + 1
         job = Job(
@@ -643,6 +656,7 @@ def plan_tasks(cfg: Config, workspace: Path, count: int, *, tag: str = "") -> li
             log_path=state / "logs" / f"{exp_id:05d}.log",
             budget_s=cfg.run.budget,
             tier=opts.slot_tier(i)[0].name,
+            evaluation=evaluation,
         )
         out.append(task_config(job, opts, tag=tag, prepare=cfg.workspace.prepare))
     return out
