@@ -103,7 +103,7 @@ def parse_duration(text: str | float | int) -> float:
 def _seconds(value: object, info: ValidationInfo) -> object:
     if isinstance(value, str):
         try:
-            return parse_duration(value)
+            value = parse_duration(value)
         except ConfigError as e:
             _fail(f"{info.field_name}: {e}")
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -111,7 +111,17 @@ def _seconds(value: object, info: ValidationInfo) -> object:
             f"{info.field_name} must be a number of seconds or a duration such as "
             f'"90s", "15m" or "1h30m", got {value!r}'
         )
+    if math.isinf(value) or value > MAX_DURATION_S:
+        # A timer this long cannot be armed (threading's waits overflow near 292 years),
+        # and a run that long is a typo: 0 is the way to say "no limit".
+        _fail(
+            f"{info.field_name} must be at most {MAX_DURATION_S // 86400} days "
+            f"(use 0 for no limit), got {value!r}"
+        )
     return float(value)  # seconds as written; the range is the field's to check
+
+
+MAX_DURATION_S = 366 * 86400
 
 
 # Seconds, written as a number (90, 2.5) or a duration string ("90s", "15m", "1h30m", "2d").

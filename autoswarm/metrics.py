@@ -19,6 +19,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 _KV = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:\s*(\S+)\s*$")
+# A plain decimal number as Python's print writes one, or nan/inf. Not float()'s whole
+# syntax: "0_9" (a typo) would read as 9.0, and "0x10" or "١" are not what train.py prints.
+_NUMBER = re.compile(
+    r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf|infinity)", re.IGNORECASE
+)
 
 # How much of a log the diagnosis reads: the summary and the traceback are at the end.
 TAIL_BYTES = 64_000
@@ -40,9 +45,20 @@ def parse_summary(text: str) -> dict[str, float]:
     """Parse the last ``---`` block of ``text`` into numeric metrics.
 
     Lines after the ``---`` marker of the form ``key: value`` are read until the
-    first line that is neither such a pair nor blank. Non-numeric values are skipped;
-    ``nan``/``inf`` are kept as floats so the caller can call them a crash.
+    first line that is neither such a pair nor blank. Values that are not plain numbers
+    (:data:`_NUMBER`) are skipped; ``nan``/``inf`` are kept as floats so the caller can
+    call them a crash.
     """
+    return {k: float(v) for k, v in _last_block(text) if _NUMBER.fullmatch(v)}
+
+
+def raw_value(text: str, key: str) -> str | None:
+    """What the last summary block printed for ``key``, as text (None if no such line)."""
+    return next((v for k, v in reversed(_last_block(text)) if k == key), None)
+
+
+def _last_block(text: str) -> list[tuple[str, str]]:
+    """The ``key: value`` pairs of the last ``---`` block, as text."""
     lines = text.splitlines()
     start = None
     for i in range(len(lines) - 1, -1, -1):
@@ -50,18 +66,15 @@ def parse_summary(text: str) -> dict[str, float]:
             start = i
             break
     if start is None:
-        return {}
-    out: dict[str, float] = {}
+        return []
+    out: list[tuple[str, str]] = []
     for line in lines[start + 1 :]:
         if not line.strip():
             continue
         m = _KV.match(line)
         if not m:
             break
-        try:
-            out[m.group(1)] = float(m.group(2))
-        except ValueError:
-            continue
+        out.append((m.group(1), m.group(2)))
     return out
 
 
@@ -118,6 +131,9 @@ def crash_reason(
         return f"exit code {exit_code}" + (f": {detail}" if detail else "")
     value = metrics.get(metric)
     if value is None:
+        raw = raw_value(log_tail, metric)
+        if raw is not None:
+            return f"no metric: {metric} is {raw!r} in the summary block, not a plain number"
         if not metrics:
             return f"no metric: no '---' summary block with '{metric}:' in the log"
         return f"no metric: the summary block has no '{metric}:' line"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from autoswarm.config import (
     PoolConfig,
     RunConfig,
     TierRole,
+    _checked,
     load_config,
     parse_duration,
     render_default_config,
@@ -572,3 +574,14 @@ def test_with_recorded_run_takes_run_and_metric_only(tmp_path: Path) -> None:
         Direction.MAXIMIZE,
     )
     assert new.pool == cfg.pool and new.llm == cfg.llm and new.knobs == cfg.knobs
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("budget", math.inf), ("timeout", 1e10), ("time_limit", "400d"), ("grace", "1000d")],
+)
+def test_durations_too_long_to_arm_a_timer_are_refused(key: str, value: object) -> None:
+    """--budget inf or --timeout 1e10 used to pass, and the deadline thread died of an
+    OverflowError: the run went on with no hard kill."""
+    with pytest.raises(ConfigError, match=rf"\[run\] {key} must be at most 366 days"):
+        _checked(Config, {"run": {key: value}}, "autoswarm.toml")

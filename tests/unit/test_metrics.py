@@ -68,6 +68,17 @@ def test_non_numeric_values_are_skipped() -> None:
     assert parse_summary("---\nmodel: gpt\nval_bpb: 1.1\ndevice: cuda:0\n") == {"val_bpb": 1.1}
 
 
+def test_only_plain_numbers_are_read() -> None:
+    # float() would read "0_9" as 9.0 (a typo becomes a great result) and "1_000" as 1000.
+    log = "---\nval_bpb: 0_9\nsteps: 1_000\nhex: 0x10\na: +1\nb: -2.5e-3\nc: .5\nd: 7.\n"
+    assert parse_summary(log) == {"a": 1.0, "b": -0.0025, "c": 0.5, "d": 7.0}
+
+
+def test_a_metric_that_is_not_a_plain_number_says_so() -> None:
+    r = reason(log="---\nval_bpb: 0_9\n")
+    assert r == "no metric: val_bpb is '0_9' in the summary block, not a plain number"
+
+
 def test_nan_and_inf_are_kept_as_floats() -> None:
     out = parse_summary("---\nval_bpb: nan\nloss: inf\nother: -inf\n")
     assert math.isnan(out["val_bpb"])
