@@ -149,6 +149,12 @@ class _LiveView:
 # The scheduler
 
 
+def interrupted_reason(end: str) -> str:
+    """The reason an experiment that was running when the run ended records."""
+    cause = "Ctrl-C" if end == "interrupted" else end
+    return f"interrupted ({cause}); `autoswarm run --resume` runs it again"
+
+
 class Scheduler:
     """Runs the loop described in the module docstring."""
 
@@ -738,6 +744,7 @@ class Scheduler:
     def _shutdown(self, reason: str) -> None:
         """Kill what still runs, mark it interrupted, close the session. Never raises."""
         self._ended = reason
+        why = interrupted_reason(reason)
         try:
             for exp_id in list(self.state.running):
                 self.backend.cancel(exp_id)
@@ -752,7 +759,7 @@ class Scheduler:
                             exp,
                             Status.INTERRUPTED,
                             r,
-                            f"interrupted ({reason}); re-queued by --resume",
+                            why,
                             self._judged(r),
                         )
             for exp_id in list(self.state.running):
@@ -762,7 +769,7 @@ class Scheduler:
                     metrics={},
                     metric=None,
                     finished_at=self.clock.now(),
-                    reason=f"interrupted ({reason}); re-queued by --resume",
+                    reason=why,
                 )
                 self.state.stop(exp_id)
         finally:

@@ -681,3 +681,13 @@ def test_a_run_that_ends_leaves_no_verdict_open(harness: Harness) -> None:
     assert cand.evidence.as_meta()["runs"] == 4  # 42, 43, 44 and the one of 45/46 that ran
     (withdrawn,) = [e for e in rows if e.status is Status.REJECTED]
     assert withdrawn.seed in (45, 46) and "the run ended" in withdrawn.reason
+
+
+def test_an_interrupted_rows_reason_says_what_ended_the_run() -> None:
+    """It read "interrupted (interrupted); re-queued by --resume" after a Ctrl-C."""
+    from autoswarm.scheduler import interrupted_reason
+
+    assert interrupted_reason("interrupted") == (
+        "interrupted (Ctrl-C); `autoswarm run --resume` runs it again"
+    )
+    assert interrupted_reason("time limit").startswith("interrupted (time limit); ")
