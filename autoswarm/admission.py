@@ -28,6 +28,7 @@ from typing import Any
 from autoswarm.config import Config
 from autoswarm.dedup import dedup_key
 from autoswarm.knobs import knobs_of
+from autoswarm.metrics import printable
 from autoswarm.proposers.base import fingerprint
 from autoswarm.types import Experiment, Kind, Problem, Proposal, Status
 from autoswarm.workspace import Workspace
@@ -128,7 +129,8 @@ def knob_values(files: Mapping[str, str]) -> dict[str, Any]:
 
 
 def one_line(text: str) -> str:
-    line = " ".join(text.split())
+    """A description or event as one printable line (no terminal control sequences)."""
+    line = " ".join(printable(text).split())
     return line[:200] if line else "(no description)"
 
 

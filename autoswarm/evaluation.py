@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from autoswarm.metrics import parse_summary, read_tail
+from autoswarm.metrics import parse_summary, printable, read_tail
 from autoswarm.process import ProcessResult
 from autoswarm.sandbox import Sandbox
 from autoswarm.types import EvalOutcome, Evaluation, Job, Status
@@ -257,7 +257,7 @@ def _eval_failure(ev: EvalOutcome) -> str:
         return f"evaluation failed: {ev.error}"
     if ev.timed_out:
         return f"evaluation failed: killed at its timeout after {ev.seconds:.0f}s"
-    lines = [ln.strip() for ln in ev.log_tail.splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in printable(ev.log_tail).splitlines() if ln.strip()]
     detail = next(
         (ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else ""
     )

@@ -25,6 +25,21 @@ _NUMBER = re.compile(
     r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf|infinity)", re.IGNORECASE
 )
 
+# Terminal control sequences (CSI, OSC, other ESC sequences) and control characters: what
+# an experiment prints must never drive the terminal of whoever reads its reason.
+_CONTROL = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor moves, clear screen
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC: window titles, hyperlinks
+    r"|\x1b[@-_]?"  # other ESC sequences, and a lone ESC
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"  # C0 (but tab and newline) and C1 controls
+)
+
+
+def printable(text: str) -> str:
+    """``text`` without terminal control sequences or control characters."""
+    return _CONTROL.sub("", text)
+
+
 # How much of a log the diagnosis reads: the summary and the traceback are at the end.
 TAIL_BYTES = 64_000
 
@@ -106,8 +121,32 @@ def crash_reason(
     """Why a run has no usable metric, or '' if it has one.
 
     Order of the checks matters: a timeout explains a missing summary; a syntax
-    error or an OOM explains a non-zero exit better than the exit code itself.
+    error or an OOM explains a non-zero exit better than the exit code itself. The
+    reason is :func:`printable`: it quotes the log, which the experiment wrote.
     """
+    return printable(
+        _crash_reason(
+            exit_code=exit_code,
+            timed_out=timed_out,
+            timeout_s=timeout_s,
+            metrics=metrics,
+            metric=metric,
+            log_tail=log_tail,
+            error=error,
+        )
+    )
+
+
+def _crash_reason(
+    *,
+    exit_code: int | None,
+    timed_out: bool,
+    timeout_s: float,
+    metrics: Mapping[str, float],
+    metric: str,
+    log_tail: str,
+    error: str,
+) -> str:
     if error:
         return error
     if timed_out:

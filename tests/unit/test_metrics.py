@@ -247,3 +247,23 @@ def test_other_metric_name() -> None:
 def test_non_finite_metric_with_exit_zero(value: str) -> None:
     r = reason(log=f"---\nval_bpb: {value}\n")
     assert r.startswith("val_bpb is") and "NaN or divergence" in r
+
+
+def test_a_reason_quoting_the_log_carries_no_terminal_control_sequence() -> None:
+    """A hostile log line used to reach the user's terminal raw (events, results, wait)."""
+    log = "\x1b[2J\x1b]0;pwned\x07\x1b[31mRuntimeError: boom\x1b[0m\x08\x9b\n"
+    r = reason(exit_code=1, log=log)
+    assert r == "exit code 1: RuntimeError: boom"
+
+
+def test_printable_keeps_text_and_drops_controls() -> None:
+    from autoswarm.metrics import printable
+
+    assert printable("a\tb\nc é ✓") == "a\tb\nc é ✓"
+    assert printable("x\x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\y\x00\x7f") == "xlinky"
+
+
+def test_a_description_is_one_printable_line() -> None:
+    from autoswarm.admission import one_line
+
+    assert one_line("LR up\x1b[2J\n\x1b[31mand more\x07") == "LR up and more"
