@@ -220,6 +220,10 @@ class WorkspaceConfig(_Table):
         return self
 
 
+# Metric names whose values cannot be negative: bits per byte, losses, perplexities.
+_NON_NEGATIVE = re.compile(r"(^|_)(bpb|loss|ppl|perplexity)($|_)")
+
+
 class MetricConfig(_Table):
     """``[metric]``: the number experiments are judged by, and who measures it.
 
@@ -242,6 +246,25 @@ class MetricConfig(_Table):
     tolerance: float = Field(default=1e-4, gt=0, lt=1, description="must be between 0 and 1")
     evaluate_timeout: Duration = Field(default=600.0, gt=0, description="must be > 0 seconds")
     model: str = "model.pt2"  # where train.py saves its model, in its run directory
+    # The values the metric can take; one outside is a crash ("impossible metric"), never
+    # a best. None: the known bound of the metric's name (bits per byte and losses are
+    # >= 0), else none.
+    lower: float | None = None
+    upper: float | None = None
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(lower, upper) the metric's values must lie in."""
+        known = 0.0 if _NON_NEGATIVE.search(self.name) else -math.inf
+        lower = known if self.lower is None else self.lower
+        return lower, math.inf if self.upper is None else self.upper
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        lo, hi = self.bounds
+        if not (lo < hi) or math.isnan(lo) or math.isnan(hi):
+            _fail(f"[metric] lower ({lo:g}) must be below upper ({hi:g})")
+        return self
 
     @field_validator("model")
     @classmethod

@@ -117,8 +117,12 @@ def crash_reason(
     metric: str,
     log_tail: str,
     error: str = "",
+    bounds: tuple[float, float] = (-math.inf, math.inf),
 ) -> str:
     """Why a run has no usable metric, or '' if it has one.
+
+    ``bounds``: the values the metric can take (``[metric] lower/upper``); one outside
+    them is impossible, and is a crash rather than an unbeatable best.
 
     Order of the checks matters: a timeout explains a missing summary; a syntax
     error or an OOM explains a non-zero exit better than the exit code itself. The
@@ -133,6 +137,7 @@ def crash_reason(
             metric=metric,
             log_tail=log_tail,
             error=error,
+            bounds=bounds,
         )
     )
 
@@ -146,6 +151,7 @@ def _crash_reason(
     metric: str,
     log_tail: str,
     error: str,
+    bounds: tuple[float, float],
 ) -> str:
     if error:
         return error
@@ -178,6 +184,17 @@ def _crash_reason(
         return f"no metric: the summary block has no '{metric}:' line"
     if not math.isfinite(value):
         return f"{metric} is {value} (NaN or divergence)"
+    lower, upper = bounds
+    if not lower <= value <= upper:
+        side = (
+            f"below its lower bound {lower:g}"
+            if value < lower
+            else f"above its upper bound {upper:g}"
+        )
+        return (
+            f"impossible metric: {metric} {value:g} is {side} ([metric] lower/upper): "
+            "a broken evaluation or a made-up number"
+        )
     return ""
 
 

@@ -648,6 +648,7 @@ class Scheduler:
         if trained and judged.failure is not None:
             return judged.failure, judged.reason
         reason = crash_reason(
+            bounds=self.cfg.metric.bounds,
             exit_code=r.exit_code,
             timed_out=r.timed_out,
             timeout_s=self.cfg.run.effective_timeout,

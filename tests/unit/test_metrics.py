@@ -267,3 +267,32 @@ def test_a_description_is_one_printable_line() -> None:
     from autoswarm.admission import one_line
 
     assert one_line("LR up\x1b[2J\n\x1b[31mand more\x07") == "LR up and more"
+
+
+def test_an_impossible_metric_is_a_crash_not_a_best() -> None:
+    """A printed val_bpb of -5.0 was kept and became an unbeatable best."""
+    from autoswarm.config import MetricConfig
+
+    bounds = MetricConfig().bounds  # val_bpb: bits per byte are never negative
+    assert bounds == (0.0, math.inf)
+    r = crash_reason(
+        exit_code=0,
+        timed_out=False,
+        timeout_s=10,
+        metrics={"val_bpb": -5.0},
+        metric="val_bpb",
+        log_tail="---\nval_bpb: -5.0\n",
+        bounds=bounds,
+    )
+    assert r.startswith("impossible metric: val_bpb -5 is below its lower bound 0")
+    assert reason(log="---\nval_bpb: 0.0\n") == ""  # the bound itself is allowed
+
+
+def test_metric_bounds_come_from_the_name_or_the_config() -> None:
+    from autoswarm.config import MetricConfig
+
+    assert MetricConfig(name="accuracy").bounds == (-math.inf, math.inf)
+    assert MetricConfig(name="accuracy", lower=0, upper=1).bounds == (0, 1)
+    assert MetricConfig(name="train_loss").bounds[0] == 0.0
+    with pytest.raises(ValueError, match=r"\[metric\] lower \(1\) must be below upper \(0\)"):
+        MetricConfig(name="accuracy", lower=1, upper=0)
