@@ -363,6 +363,12 @@ class RunConfig(_Table):
     def _branch_name(cls, tag: str) -> str:
         if tag and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", tag):
             _fail(f"tag {tag!r} must be letters, digits, '.', '_' or '-' (it names a git branch)")
+        # What git itself refuses in a ref name (git check-ref-format), among those.
+        if tag and (".." in tag or tag.endswith((".", ".lock"))):
+            _fail(
+                f"tag {tag!r} cannot name a git branch (no '..', and no '.' or '.lock' at the "
+                "end): choose another, e.g. the same without the dots"
+            )
         return tag
 
     @model_validator(mode="after")

@@ -585,3 +585,15 @@ def test_durations_too_long_to_arm_a_timer_are_refused(key: str, value: object) 
     OverflowError: the run went on with no hard kill."""
     with pytest.raises(ConfigError, match=rf"\[run\] {key} must be at most 366 days"):
         _checked(Config, {"run": {key: value}}, "autoswarm.toml")
+
+
+@pytest.mark.parametrize("tag", ["a..b", "x.lock", "run."])
+def test_tags_git_cannot_use_as_a_branch_are_refused_before_anything_runs(tag: str) -> None:
+    """They passed the check and pygit2 then raised InvalidSpecError."""
+    import pygit2
+
+    with pytest.raises(ConfigError, match="cannot name a git branch"):
+        _checked(Config, {"run": {"tag": tag}}, "autoswarm.toml")
+    assert not pygit2.reference_is_valid_name(f"refs/heads/autoswarm/{tag}")
+    assert pygit2.reference_is_valid_name("refs/heads/autoswarm/a.b-c_1")
+    assert _checked(Config, {"run": {"tag": "a.b-c_1"}}, "autoswarm.toml").run.tag == "a.b-c_1"
