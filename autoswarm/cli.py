@@ -810,6 +810,21 @@ def doctor(
         raise typer.Exit(1)
 
 
+def _diff_text(diff: Path) -> str:
+    """The text of ``--diff FILE`` ('-' = stdin), or one line that says why not."""
+    from autoswarm.patching import utf8_text
+
+    if str(diff) == "-":
+        return utf8_text(sys.stdin.buffer.read(), "the diff on stdin")
+    try:
+        data = diff.read_bytes()
+    except FileNotFoundError:
+        raise WorkspaceError(f"--diff {diff}: no such file") from None
+    except OSError as e:
+        raise WorkspaceError(f"--diff {diff}: cannot read it ({e.strerror})") from None
+    return utf8_text(data, f"--diff {diff}")
+
+
 @app.command()
 def submit(
     path: Annotated[
@@ -836,7 +851,7 @@ def submit(
     cfg, ws = _load(workspace)
     with Ledger(ws.ledger_path) as ledger:
         if diff is not None:
-            text = sys.stdin.read() if str(diff) == "-" else diff.read_text(encoding="utf-8")
+            text = _diff_text(diff)
             sub = queue_variant(
                 ws, ledger, diff=text, description=desc or f"diff {diff.name}", tag=tag
             )

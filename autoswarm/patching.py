@@ -41,7 +41,8 @@ def read_plain(root: Path, rel: str) -> str:
 
     Raises:
         WorkspaceError: it is a symlink (or under one), a device, a FIFO or a directory,
-            or it does not exist; the message names it and says what is accepted.
+            it does not exist, or it is not UTF-8 text; the message names it and says what
+            is accepted.
     """
     path = root / rel
     try:
@@ -61,7 +62,18 @@ def read_plain(root: Path, rel: str) -> str:
         raise WorkspaceError(f"{path} is not a plain file (a device, FIFO or directory)")
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as f:
-        return f.read().decode("utf-8", errors="replace")
+        return utf8_text(f.read(), str(path))
+
+
+def utf8_text(data: bytes, what: str) -> str:
+    """``data`` as UTF-8 text; a WorkspaceError that says where it is not (never mangled)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise WorkspaceError(
+            f"{what} is not UTF-8 text (byte {e.start}: {e.reason}): variants are text files; "
+            "save it as UTF-8"
+        ) from None
 
 
 def strip_fences(text: str) -> str:

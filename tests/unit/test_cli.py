@@ -308,3 +308,23 @@ def test_a_tampered_prepare_py_is_never_run_and_never_advised_for_commit(tmp_pat
         assert (ws / "prepare.py").read_text() == committed
         kept = sorted((ws / ".autoswarm" / "tampered").glob("*/prepare.py"))
         assert kept and kept[-1].read_text() == committed + tamper  # nothing is lost
+
+
+# ---------------------------------------------------------------------------
+# submit: bad input gets one line (issue 17, 5)
+
+
+def test_submit_of_a_file_that_is_not_utf8_or_a_missing_diff_is_one_line(tmp_path: Path) -> None:
+    """These were a UnicodeDecodeError and a FileNotFoundError traceback."""
+    ws = make_workspace(tmp_path / "ws")
+    bad = tmp_path / "v" / "train.py"
+    bad.parent.mkdir()
+    bad.write_bytes(b"LR = 0.04  # caf\xe9 in latin-1\n")
+    err = error_of(cli("submit", str(bad), "--desc", "x", cwd=ws))
+    assert "is not UTF-8 text (byte 16" in err and "save it as UTF-8" in err
+    err = error_of(cli("submit", "--diff", str(tmp_path / "nope.diff"), cwd=ws))
+    assert err == f"error: --diff {tmp_path / 'nope.diff'}: no such file"
+    (tmp_path / "latin.diff").write_bytes(b"--- a/train.py\n+++ b/train.py\n+caf\xe9\n")
+    assert "is not UTF-8 text" in error_of(
+        cli("submit", "--diff", str(tmp_path / "latin.diff"), cwd=ws)
+    )
