@@ -381,6 +381,13 @@ class RunConfig(_Table):
         return self
 
 
+_KNOB_KEYS = frozenset({"low", "high", "log", "kind", "choices"})
+
+
+def _finite_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
 class KnobConfig(_Table):
     """[knobs]: ``exclude`` and one table per knob ([knobs.MATRIX_LR]), kept in ``overrides``."""
 
@@ -390,6 +397,42 @@ class KnobConfig(_Table):
     exclude: Annotated[tuple[str, ...], _list_of("knob names")] = ("TIME_BUDGET",)
     # Per-knob overrides, e.g. {"MATRIX_LR": {"low": 0.005, "high": 0.2, "log": true}}.
     overrides: Mapping[str, Mapping[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("overrides")
+    @classmethod
+    def _knob_tables(cls, tables: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
+        """Each [knobs.NAME] table checked at load, not when a proposer first reads it."""
+        for name, table in tables.items():
+            where = f"{name}:"
+            unknown = sorted(set(table) - _KNOB_KEYS)
+            if unknown:
+                _fail(
+                    f"{where} unknown key(s) {', '.join(unknown)}; "
+                    f"known keys: {', '.join(sorted(_KNOB_KEYS))}"
+                )
+            for key in ("low", "high"):
+                v = table.get(key)
+                if v is not None and not _finite_number(v):
+                    _fail(f"{where} {key} must be a finite number, got {v!r}")
+            low, high = table.get("low"), table.get("high")
+            if low is not None and high is not None and not low < high:
+                _fail(f"{where} low ({low!r}) must be below high ({high!r})")
+            if "log" in table and not isinstance(table["log"], bool):
+                _fail(f"{where} log must be true or false, got {table['log']!r}")
+            if "kind" in table and table["kind"] not in ("pow2", "int"):
+                _fail(f'{where} kind must be "pow2" or "int", got {table["kind"]!r}')
+            if "choices" in table:
+                choices = table["choices"]
+                if (
+                    not isinstance(choices, list | tuple)
+                    or not choices
+                    or not all(isinstance(c, bool | int | float | str) for c in choices)
+                ):
+                    _fail(
+                        f"{where} choices must be a non-empty list of numbers, booleans or "
+                        f"strings, e.g. choices = [16, 32, 64]; got {choices!r}"
+                    )
+        return tables
 
 
 class LLMConfig(_Table):

@@ -597,3 +597,29 @@ def test_tags_git_cannot_use_as_a_branch_are_refused_before_anything_runs(tag: s
     assert not pygit2.reference_is_valid_name(f"refs/heads/autoswarm/{tag}")
     assert pygit2.reference_is_valid_name("refs/heads/autoswarm/a.b-c_1")
     assert _checked(Config, {"run": {"tag": "a.b-c_1"}}, "autoswarm.toml").run.tag == "a.b-c_1"
+
+
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        ({"choices": 5}, "LR: choices must be a non-empty list"),
+        ({"choices": []}, "LR: choices must be a non-empty list"),
+        ({"low": "abc"}, "LR: low must be a finite number, got 'abc'"),
+        ({"high": float("nan")}, "LR: high must be a finite number"),
+        ({"low": 0.1, "high": 0.01}, r"LR: low \(0.1\) must be below high \(0.01\)"),
+        ({"lo": 0.1}, r"LR: unknown key\(s\) lo; known keys: choices, high, kind, log, low"),
+        ({"log": "yes"}, "LR: log must be true or false"),
+        ({"kind": "float"}, 'LR: kind must be "pow2" or "int"'),
+    ],
+)
+def test_knob_tables_are_checked_when_the_file_is_read(
+    tmp_path: Path, table: dict, says: str
+) -> None:
+    """``choices = 5`` (a TypeError) and ``low = "abc"`` (a ValueError) surfaced only when a
+    proposer first read them, after the baselines had run."""
+    text = render_default_config(budget=1) + "\n[knobs.LR]\n"
+    for key, value in table.items():
+        text += f"{key} = {json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else 'nan'}\n"
+    (tmp_path / CONFIG_NAME).write_text(text)
+    with pytest.raises(ConfigError, match=rf"\[knobs\] {says}"):
+        load_config(tmp_path)
