@@ -808,6 +808,13 @@ def load_config(workspace: Path) -> Config:
         )
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {e.start}: {e.reason}): TOML files are UTF-8; "
+            "save it as UTF-8 and run again"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}. Fix the file and run again.") from e
     return _checked(Config, _from_toml(raw), str(path))

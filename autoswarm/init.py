@@ -43,12 +43,24 @@ def init_workspace(directory: Path, *, template: str = "cpu", source: str | None
     source = source or ("climbmix" if template == "gpu" else "stdlib")
     if source not in SOURCES:
         raise ConfigError(f"unknown data source {source!r}; choose one of: {', '.join(SOURCES)}")
+    if directory.exists() and not directory.is_dir():
+        raise WorkspaceError(
+            f"{directory} is a file, not a directory: choose a new directory for the workspace"
+        )
+    blocker = next((p for p in directory.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise WorkspaceError(
+            f"{blocker} is a file, so {directory} cannot be made under it: choose another directory"
+        )
     if directory.exists() and any(directory.iterdir()):
         raise WorkspaceError(
             f"{directory} already exists and is not empty: choose a new directory, "
             f"or run `autoswarm run --workspace {directory}` if it is already a workspace"
         )
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WorkspaceError(f"cannot create {directory}: {e.strerror}") from None
     prepare = _template_text("prepare.py")
     prepare, n = re.subn(
         r'^SOURCE = "[a-z]+"', f'SOURCE = "{source}"', prepare, count=1, flags=re.M

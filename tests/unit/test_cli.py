@@ -328,3 +328,12 @@ def test_submit_of_a_file_that_is_not_utf8_or_a_missing_diff_is_one_line(tmp_pat
     assert "is not UTF-8 text" in error_of(
         cli("submit", "--diff", str(tmp_path / "latin.diff"), cwd=ws)
     )
+
+
+def test_init_on_or_under_a_file_is_one_line(tmp_path: Path) -> None:
+    """Both were NotADirectoryError tracebacks."""
+    (tmp_path / "f").write_text("x")
+    err = error_of(cli("init", str(tmp_path / "f"), cwd=tmp_path))
+    assert "is a file, not a directory" in err
+    err = error_of(cli("init", str(tmp_path / "f" / "ws"), cwd=tmp_path))
+    assert f"{tmp_path / 'f'} is a file, so" in err

@@ -623,3 +623,12 @@ def test_knob_tables_are_checked_when_the_file_is_read(
     (tmp_path / CONFIG_NAME).write_text(text)
     with pytest.raises(ConfigError, match=rf"\[knobs\] {says}"):
         load_config(tmp_path)
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """A latin-1 byte in a comment was a UnicodeDecodeError traceback."""
+    (tmp_path / CONFIG_NAME).write_bytes(
+        render_default_config(budget=1).encode() + b"# r\xe9sum\xe9 of the settings\n"
+    )
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte \d+: invalid continuation"):
+        load_config(tmp_path)
