@@ -59,6 +59,12 @@ class Workspace:
                 f"{self.root} is not a git repository, so it is not an autoswarm workspace: "
                 f"create one with `autoswarm init {root}`"
             )
+        state = self.root / STATE_DIR
+        if (state.exists() or state.is_symlink()) and not state.is_dir():
+            raise WorkspaceError(
+                f"{state} is not a directory: autoswarm keeps its ledger, logs and run "
+                f"directories there; move it aside (mv {state} {state}.aside) and run again"
+            )
         for name in (*config.workspace.editable, *config.workspace.locked):
             if not (self.root / name).is_file():
                 raise WorkspaceError(

@@ -337,3 +337,12 @@ def test_init_on_or_under_a_file_is_one_line(tmp_path: Path) -> None:
     assert "is a file, not a directory" in err
     err = error_of(cli("init", str(tmp_path / "f" / "ws"), cwd=tmp_path))
     assert f"{tmp_path / 'f'} is a file, so" in err
+
+
+def test_a_state_directory_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    """`.autoswarm` being a file was a FileExistsError traceback."""
+    ws = make_workspace(tmp_path / "ws")
+    (ws / ".autoswarm").write_text("not a directory")
+    err = error_of(cli("run", "--max-experiments", "1", cwd=ws))
+    assert ".autoswarm is not a directory" in err and "move it aside" in err
+    assert (ws / ".autoswarm").read_text() == "not a directory"  # nothing lost
