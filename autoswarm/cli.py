@@ -198,7 +198,10 @@ def run(
     ] = None,
     budget: Annotated[float | None, typer.Option(help="Training seconds per experiment.")] = None,
     max_experiments: Annotated[
-        int | None, typer.Option(help="Stop after this many experiments in all.")
+        int | None,
+        typer.Option(
+            help="Stop after this many experiments in all (baseline repeats and re-runs count)."
+        ),
     ] = None,
     time_limit: Annotated[
         str | None, typer.Option(help="Stop after this long in all, e.g. 20m, 8h.")

@@ -16,7 +16,10 @@ moves several knobs a full step, so each is worse than the best, while single sm
 moves would still find gains. So when the factorial half's last ``patience`` × slots
 finished proposals brought no keep, ``auto`` gives it only a quarter of the slots
 (enough to notice when its waves work again) and the swarm the rest; the factorial
-half's next keep ends the stall.
+half's next keep ends the stall. The quarter is counted over the slots handed out
+since the stall began, not per call: with three slots or fewer (or when slots free one
+at a time) every fourth slot is the factorial half's, so each half keeps getting one in
+turn and a factorial keep can still end the stall.
 
 Each proposal keeps the name of the proposer that made it (``factorial`` or
 ``swarm``) in the ledger, so the history says which half found what.
@@ -41,6 +44,7 @@ class AutoProposer:
         self.patience = patience
         self._width = 1  # the most slots asked for at once
         self._dry_runs = 0  # the primary's finished proposals since its last keep
+        self._stalled_slots = 0  # slots handed out while stalled (every fourth: primary)
 
     @property
     def parts(self) -> tuple[Proposer, ...]:
@@ -63,14 +67,20 @@ class AutoProposer:
         if e.kind is Kind.CANDIDATE and e.proposer == self.primary.name:
             if e.status is Status.KEEP:
                 self._dry_runs = 0
+                self._stalled_slots = 0
             elif e.status is Status.DISCARD or e.status.failed:
                 self._dry_runs += 1
 
     def propose(self, ctx: Context, n: int) -> list[Proposal]:
         self._width = max(self._width, n)
         # A stalled primary keeps a quarter of the slots (so it notices when its
-        # designs work again); the fallback gets the rest first.
-        share = n if not self.stalled else n // 4
+        # designs work again), counted across calls so that one slot at a time (or three
+        # in all) still reaches it; the fallback gets the rest first.
+        share = n
+        if self.stalled:
+            before = self._stalled_slots
+            self._stalled_slots += n
+            share = (before + n + 3) // 4 - (before + 3) // 4
         out = self.primary.propose(ctx, share) if share > 0 else []
         if len(out) < n:
             # The fallback must not repeat what the primary just handed out.

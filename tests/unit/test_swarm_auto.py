@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from autoswarm.config import Config, RunConfig
 from autoswarm.knobs import apply_values
 from autoswarm.proposers.auto import AutoProposer
@@ -157,3 +159,21 @@ def test_a_stalled_primary_hands_most_slots_to_the_fallback_until_it_keeps_again
     auto.observe(_verdict(202, "factorial", Status.KEEP))
     assert not auto.stalled
     assert {p.proposer for p in auto.propose(ctx, 8)} == {"factorial"}
+
+
+@pytest.mark.parametrize("slots", [1, 2, 3])
+def test_on_few_slots_a_stalled_primary_still_gets_one_slot_in_turn(slots: int) -> None:
+    """With three slots or fewer a stalled primary got n // 4 = 0 slots forever, so only
+    a keep it could no longer propose would have ended the stall (the README's demo)."""
+    auto = AutoProposer(FactorialProposer(seed=4, random_fill=False), SwarmProposer(seed=4))
+    ctx = contract_context(FILES)
+    auto.propose(ctx, slots)
+    for i in range(int(auto.patience * 4)):
+        auto.observe(_verdict(100 + i, "factorial", Status.DISCARD))
+    assert auto.stalled
+    names = [p.proposer for _ in range(8) for p in auto.propose(ctx, slots)]
+    assert names.count("factorial") == len(names) // 4 and names.count("swarm") > 0
+    first = names.index("factorial")
+    assert first < 4  # within the first four slots handed out
+    auto.observe(_verdict(300, "factorial", Status.KEEP))
+    assert not auto.stalled and {p.proposer for p in auto.propose(ctx, slots)} == {"factorial"}
