@@ -525,9 +525,7 @@ def _test_rows(t: Any, test: dict[str, Any] | None, metric: str) -> None:
 def _active(ledger: Ledger, run_rec: RunRecord) -> bool:
     """True while an orchestrator runs this run (a session with a recent heartbeat)."""
     now = time.time()
-    return any(
-        s.ended_at is None and now - s.heartbeat_at < 30 for s in ledger.sessions(run_rec.id)
-    )
+    return any(s.live(now) for s in ledger.sessions(run_rec.id))
 
 
 @app.command()

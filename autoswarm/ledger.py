@@ -219,6 +219,23 @@ class SessionRecord:
         end = self.ended_at if self.ended_at is not None else self.heartbeat_at
         return max(0.0, end - self.started_at)
 
+    def live(self, now: float) -> bool:
+        """True while its orchestrator runs: not ended, a heartbeat in the last 30 s, and
+        its process still there (a killed orchestrator is not "active" for 30 s more)."""
+        if self.ended_at is not None or now - self.heartbeat_at >= LIVE_HEARTBEAT_S:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:  # another user's process (EPERM): it exists
+            return True
+        return True
+
+
+# A session whose heartbeat is older than this has no orchestrator any more.
+LIVE_HEARTBEAT_S = 30.0
+
 
 @contextmanager
 def _no_gc() -> Iterator[None]:

@@ -277,7 +277,7 @@ def status_record(
         )
     )
     noise = _noise_record(model, baselines, baseline)
-    active = [s for s in sessions if s.ended_at is None and now - s.heartbeat_at < 30]
+    active = [s for s in sessions if s.live(now)]
     elapsed = sum(s.seconds for s in sessions)
     for s in active:  # a live session: count up to now, not to its last heartbeat
         elapsed += max(0.0, now - s.heartbeat_at)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import threading
 from dataclasses import replace
@@ -385,3 +386,19 @@ def test_other_connections_opening_and_closing_do_not_alarm_the_writer(tmp_path:
                 reader.experiments(run.id)
             add(led, run.id)
         assert led.broken is None and len(led.experiments(run.id)) == 3
+
+
+def test_a_session_whose_orchestrator_is_gone_is_not_live(ledger: Ledger) -> None:
+    """`status` said "active" for 30 s after the orchestrator was killed."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    run = ledger.create_run(tag="t", branch="autoswarm/t", base_commit="0" * 40, config={}, now=T0)
+    dead = ledger.start_session(run.id, pid=int(gone.stdout), workers=1, now=T0)
+    ledger.start_session(run.id, pid=os.getpid(), workers=1, now=T0)
+    by_pid = {s.id: s for s in ledger.sessions(run.id)}
+    assert not by_pid[dead].live(T0 + 1)  # its process exited
+    assert [s.live(T0 + 1) for s in by_pid.values()].count(True) == 1
+    assert not any(s.live(T0 + 31) for s in by_pid.values())  # no heartbeat for 30 s
