@@ -266,6 +266,17 @@ class MetricConfig(_Table):
             _fail(f"[metric] lower ({lo:g}) must be below upper ({hi:g})")
         return self
 
+    @field_validator("name", "test")
+    @classmethod
+    def _summary_key(cls, key: str, info: ValidationInfo) -> str:
+        """A key train.py (or the evaluation) prints in its summary block: ``name: 1.23``."""
+        if (key or info.field_name == "name") and not _VARIABLE.fullmatch(key):
+            _fail(
+                f"{info.field_name} {key!r} is not a summary-block key: letters, digits and "
+                "'_', as in val_bpb (train.py prints it as `val_bpb: 0.99`)"
+            )
+        return key
+
     @field_validator("model")
     @classmethod
     def _model_inside(cls, path: str) -> str:

@@ -632,3 +632,11 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte \d+: invalid continuation"):
         load_config(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["", "val bpb", "val-bpb", "1x"])
+def test_a_metric_name_must_be_a_summary_key(name: str) -> None:
+    """An empty metric name was accepted (every run then had "no metric")."""
+    with pytest.raises(ConfigError, match="is not a summary-block key"):
+        _checked(Config, {"metric": {"name": name}}, "autoswarm.toml")
+    assert _checked(Config, {"metric": {"test": ""}}, "autoswarm.toml").metric.test == ""
