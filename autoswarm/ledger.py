@@ -469,7 +469,16 @@ class Ledger:
         if not has_meta:
             return 0
         row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        return int(row[0]) if row else 0
+        if not row:
+            return 0
+        try:
+            return int(row[0])
+        except (TypeError, ValueError):
+            raise LedgerError(
+                f"{self.path} records schema version {row[0]!r}, which is not a number: the "
+                "file was changed by something other than autoswarm. Restore it from a backup, "
+                "or move it aside (with results.tsv and .autoswarm/logs) to start a new ledger"
+            ) from None
 
     @property
     def schema_version(self) -> int:

@@ -108,6 +108,18 @@ def test_processes_opening_a_new_ledger_at_once_migrate_it_once(tmp_path: Path) 
             assert ledger.schema_version == SCHEMA_VERSION
 
 
+def test_a_schema_version_that_is_not_a_number_is_one_line(tmp_path: Path) -> None:
+    """It was a ValueError traceback from int()."""
+    path = tmp_path / "l.sqlite"
+    Ledger(path).close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE meta SET value='six' WHERE key='schema_version'")
+    conn.close()
+    with pytest.raises(LedgerError, match=r"records schema version 'six', which is not a number"):
+        Ledger(path)
+
+
 def test_newer_schema_is_refused_with_an_upgrade_hint(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite"
     Ledger(path).close()
