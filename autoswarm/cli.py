@@ -41,6 +41,7 @@ from rich.text import Text
 
 from autoswarm.bench.options import DEFAULT_STRATEGIES
 from autoswarm.config import (
+    CONFIG_NAME,
     Config,
     load_config,
     parse_duration,
@@ -952,6 +953,11 @@ def down(workspace: WorkspaceOpt = Path(".")) -> None:
     """Tear down the SkyPilot clusters (and cancel the managed jobs) runs here launched."""
     from autoswarm.backends.skypilot import STATE_FILE, down_recorded, read_state
 
+    if not (workspace / CONFIG_NAME).is_file():
+        raise ConfigError(
+            f"{workspace} has no {CONFIG_NAME}: it is not an autoswarm workspace, so it "
+            "launched nothing; run `autoswarm down --workspace DIR` with the workspace that did"
+        )
     state_dir = workspace / ".autoswarm"
     state = read_state(state_dir)
     if not state.get("clusters") and not state.get("jobs"):

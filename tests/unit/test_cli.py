@@ -346,3 +346,9 @@ def test_a_state_directory_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     err = error_of(cli("run", "--max-experiments", "1", cwd=ws))
     assert ".autoswarm is not a directory" in err and "move it aside" in err
     assert (ws / ".autoswarm").read_text() == "not a directory"  # nothing lost
+
+
+def test_down_outside_a_workspace_says_so(tmp_path: Path) -> None:
+    """It printed "nothing to tear down" and exited 0, as if the clusters were gone."""
+    err = error_of(cli("down", "--workspace", str(tmp_path), cwd=tmp_path))
+    assert "is not an autoswarm workspace" in err

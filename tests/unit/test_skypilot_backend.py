@@ -621,7 +621,9 @@ def test_cli_dry_run_prints_task_yaml(tmp_path: Path) -> None:
 
 def test_cli_down_with_nothing_recorded(tmp_path: Path) -> None:
     from autoswarm.cli import app
+    from autoswarm.config import CONFIG_NAME, render_default_config
 
+    (tmp_path / CONFIG_NAME).write_text(render_default_config(budget=1))
     result = CliRunner().invoke(app, ["down", "--workspace", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "nothing to tear down" in result.stdout
