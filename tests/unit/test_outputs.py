@@ -305,6 +305,8 @@ def test_status_record_numbers(ledger: Ledger) -> None:
     st = status_record(ledger, run, now=T0 + 10_000)
     assert st["tag"] == "t" and st["branch"] == "autoswarm/t" and st["metric"] == "val_bpb"
     assert st["active"] is False
+    # No [metric] evaluate: status says plainly that the metric is self-reported.
+    assert st["metric_source"].startswith("self-reported") and st["test"] is None
     assert st["experiments"] == {
         "total": 6,
         "keep": 3,
