@@ -49,7 +49,7 @@ from autoswarm.config import (
     with_recorded_run,
 )
 from autoswarm.errors import AutoswarmError, ConfigError, RunStateError, WorkspaceError
-from autoswarm.heldout import HIDDEN, test_values
+from autoswarm.heldout import HIDDEN, held_out_values
 from autoswarm.ledger import Ledger, RunRecord
 from autoswarm.outputs import (
     TSV_HEADER,
@@ -718,7 +718,7 @@ def _tests(ledger: Ledger, run_rec: RunRecord, show: bool) -> dict[int, Mapping[
     """id -> test values, when they may be shown: the run has ended, or --show-test."""
     if not show and _active(ledger, run_rec):
         return {}
-    return test_values(ledger.sealed_metrics(run_rec.id))
+    return held_out_values(ledger.sealed_metrics(run_rec.id))
 
 
 def _print_table(

@@ -125,7 +125,7 @@ def heldout_record(
     }
 
 
-def test_values(rows: Iterable[HeldOut]) -> dict[int, Mapping[str, float]]:
+def held_out_values(rows: Iterable[HeldOut]) -> dict[int, Mapping[str, float]]:
     """id -> test values, for ``results`` and ``wait``."""
     return {r.id: r.sealed for r in rows}
 
@@ -136,6 +136,6 @@ __all__ = [
     "gap",
     "gap_sigma",
     "gaps_by_commit",
+    "held_out_values",
     "heldout_record",
-    "test_values",
 ]

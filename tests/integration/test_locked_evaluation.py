@@ -192,7 +192,7 @@ def test_without_a_sandbox_the_evaluation_still_decides(
 # No proposer sees a test value: the LLM's prompt, an agent's copy, an external agent
 
 
-def test_values(ledger: Ledger, run_id: int) -> list[str]:
+def recorded_test_values(ledger: Ledger, run_id: int) -> list[str]:
     """The test values of a run as they would be printed (six decimals)."""
     out = [f"{h.sealed['test_bpb']:.6f}" for h in ledger.sealed_metrics(run_id)]
     assert out, "the run recorded test values"
@@ -251,7 +251,7 @@ def test_no_llm_prompt_and_no_agent_copy_holds_a_test_value(
         )
         monkeypatch.setenv("FAKE_LLM_KEY", "sk-test")
         ledger, run_id = run_proposer(ws_dir, "llm")
-    values = test_values(ledger, run_id)
+    values = recorded_test_values(ledger, run_id)
     assert len(srv.requests) >= 2
     prompts = "\n".join(r.prompt for r in srv.requests[1:])  # later ones carry a history
     assert "val_bpb" in prompts
@@ -270,7 +270,7 @@ def test_no_llm_prompt_and_no_agent_copy_holds_a_test_value(
         f'\n[agent]\ncommand = {json.dumps(command)}\ntimeout = "20s"\n',
     )
     ledger, run_id = run_proposer(ws_dir, "agent")
-    values = test_values(ledger, run_id)
+    values = recorded_test_values(ledger, run_id)
     seen = [json.loads(line) for line in report.read_text().splitlines()]
     assert len(seen) >= 2 and any("val_bpb" in r["prompt"] for r in seen)
     for r in seen:
