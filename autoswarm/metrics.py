@@ -128,31 +128,7 @@ def crash_reason(
     error or an OOM explains a non-zero exit better than the exit code itself. The
     reason is :func:`printable`: it quotes the log, which the experiment wrote.
     """
-    return printable(
-        _crash_reason(
-            exit_code=exit_code,
-            timed_out=timed_out,
-            timeout_s=timeout_s,
-            metrics=metrics,
-            metric=metric,
-            log_tail=log_tail,
-            error=error,
-            bounds=bounds,
-        )
-    )
-
-
-def _crash_reason(
-    *,
-    exit_code: int | None,
-    timed_out: bool,
-    timeout_s: float,
-    metrics: Mapping[str, float],
-    metric: str,
-    log_tail: str,
-    error: str,
-    bounds: tuple[float, float],
-) -> str:
+    log_tail, error = printable(log_tail), printable(error)
     if error:
         return error
     if timed_out:
