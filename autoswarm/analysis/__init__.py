@@ -1,1 +1,1 @@
-"""Pure functions over ledger rows: noise, effects, Pareto fronts."""
+"""Pure functions over ledger rows: the noise model and factorial effects."""

@@ -1,1 +1,1 @@
-"""Read-only views of a run: the live terminal view, plots and reports."""
+"""Read-only views of a run: the live terminal view (`autoswarm run`)."""
