@@ -84,6 +84,10 @@ class ResultsTsvWriter:
     machine, and a run would otherwise spend its loop rewriting the file). A change
     inside that time is written by the next :meth:`flush` (the scheduler's loop calls it
     each turn), and ``flush(force=True)`` writes whatever is pending when the run ends.
+
+    A file that cannot be written (a read-only directory, a full disk) does not stop the
+    run: the ledger holds every row. ``on_error`` hears about it once, and the writer
+    tries again every 30 seconds.
     """
 
     def __init__(
@@ -93,9 +97,12 @@ class ResultsTsvWriter:
         metric: str,
         *,
         on_write: Callable[[], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
         interval_s: float = 1.0,
     ) -> None:
         self.path = path
+        self.on_error = on_error
+        self.failing = ""  # why the last write failed ("" = it did not)
         self.rows = rows
         self.metric = metric
         self.on_write = on_write
@@ -114,7 +121,18 @@ class ResultsTsvWriter:
         start = time.monotonic()
         if not force and start - self._written < self._wait_s:
             return
-        write_results_tsv(self.path, self.rows(), self.metric)
+        try:
+            write_results_tsv(self.path, self.rows(), self.metric)
+        except OSError as e:
+            self._written, self._wait_s = time.monotonic(), max(self.interval_s, 30.0)
+            if not self.failing and self.on_error is not None:
+                self.on_error(
+                    f"cannot write {self.path} ({e.strerror or e}): the run goes on and the "
+                    "ledger keeps every row; `autoswarm results --format tsv` prints them"
+                )
+            self.failing = str(e)
+            return
+        self.failing = ""
         self._written = time.monotonic()
         self._wait_s = max(self.interval_s, 10.0 * (self._written - start))
         self.dirty = False

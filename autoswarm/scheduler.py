@@ -197,7 +197,11 @@ class Scheduler:
         self.state = RunState(config, self._tier)
         self.admission = Admission(workspace, config)
         self.results = ResultsTsvWriter(
-            workspace.results_path, self.state.rows, self.metric, on_write=self._changed
+            workspace.results_path,
+            self.state.rows,
+            self.metric,
+            on_write=self._changed,
+            on_error=self._event,
         )
         self.state.observers += [self.results, _LiveView(self)]
         self.run_rec: RunRecord | None = None

@@ -13,6 +13,7 @@ import pytest
 from autoswarm.ledger import Ledger
 from autoswarm.outputs import (
     TSV_HEADER,
+    ResultsTsvWriter,
     atomic_write,
     experiment_record,
     status_record,
@@ -420,3 +421,20 @@ def test_results_tsv_waits_ten_times_what_a_write_took(tmp_path: Path) -> None:
     assert len(calls) == 1 and w.dirty
     w.flush(force=True)  # the run's end writes what is pending whatever the wait
     assert len(calls) == 2 and not w.dirty
+
+
+def test_a_results_tsv_that_cannot_be_written_does_not_stop_the_run(tmp_path: Path) -> None:
+    """An unwritable results.tsv was a PermissionError that aborted the run."""
+    blocker = tmp_path / "out"
+    blocker.write_text("a file where a directory should be")
+    said: list[str] = []
+    w = ResultsTsvWriter(blocker / "results.tsv", lambda: [], "val_bpb", on_error=said.append)
+    w.changed()
+    w.changed()
+    w.flush(force=True)
+    assert len(said) == 1 and "cannot write" in said[0] and "ledger keeps every row" in said[0]
+    assert w.dirty and w.failing
+    blocker.unlink()
+    w.flush(force=True)  # writable again: written, and the failure is over
+    assert (blocker / "results.tsv").read_text().startswith(TSV_HEADER)
+    assert not w.failing and not w.dirty
