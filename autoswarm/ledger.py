@@ -333,7 +333,9 @@ class Ledger:
         except sqlite3.DatabaseError as e:
             raise LedgerError(
                 f"cannot open the ledger {path}: {e}. If the file is damaged, move it aside "
-                "(results.tsv and the git branch keep a copy of the results)."
+                "together with results.tsv and .autoswarm/logs (a new run rewrites both; "
+                "they and the git branch are the copy of the results that is left), e.g. "
+                f"mv {path.parent} {path.parent}.damaged && mv results.tsv results.damaged.tsv"
             ) from e
         self._lock = threading.RLock()
         self._broken: str | None = None

@@ -139,8 +139,10 @@ def test_newer_schema_is_refused_with_an_upgrade_hint(tmp_path: Path) -> None:
 def test_not_a_database_is_a_ledger_error(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(LedgerError, match="move it aside"):
+    with pytest.raises(LedgerError, match="move it aside") as e:
         Ledger(path)
+    # ... with what a new run would overwrite (the advice used to lose results.tsv).
+    assert "together with results.tsv and .autoswarm/logs" in str(e.value)
 
 
 # ---------------------------------------------------------------------------
