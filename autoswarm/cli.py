@@ -265,6 +265,7 @@ def run(
     if not skip_prepare:
         run_prepare(ws, cfg)
     backend = make_backend(cfg, workspace_root=ws.root, state_dir=ws.state_dir)
+    _say_oversubscribed(backend)
     ledger = Ledger(ws.ledger_path)
     proposer = make_proposer(cfg, state_dir=ws.state_dir)
     sched = Scheduler(workspace=ws, ledger=ledger, backend=backend, proposer=proposer, config=cfg)
@@ -307,6 +308,19 @@ def run(
         raise typer.Exit(130)
 
 
+def _say_oversubscribed(backend: object) -> None:
+    """One note at the start of a run whose CPU slots outnumber this machine's cores."""
+    from autoswarm.backends.local import LocalBackend, oversubscribed, usable_cores
+
+    note = (
+        oversubscribed(backend.plans, len(usable_cores()))
+        if isinstance(backend, LocalBackend)
+        else ""
+    )
+    if note:
+        err.print(escape(note))
+
+
 def _dry_run(cfg: Config, workspace: Path) -> None:
     """``run --dry-run``: the SkyPilot tasks of the first jobs, or the slot plan; nothing runs."""
     if cfg.pool.backend == "skypilot":
@@ -345,12 +359,14 @@ def _dry_run(cfg: Config, workspace: Path) -> None:
         return
     if cfg.pool.backend == "local":
         from autoswarm.backends.factory import local_workers
-        from autoswarm.backends.local import plan_slots
+        from autoswarm.backends.local import oversubscribed, plan_slots, usable_cores
 
         plans = plan_slots(local_workers(cfg), threads_per_worker=cfg.run.threads_per_worker)
         for i, p in enumerate(plans):
             where = f"GPU {p.gpu}" if p.gpu is not None else f"cores {list(p.cores)}"
             print(f"slot {i}: {where}, {p.threads} thread(s)")
+        if note := oversubscribed(plans, len(usable_cores())):
+            err.print(escape(note))
     else:
         for t in cfg.pool.tiers:
             print(f"tier {t.name}: {t.slots} slot(s) × {t.accelerator or 'CPU'} ({t.role.value})")

@@ -124,6 +124,18 @@ def plan_slots(
     return plans
 
 
+def oversubscribed(plans: Sequence[SlotPlan], cores: int) -> str:
+    """A note when CPU slots outnumber the cores ('' when they do not, or on GPUs)."""
+    cpu = [p for p in plans if p.gpu is None]
+    if cores <= 0 or len(cpu) <= cores:
+        return ""
+    return (
+        f"note: {len(cpu)} slots share {cores} CPU core(s): each experiment gets about "
+        f"1/{len(cpu) / cores:.3g} of a core, and its budget buys that fraction of the steps; "
+        f"--workers {cores} gives each slot a core of its own"
+    )
+
+
 # ---------------------------------------------------------------------------
 # The backend
 
@@ -294,4 +306,4 @@ class LocalBackend:
         )
 
 
-__all__ = ["LocalBackend", "SlotPlan", "detect_gpus", "plan_slots"]
+__all__ = ["LocalBackend", "SlotPlan", "detect_gpus", "oversubscribed", "plan_slots"]

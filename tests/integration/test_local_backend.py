@@ -393,3 +393,14 @@ def test_many_jobs_with_timeouts_finish_on_time(tmp_path: Path) -> None:
     for i, r in got.items():
         assert r.timed_out
         assert r.duration_s == pytest.approx(1.0 + 0.5 * (i % 2), abs=0.8)
+
+
+def test_more_cpu_slots_than_cores_is_said() -> None:
+    """64 workers on 2 cores were planned without a word."""
+    from autoswarm.backends.local import oversubscribed, plan_slots
+
+    plans = plan_slots(64, gpus=[])
+    note = oversubscribed(plans, 2)
+    assert note.startswith("note: 64 slots share 2 CPU core(s)") and "--workers 2" in note
+    assert oversubscribed(plan_slots(2, gpus=[]), 2) == ""
+    assert oversubscribed(plan_slots(1, gpus=["0"]), 0) == ""
