@@ -138,15 +138,37 @@ def should_evaluate(job: Job, res: ProcessResult) -> bool:
 
 def outcome(res: ProcessResult, log_path: Path) -> EvalOutcome:
     """What the evaluation process did, with the summary block it printed."""
-    tail = read_tail(log_path)
-    return EvalOutcome(
+    return eval_outcome(
         exit_code=res.exit_code,
         timed_out=res.timed_out,
         seconds=res.duration_s,
-        metrics=parse_summary(tail) if res.pid is not None else {},
         error=res.error,
-        log_tail=tail[-4000:],
         cancelled=res.cancelled,
+        log=read_tail(log_path),
+        started=res.pid is not None,
+    )
+
+
+def eval_outcome(
+    *,
+    exit_code: int | None,
+    timed_out: bool,
+    seconds: float,
+    log: str,
+    error: str = "",
+    cancelled: bool = False,
+    started: bool = True,
+) -> EvalOutcome:
+    """An :class:`EvalOutcome` from what any backend saw, its summary block read from ``log``
+    (the tail of the evaluation's output)."""
+    return EvalOutcome(
+        exit_code=exit_code,
+        timed_out=timed_out,
+        seconds=seconds,
+        metrics=parse_summary(log) if started else {},
+        error=error,
+        log_tail=log[-4000:],
+        cancelled=cancelled,
     )
 
 
@@ -199,8 +221,9 @@ def judge(
     nothing).
 
     ``required``: the job had an evaluation (``evaluation`` None then means training
-    itself did not finish, and the printed numbers are left as they are for the crash
-    diagnosis). Without one, the printed metric is the metric (self-reported).
+    itself did not finish: the printed numbers stay for the crash diagnosis, but not the
+    metric, which no evaluation confirmed). Without one, the printed metric is the metric
+    (self-reported).
     """
     own = {k: v for k, v in printed.items() if not is_sealed_key(k, test)}
     if evaluation is None:
@@ -270,6 +293,7 @@ __all__ = [
     "agree",
     "data_cache",
     "eval_dir",
+    "eval_outcome",
     "evaluation_env",
     "evaluation_view",
     "is_sealed_key",

@@ -30,9 +30,7 @@ WARN_SIGMAS = 2.0
 HIDDEN = "hidden while the run is active (an agent may be reading): pass --show-test to see them"
 
 
-def gaps_by_commit(
-    rows: Iterable[HeldOut], test: str, direction: Direction
-) -> dict[str, list[tuple[float, float]]]:
+def gaps_by_commit(rows: Iterable[HeldOut], test: str) -> dict[str, list[tuple[float, float]]]:
     """commit -> [(val, test)] of every run that has both (crashes and forgeries left out)."""
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for r in rows:
@@ -77,7 +75,7 @@ def heldout_record(
 
     ``keeps``: (id, commit, description) of each kept variant, in order.
     """
-    groups = gaps_by_commit(rows, test, direction)
+    groups = gaps_by_commit(rows, test)
     if not groups:
         return None
     sigma = gap_sigma(groups.values(), direction)

@@ -364,10 +364,9 @@ class Scheduler:
         files = []
         for path in self.cfg.workspace.locked:
             try:
-                text = self.ws.read_file(commit, path)
+                files.append((path, self.ws.read_bytes(commit, path)))
             except WorkspaceError:
                 continue  # a locked name with no file (yet): nothing to copy
-            files.append((path, text.encode("utf-8")))
         return Evaluation(
             argv=tuple(self.python if a == "{python}" else a for a in m.evaluate),
             files=tuple(files),
@@ -575,11 +574,6 @@ class Scheduler:
                 "AUTOSWARM_BUDGET": f"{self.cfg.run.budget:g}",
                 "AUTOSWARM_SEED": str(exp.seed),
                 "AUTOSWARM_EXPERIMENT": str(exp.id),
-                **(
-                    {"AUTOSWARM_MODEL": str(workdir / self._evaluation.model)}
-                    if self._evaluation is not None
-                    else {}
-                ),
             },
         )
         return Job(

@@ -151,6 +151,14 @@ class Workspace:
             self._file_cache[key] = blob.data.decode("utf-8", errors="replace")
         return self._file_cache[key]
 
+    def read_bytes(self, commit: str, path: str) -> bytes:
+        """A file of ``commit`` as it is stored (no decoding: a locked file may be binary)."""
+        try:
+            entry = self._commit(commit).tree[path]
+            return bytes(self.repo[entry.id].peel(pygit2.Blob).data)
+        except (KeyError, pygit2.InvalidSpecError):
+            raise WorkspaceError(f"{path} does not exist in commit {commit[:10]}") from None
+
     def read_files(self, commit: str, paths: Sequence[str] | None = None) -> dict[str, str]:
         return {p: self.read_file(commit, p) for p in (paths or self.config.workspace.editable)}
 

@@ -71,6 +71,7 @@ from typing import Any
 from autoswarm.config import Config, TierConfig
 from autoswarm.errors import AutoswarmError, BackendCallError, BackendError, ConfigError
 from autoswarm.evaluation import (
+    eval_outcome,
     evaluation_env,
     evaluation_view,
     remove_evaluator,
@@ -81,7 +82,7 @@ from autoswarm.evaluation import (
 from autoswarm.metrics import parse_summary, read_tail
 from autoswarm.process import ProcessRunner, ProcessSpec, RunningProcess
 from autoswarm.sandbox import Sandbox, SandboxMode, choose, experiment_view, sandbox_settings
-from autoswarm.types import EvalOutcome, Evaluation, Job, RunResult
+from autoswarm.types import Evaluation, Job, RunResult
 
 # The snapshot is a handful of source files; anything this large is a mistake (data
 # committed into the workspace) that would clog Ray's object store.
@@ -1118,15 +1119,14 @@ class RayBackend:
         evaluation = None
         if ev := res.get("evaluation"):
             job.eval_log_path.write_bytes(bytes(ev.get("log", b"")))
-            tail = read_tail(job.eval_log_path)
-            evaluation = EvalOutcome(
+            evaluation = eval_outcome(
                 exit_code=ev.get("exit_code"),
                 timed_out=bool(ev.get("timed_out")),
                 seconds=float(ev.get("seconds", 0.0)),
-                metrics=parse_summary(tail) if ev.get("exit_code") is not None else {},
                 error=str(ev.get("error", "")),
-                log_tail=tail[-4000:],
                 cancelled=bool(ev.get("cancelled")),
+                log=read_tail(job.eval_log_path),
+                started=ev.get("exit_code") is not None,
             )
         result = RunResult(
             experiment_id=job.experiment_id,

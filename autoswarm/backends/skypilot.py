@@ -80,10 +80,11 @@ from autoswarm.backends.skytask import (
 )
 from autoswarm.config import Config
 from autoswarm.errors import BackendCallError, BackendError, ConfigError
+from autoswarm.evaluation import eval_outcome
 from autoswarm.metrics import parse_summary
 from autoswarm.process import CappedLog
 from autoswarm.sandbox import sandbox_settings
-from autoswarm.types import EvalOutcome, Job, RunResult
+from autoswarm.types import Job, RunResult
 
 log = logging.getLogger(__name__)
 
@@ -485,13 +486,13 @@ class SkyPilotBackend:
         evaluation = None
         if ev_text is not None and state is not SkyState.CANCELLED:
             t.job.eval_log_path.write_text(ev_text)
-            evaluation = EvalOutcome(
+            evaluation = eval_outcome(
                 exit_code=ev_code,
                 timed_out=ev_code == TIMEOUT_EXIT,
                 seconds=ev_seconds,
-                metrics=parse_summary(ev_text) if ev_code is not None else {},
                 error="" if ev_code is not None else "the evaluation did not finish on the node",
-                log_tail=ev_text[-4000:],
+                log=ev_text,
+                started=ev_code is not None,
             )
         result = RunResult(
             experiment_id=t.job.experiment_id,
